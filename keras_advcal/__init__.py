@@ -1,0 +1,22 @@
+"""keras-advcal: adversarial training that does not overfit, for Keras 3 / TensorFlow.
+
+Adversarial examples keep the one-hot label of their clean input although the
+perturbation changes their true label distribution; fitting that noisy label is what
+makes robust test accuracy peak and fall (robust overfitting). ``AdvCalTrainer`` fits
+calibrated soft targets instead, with the temperature and mixing ratio fitted on
+held-out data every epoch by the ``CalibratedTeacher`` callback.
+
+Example:
+
+    >>> import keras_advcal
+    >>> keras_advcal.__version__
+    '0.1.0'
+"""
+
+from keras_advcal.attacks import FGSM, PGD, Attack
+from keras_advcal.checks import InputError
+from keras_advcal.trainer import AdvCalTrainer
+
+__version__ = "0.1.0"
+
+__all__ = ["AdvCalTrainer", "Attack", "FGSM", "InputError", "PGD", "__version__"]

@@ -1,0 +1,342 @@
+"""Projected gradient attacks (PGD, FGSM) in pure TensorFlow.
+
+Every attack is a callable ``attack(model, x, y) -> x_adv`` with ``x`` a batch of
+images in ``bounds`` and ``y`` integer labels. The loop is a ``tf.while_loop``, so
+one attack traces to a small graph that runs inside a compiled ``train_step``,
+under XLA (``jit_compile=True``) and under a ``tf.distribute`` strategy. The model
+is always called in inference mode (``training=False``).
+
+Example:
+
+    >>> import keras
+    >>> from keras_advcal.attacks import PGD
+    >>> model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(),
+    ...                           keras.layers.Dense(10)])
+    >>> attack = PGD(epsilon=0.1, step_size=0.025, steps=10)
+    >>> x = keras.random.uniform((4, 8, 8, 1))
+    >>> x_adv = attack(model, x, [0, 1, 2, 3])
+    >>> bool(keras.ops.max(keras.ops.abs(x_adv - x)) <= 0.1 + 1e-6)
+    True
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import keras
+import tensorflow as tf
+
+_NORMS = ("linf", "l2")
+_LOSSES = ("ce", "cw")
+_TINY = 1e-12
+
+
+def margin_loss(logits: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
+    """Carlini-Wagner margin: best wrong logit minus the true logit, per example.
+
+    Args:
+        logits: ``(batch, classes)`` float tensor.
+        labels: ``(batch,)`` integer labels.
+
+    Returns:
+        ``(batch,)`` tensor; positive where the example is misclassified.
+
+    Example:
+
+        >>> float(margin_loss(tf.constant([[2.0, 1.0]]), tf.constant([0]))[0])
+        -1.0
+    """
+    num_classes = tf.shape(logits)[-1]
+    onehot = tf.one_hot(labels, num_classes, dtype=logits.dtype)
+    true_logit = tf.reduce_sum(onehot * logits, axis=-1)
+    # Push the true class far down so that it never wins the max.
+    other = tf.reduce_max(logits - onehot * tf.constant(1e9, logits.dtype), axis=-1)
+    return other - true_logit
+
+
+def cross_entropy_loss(logits: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
+    """Per-example sparse cross-entropy from logits.
+
+    Example:
+
+        >>> round(float(cross_entropy_loss(tf.constant([[0.0, 0.0]]), tf.constant([1]))[0]), 4)
+        0.6931
+    """
+    return tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
+
+
+_LOSS_FUNCTIONS: dict[str, Callable[[tf.Tensor, tf.Tensor], tf.Tensor]] = {
+    "ce": cross_entropy_loss,
+    "cw": margin_loss,
+}
+
+
+def _per_example_norm(t: tf.Tensor, norm: str) -> tf.Tensor:
+    """Norm of each example of ``t`` (all axes but the first), kept broadcastable."""
+    axes = tf.range(1, tf.rank(t))
+    if norm == "linf":
+        value = tf.reduce_max(tf.abs(t), axis=axes, keepdims=True)
+    else:
+        value = tf.sqrt(tf.reduce_sum(tf.square(t), axis=axes, keepdims=True))
+    return value
+
+
+def project(x_adv: tf.Tensor, x: tf.Tensor, epsilon: float, norm: str,
+            bounds: tuple[float, float]) -> tf.Tensor:
+    """Projects ``x_adv`` onto the ``norm`` ball of radius ``epsilon`` around ``x``
+    intersected with the box ``bounds``.
+
+    For L-inf the intersection is exact; for L2 the ball projection comes first and
+    the box clip after it, which can only shrink the perturbation (``x`` lies in
+    the box), so the result is inside both sets.
+
+    Example:
+
+        >>> x = tf.zeros((1, 2)); far = tf.constant([[5.0, -5.0]])
+        >>> project(far, x, 0.5, "linf", (0.0, 1.0)).numpy().tolist()
+        [[0.5, 0.0]]
+    """
+    delta = x_adv - x
+    if norm == "linf":
+        delta = tf.clip_by_value(delta, -epsilon, epsilon)
+    else:
+        length = _per_example_norm(delta, "l2")
+        factor = tf.minimum(1.0, epsilon / tf.maximum(length, _TINY))
+        delta = delta * factor
+    return tf.clip_by_value(x + delta, bounds[0], bounds[1])
+
+
+def _validate_common(epsilon: float, bounds: tuple[float, float], norm: str) -> tuple[float, float]:
+    if norm not in _NORMS:
+        raise ValueError(f"norm must be one of {_NORMS}, got {norm!r}.")
+    try:
+        low, high = (float(b) for b in bounds)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"bounds must be a pair (low, high) of numbers, got {bounds!r}.") from error
+    if not low < high:
+        raise ValueError(f"bounds must satisfy low < high, got {bounds!r}.")
+    epsilon = float(epsilon)
+    if epsilon != epsilon or epsilon < 0:
+        raise ValueError(f"epsilon must be a non-negative number, got {epsilon!r}.")
+    if norm == "linf" and epsilon > high - low:
+        raise ValueError(
+            f"epsilon={epsilon} is larger than the range of bounds={bounds!r} "
+            f"({high - low}); an L-inf ball that large covers every input. Pixels are "
+            "expected in [0, 1] (normalise inside the model), so epsilon is usually "
+            "a fraction such as 8/255 or 0.1.")
+    return low, high
+
+
+class Attack:
+    """Base class: holds the threat model (``epsilon``, ``norm``, ``bounds``) and the
+    random seed, and provides Keras serialization.
+
+    Subclasses implement :meth:`perturb`. Call an attack as ``attack(model, x, y)``;
+    ``y`` may be integer labels ``(batch,)`` or one-hot ``(batch, classes)``.
+
+    Args:
+        epsilon: radius of the perturbation ball (same units as the pixels).
+        norm: ``"linf"`` or ``"l2"``.
+        bounds: ``(low, high)`` valid pixel range; adversarial inputs never leave it.
+        seed: integer seed of the attack's own random stream (used when the caller
+            does not pass a ``seed`` generator).
+    """
+
+    def __init__(self, epsilon: float, norm: str = "linf",
+                 bounds: tuple[float, float] = (0.0, 1.0), seed: int | None = None):
+        low, high = _validate_common(epsilon, bounds, norm)
+        self.epsilon = float(epsilon)
+        self.norm = norm
+        self.bounds = (low, high)
+        self.seed = seed
+        self._seed_generator = None
+
+    # -- randomness -----------------------------------------------------------------
+    @property
+    def seed_generator(self) -> keras.random.SeedGenerator:
+        """The attack's own ``keras.random.SeedGenerator`` (created on first use)."""
+        if self._seed_generator is None:
+            self._seed_generator = keras.random.SeedGenerator(self.seed)
+        return self._seed_generator
+
+    def __call__(self, model: Callable, x: Any, y: Any,
+                 seed: keras.random.SeedGenerator | None = None) -> tf.Tensor:
+        """Returns adversarial examples of ``x`` for ``model``.
+
+        Args:
+            model: a callable returning logits, called as ``model(x, training=False)``.
+            x: float images inside ``bounds``.
+            y: integer labels ``(batch,)`` (or one-hot ``(batch, classes)``).
+            seed: optional seed generator to draw the random start from (the trainer
+                passes its own so that its random state is saved with it).
+        """
+        x = tf.convert_to_tensor(x)
+        if not x.dtype.is_floating:
+            x = tf.cast(x, "float32")
+        y = tf.convert_to_tensor(y)
+        if y.shape.rank is not None and y.shape.rank == 2:
+            y = tf.argmax(y, axis=-1)
+        y = tf.cast(y, "int32")
+        return tf.stop_gradient(self.perturb(model, x, y, seed or self.seed_generator))
+
+    def perturb(self, model: Callable, x: tf.Tensor, y: tf.Tensor,
+                seed: keras.random.SeedGenerator) -> tf.Tensor:
+        raise NotImplementedError
+
+    # -- serialization -------------------------------------------------------------
+    def get_config(self) -> dict:
+        return {"epsilon": self.epsilon, "norm": self.norm, "bounds": list(self.bounds),
+                "seed": self.seed}
+
+    @classmethod
+    def from_config(cls, config: dict) -> "Attack":
+        config = dict(config)
+        if "bounds" in config:
+            config["bounds"] = tuple(config["bounds"])
+        return cls(**config)
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
+        return f"{type(self).__name__}({args})"
+
+
+def _logits_float32(model: Callable, x: tf.Tensor) -> tf.Tensor:
+    """Model logits in float32, so that gradients and their sign are computed in
+    full precision under a mixed-precision policy."""
+    return tf.cast(model(x, training=False), "float32")
+
+
+def _random_start(x: tf.Tensor, epsilon: float, norm: str,
+                  seed: keras.random.SeedGenerator) -> tf.Tensor:
+    shape = tf.shape(x)
+    if norm == "linf":
+        noise = keras.random.uniform(shape, -epsilon, epsilon, dtype=x.dtype, seed=seed)
+    else:
+        direction = keras.random.normal(shape, dtype=x.dtype, seed=seed)
+        direction = direction / tf.maximum(_per_example_norm(direction, "l2"), _TINY)
+        batch_shape = tf.concat([shape[:1], tf.ones_like(shape[1:])], axis=0)
+        radius = keras.random.uniform(batch_shape, 0.0, epsilon, dtype=x.dtype, seed=seed)
+        noise = direction * radius
+    return x + noise
+
+
+@keras.saving.register_keras_serializable(package="keras_advcal")
+class PGD(Attack):
+    """Projected gradient descent (Madry et al. 2018), L-inf or L2.
+
+    Args:
+        epsilon: radius of the ball.
+        step_size: size of each step (for L2, the length of the normalised step).
+        steps: number of gradient steps (>= 1).
+        norm: ``"linf"`` or ``"l2"``.
+        bounds: valid pixel range ``(low, high)``.
+        random_start: start from a uniform point in the ball (the Madry et al. setting).
+        loss: ``"ce"`` (cross-entropy, the default) or ``"cw"`` (Carlini-Wagner margin).
+        seed: seed of the attack's own random stream.
+
+    Example:
+
+        >>> attack = PGD(epsilon=8 / 255, step_size=2 / 255, steps=10)
+        >>> attack.get_config()["steps"]
+        10
+    """
+
+    def __init__(self, epsilon: float, step_size: float | None = None, steps: int = 10,
+                 norm: str = "linf", bounds: tuple[float, float] = (0.0, 1.0),
+                 random_start: bool = True, loss: str = "ce", seed: int | None = None):
+        super().__init__(epsilon=epsilon, norm=norm, bounds=bounds, seed=seed)
+        if int(steps) != steps or steps < 1:
+            raise ValueError(f"steps must be a positive integer, got {steps!r}.")
+        if loss not in _LOSSES:
+            raise ValueError(f"loss must be one of {_LOSSES}, got {loss!r}.")
+        if step_size is None:
+            step_size = 2.5 * self.epsilon / steps
+        step_size = float(step_size)
+        if step_size < 0 or step_size != step_size:
+            raise ValueError(f"step_size must be a non-negative number, got {step_size!r}.")
+        self.step_size = step_size
+        self.steps = int(steps)
+        self.random_start = bool(random_start)
+        self.loss = loss
+
+    def get_config(self) -> dict:
+        config = super().get_config()
+        config.update(step_size=self.step_size, steps=self.steps,
+                      random_start=self.random_start, loss=self.loss)
+        return config
+
+    def _gradient(self, model: Callable, x_adv: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
+        with tf.GradientTape() as tape:
+            tape.watch(x_adv)
+            logits = _logits_float32(model, x_adv)
+            objective = tf.reduce_sum(_LOSS_FUNCTIONS[self.loss](logits, y))
+        return tape.gradient(objective, x_adv)
+
+    def _step(self, x_adv: tf.Tensor, gradient: tf.Tensor) -> tf.Tensor:
+        gradient = tf.cast(gradient, x_adv.dtype)
+        if self.norm == "linf":
+            return x_adv + self.step_size * tf.sign(gradient)
+        length = _per_example_norm(gradient, "l2")
+        return x_adv + self.step_size * gradient / tf.maximum(length, _TINY)
+
+    def perturb(self, model, x, y, seed):
+        if self.epsilon == 0.0 or self.steps == 0:
+            return x
+        x_adv = _random_start(x, self.epsilon, self.norm, seed) if self.random_start else x
+        x_adv = project(x_adv, x, self.epsilon, self.norm, self.bounds)
+
+        def body(i, x_adv):
+            gradient = self._gradient(model, x_adv, y)
+            x_next = project(self._step(x_adv, gradient), x, self.epsilon, self.norm, self.bounds)
+            return i + 1, tf.stop_gradient(x_next)
+
+        _, x_adv = tf.while_loop(
+            lambda i, _: i < self.steps, body, (tf.constant(0), x_adv),
+            maximum_iterations=self.steps)
+        return x_adv
+
+
+@keras.saving.register_keras_serializable(package="keras_advcal")
+class FGSM(PGD):
+    """Fast gradient sign method (Goodfellow et al. 2015): one step of size
+    ``epsilon``; with ``random_start=True`` it is the FGSM-RS of Wong et al. 2020
+    (a step of ``step_size``, default ``1.25 * epsilon``, from a random start).
+
+    Example:
+
+        >>> FGSM(epsilon=0.1).steps
+        1
+    """
+
+    def __init__(self, epsilon: float, norm: str = "linf",
+                 bounds: tuple[float, float] = (0.0, 1.0), random_start: bool = False,
+                 step_size: float | None = None, loss: str = "ce", seed: int | None = None):
+        if step_size is None:
+            step_size = 1.25 * float(epsilon) if random_start else float(epsilon)
+        super().__init__(epsilon=epsilon, step_size=step_size, steps=1, norm=norm,
+                         bounds=bounds, random_start=random_start, loss=loss, seed=seed)
+
+    def get_config(self) -> dict:
+        config = super().get_config()
+        config.pop("steps")
+        return config
+
+
+def get(identifier: Any) -> Attack:
+    """Returns an attack from an instance, a config dict or a serialized object.
+
+    Example:
+
+        >>> get({"class_name": "PGD", "config": {"epsilon": 0.1}}).epsilon
+        0.1
+    """
+    if isinstance(identifier, Attack):
+        return identifier
+    if isinstance(identifier, dict):
+        name = identifier.get("class_name")
+        classes = {"PGD": PGD, "FGSM": FGSM}
+        if name in classes and "module" not in identifier:
+            return classes[name].from_config(identifier.get("config", {}))
+        return keras.saving.deserialize_keras_object(identifier)
+    raise TypeError(
+        f"Expected an Attack (for example keras_advcal.PGD(...)), got {identifier!r}.")

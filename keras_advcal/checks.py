@@ -1,0 +1,198 @@
+"""Input checks run once at the boundary (``fit``/``evaluate`` entry, first batch).
+
+Each check raises :class:`InputError` (a ``ValueError``) whose message names the
+argument at fault and how to fix it. Nothing here runs inside the compiled step.
+
+Example:
+
+    >>> import numpy as np
+    >>> check_images(np.full((2, 8, 8, 1), 0.5, "float32"), (0.0, 1.0))
+    >>> try:
+    ...     check_images(np.full((2, 8, 8, 1), 255.0, "float32"), (0.0, 1.0))
+    ... except InputError as e:
+    ...     print("outside" in str(e))
+    True
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+
+class InputError(ValueError):
+    """Bad input to the library, with a message that says what to change."""
+
+
+def _numpy(value: Any) -> np.ndarray:
+    if isinstance(value, (tf.Tensor, tf.Variable)):
+        return value.numpy()
+    return np.asarray(value)
+
+
+def check_images(x: Any, bounds: tuple[float, float], name: str = "x",
+                 channels: int | None = None) -> None:
+    """Checks that images are finite floats inside ``bounds`` (with the channel
+    count the model expects, when given).
+
+    Example:
+
+        >>> check_images(np.zeros((1, 4, 4, 1)), (0.0, 1.0), channels=1)
+    """
+    array = _numpy(x)
+    if array.dtype.kind not in "fiu":
+        raise InputError(f"`{name}` must be numeric images, got dtype {array.dtype}.")
+    if array.dtype.kind == "f" and not np.all(np.isfinite(array)):
+        bad = int(np.sum(~np.isfinite(array)))
+        raise InputError(
+            f"`{name}` contains {bad} NaN or Inf values. Clean the data (for example "
+            "np.nan_to_num) before training.")
+    low, high = bounds
+    lo, hi = float(array.min()), float(array.max())
+    if lo < low - 1e-6 or hi > high + 1e-6:
+        hint = (" It looks like 0..255 pixels: divide by 255." if hi > 1.5 and high <= 1.0
+                else "")
+        raise InputError(
+            f"`{name}` has values in [{lo:g}, {hi:g}], outside the attack's bounds "
+            f"{tuple(bounds)}. Pixels must lie in the bounds the attack projects onto "
+            f"(put any normalisation inside the model).{hint}")
+    if channels is not None and array.ndim >= 2 and array.shape[-1] != channels:
+        raise InputError(
+            f"`{name}` has {array.shape[-1]} channels (shape {array.shape}) but the model "
+            f"expects {channels}. Images must be NHWC (channels last).")
+
+
+def labels_to_indices(y: Any, num_classes: int, name: str = "y") -> np.ndarray:
+    """Validates labels and returns them as integer class indices.
+
+    Integer labels of shape ``(batch,)`` or ``(batch, 1)`` and one-hot labels of
+    shape ``(batch, num_classes)`` are both accepted; soft labels, labels out of
+    ``[0, num_classes)`` and other shapes are refused.
+
+    Example:
+
+        >>> labels_to_indices(np.eye(3)[[2, 0]], 3).tolist()
+        [2, 0]
+    """
+    array = _numpy(y)
+    if array.ndim == 2 and array.shape[1] == 1:
+        array = array[:, 0]
+    if array.ndim == 2:
+        if array.shape[1] != num_classes:
+            raise InputError(
+                f"`{name}` has shape {array.shape}: expected integer labels (batch,) or "
+                f"one-hot labels (batch, {num_classes}) for a model with {num_classes} "
+                "outputs.")
+        is_onehot = np.all((array == 0) | (array == 1)) and np.all(array.sum(axis=1) == 1)
+        if not is_onehot:
+            raise InputError(
+                f"`{name}` looks like soft labels (rows are not one-hot). AdvCalTrainer "
+                "builds its own soft targets: pass integer class labels.")
+        return array.argmax(axis=1).astype("int32")
+    if array.ndim != 1:
+        raise InputError(
+            f"`{name}` has shape {array.shape}: expected integer labels of shape (batch,).")
+    if array.dtype.kind == "f":
+        if not np.all(np.isfinite(array)) or not np.all(array == np.round(array)):
+            raise InputError(f"`{name}` must hold integer class indices, got non-integer "
+                             "values.")
+    elif array.dtype.kind not in "iu":
+        raise InputError(f"`{name}` must hold integer class indices, got dtype {array.dtype}.")
+    if array.size and (array.min() < 0 or array.max() >= num_classes):
+        raise InputError(
+            f"`{name}` has labels in [{int(array.min())}, {int(array.max())}] but the model "
+            f"has {num_classes} outputs, so labels must be in [0, {num_classes - 1}].")
+    return array.astype("int32")
+
+
+def ends_in_softmax(model: Any) -> bool:
+    """True when the model's last layer applies a softmax (structural check).
+
+    Example:
+
+        >>> m = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, "softmax")])
+        >>> ends_in_softmax(m)
+        True
+    """
+    layers = getattr(model, "layers", None)
+    if not layers:
+        return False
+    last = layers[-1]
+    if isinstance(last, keras.layers.Softmax):
+        return True
+    activation = getattr(last, "activation", None)
+    if activation is None:
+        return False
+    name = getattr(activation, "__name__", str(activation))
+    return name == "softmax"
+
+
+def outputs_look_like_probabilities(outputs: Any) -> bool:
+    """True when every row is in ``[0, 1]`` and sums to one (a softmax output).
+
+    Example:
+
+        >>> outputs_look_like_probabilities(np.array([[0.2, 0.8]]))
+        True
+    """
+    array = _numpy(outputs).astype("float64")
+    if array.ndim != 2 or array.shape[1] < 2:
+        return False
+    return bool(np.all(array >= 0) and np.all(array <= 1)
+                and np.allclose(array.sum(axis=1), 1.0, atol=1e-3))
+
+
+def softmax_error(name: str = "model") -> InputError:
+    """The error raised for a model that outputs probabilities."""
+    return InputError(
+        f"`{name}` outputs probabilities (it ends in a softmax). Attacks and calibrated "
+        "targets need logits: remove the final softmax (e.g. Dense(10) instead of "
+        "Dense(10, activation='softmax')), or pass from_logits=False to AdvCalTrainer.")
+
+
+def model_num_classes(model: Any) -> int | None:
+    """The size of the model's last output axis, when Keras knows it statically.
+
+    Example:
+
+        >>> m = keras.Sequential([keras.Input((3,)), keras.layers.Dense(4)])
+        >>> model_num_classes(m)
+        4
+    """
+    try:
+        shape = model.output_shape
+    except (AttributeError, ValueError, RuntimeError):
+        return None
+    if isinstance(shape, (list, tuple)) and shape and isinstance(shape[0], (list, tuple)):
+        raise InputError(
+            f"The model has {len(shape)} outputs; AdvCalTrainer needs a classifier with a "
+            "single (batch, classes) logits output.")
+    if not shape or len(shape) != 2 or shape[-1] is None:
+        if shape and len(shape) != 2:
+            raise InputError(
+                f"The model's output shape is {tuple(shape)}; AdvCalTrainer needs a "
+                "classifier whose output is (batch, classes) logits.")
+        return None
+    return int(shape[-1])
+
+
+def first_batch(data: Any) -> tuple[Any, Any] | None:
+    """Returns ``(x, y)`` of the first batch of ``data`` without consuming a Python
+    generator (``None`` when it cannot peek).
+
+    Example:
+
+        >>> first_batch((np.zeros((5, 2)), np.zeros(5)))[0].shape
+        (5, 2)
+    """
+    if isinstance(data, tf.data.Dataset):
+        element = next(iter(data.take(1)))
+        if not isinstance(element, (tuple, list)) or len(element) < 2:
+            return None
+        return element[0], element[1]
+    if isinstance(data, (tuple, list)) and len(data) >= 2:
+        return data[0], data[1]
+    return None

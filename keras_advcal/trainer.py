@@ -1,0 +1,505 @@
+"""``AdvCalTrainer``: adversarial training with calibrated soft targets, as a
+``keras.Model`` used through plain ``model.fit``.
+
+One training step (DESIGN.md section 2)::
+
+    batch (x, y) -> attack(student, x, y) -> x'  -> teacher(x') -> target
+                                              \\-> student(x', training=True) -> loss(target)
+
+With ``labels="hard"`` the target is the one-hot label: Madry et al. PGD adversarial
+training. With ``labels="calibrated"`` it is
+``rho * softmax(teacher(x') / T) + (1 - rho) * onehot(y)``, where the teacher's
+weights, ``T`` and ``rho`` are Keras variables of the trainer (saved with it, restored
+by ``BackupAndRestore``). ``rho`` is 0 until a teacher exists, so a calibrated trainer
+starts as plain PGD training; the :class:`keras_advcal.CalibratedTeacher` callback
+maintains the teacher and fits ``T`` and ``rho`` every epoch.
+
+Example:
+
+    >>> import keras, numpy as np
+    >>> from keras_advcal import AdvCalTrainer, PGD
+    >>> net = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(),
+    ...                         keras.layers.Dense(10)])
+    >>> trainer = AdvCalTrainer(net, PGD(epsilon=0.1, step_size=0.05, steps=3))
+    >>> trainer.compile(optimizer="adam")
+    >>> x = np.random.rand(32, 8, 8, 1).astype("float32"); y = np.arange(32) % 10
+    >>> history = trainer.fit(x, y, epochs=1, verbose=0)
+    >>> sorted(history.history)
+    ['accuracy', 'adv_accuracy', 'loss']
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from keras_advcal import attacks as attacks_lib
+from keras_advcal import checks
+from keras_advcal import targets as targets_lib
+
+LABEL_MODES = ("hard", "calibrated")
+_SERIALIZE = keras.saving.serialize_keras_object
+_DESERIALIZE = keras.saving.deserialize_keras_object
+
+
+def clone_architecture(model: keras.Model, name: str | None = None) -> keras.Model:
+    """A new, built model with the architecture and the current weights of ``model``.
+
+    Functional and Sequential models are cloned with ``keras.models.clone_model``;
+    subclassed models through ``get_config``/``from_config``.
+
+    Example:
+
+        >>> m = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+        >>> twin = clone_architecture(m)
+        >>> all(np.array_equal(a, b) for a, b in zip(m.get_weights(), twin.get_weights()))
+        True
+    """
+    try:
+        twin = keras.models.clone_model(model)
+    except (ValueError, TypeError, NotImplementedError):
+        twin = model.__class__.from_config(model.get_config())
+    if not twin.built:
+        shape = getattr(model, "input_shape", None)
+        if shape is None:
+            raise ValueError(
+                "Cannot build a teacher copy of the model: build the model first (call it "
+                "on a batch or give it an Input) so that its input shape is known.")
+        twin.build(shape)
+    twin.set_weights(model.get_weights())
+    if name is not None:
+        twin.name = name
+    return twin
+
+
+def _scalar_weight(owner: keras.Model, name: str, value: float, dtype: str = "float32"):
+    return owner.add_weight(shape=(), initializer=keras.initializers.Constant(value),
+                            trainable=False, dtype=dtype, name=name)
+
+
+@keras.saving.register_keras_serializable(package="keras_advcal")
+class AdvCalTrainer(keras.Model):
+    """Wraps a classifier for adversarial training with calibrated soft targets.
+
+    Args:
+        model: the classifier to train, a built ``keras.Model`` mapping images in the
+            attack's ``bounds`` to logits ``(batch, classes)``.
+        attack: the training attack, e.g. ``keras_advcal.PGD(epsilon=8/255,
+            step_size=2/255, steps=10)``.
+        eval_attack: the attack used by ``evaluate`` and for ``val_adv_accuracy``
+            (default: the training attack).
+        labels: ``"calibrated"`` (soft targets from the teacher, the default) or
+            ``"hard"`` (one-hot labels: Madry et al. PGD adversarial training).
+        loss_form: ``"kd"`` (distillation form, default) or ``"soft"`` (cross-entropy
+            with the soft target). See :mod:`keras_advcal.targets`.
+        teacher: a fixed, trained teacher model (the paper's two-stage recipe). By
+            default the trainer builds a copy of ``model`` whose weights the
+            :class:`~keras_advcal.CalibratedTeacher` callback maintains.
+        temperature: initial temperature ``T``.
+        rho: initial interpolation ratio ``rho`` (keep 0: the callback fits it).
+        label_smoothing: label smoothing of the hard-label loss (baseline searches).
+        track_clean_accuracy: compute clean ``accuracy`` in training (one extra
+            forward pass per batch); ``False`` saves it.
+        from_logits: ``False`` when ``model`` outputs probabilities; the trainer then
+            works on their logarithm. Default ``True`` refuses a softmax output.
+        num_classes: the number of classes, checked against the model's output.
+        seed: seed of the trainer's random streams (attack random starts).
+        **kwargs: passed to ``keras.Model`` (e.g. ``name``).
+
+    Example:
+
+        >>> net = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+        >>> trainer = AdvCalTrainer(net, attack=PGD(0.1, steps=2), labels="hard")
+        >>> trainer.model is net
+        True
+    """
+
+    def __init__(self, model: keras.Model, attack: Any, eval_attack: Any = None,
+                 labels: str = "calibrated", loss_form: str = "kd",
+                 teacher: keras.Model | None = None, temperature: float = 1.0,
+                 rho: float = 0.0, label_smoothing: float = 0.0,
+                 track_clean_accuracy: bool = True, from_logits: bool = True,
+                 num_classes: int | None = None, seed: int | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self._validate_arguments(model, labels, loss_form, teacher, temperature, rho,
+                                 label_smoothing, from_logits)
+        self.student = model
+        self.attack = attacks_lib.get(attack)
+        self.eval_attack = attacks_lib.get(eval_attack) if eval_attack is not None else None
+        self.labels = labels
+        self.loss_form = loss_form
+        self.label_smoothing = float(label_smoothing)
+        self.track_clean_accuracy = bool(track_clean_accuracy)
+        self.from_logits = bool(from_logits)
+        self.seed = seed
+        self.num_classes = self._resolve_num_classes(model, num_classes)
+        self.has_fixed_teacher = teacher is not None
+
+        self.teacher = None
+        if labels == "calibrated":
+            self.teacher = teacher if teacher is not None else clone_architecture(
+                model, name=f"{model.name}_teacher")
+            self._check_teacher_matches(self.teacher)
+            # The teacher is updated by assignment, never by the optimizer.
+            self.teacher.trainable = False
+
+        # State that must survive save/load and BackupAndRestore lives in variables.
+        self.temperature = _scalar_weight(self, "temperature", temperature)
+        self.rho = _scalar_weight(self, "rho", rho)
+        self.teacher_ready = _scalar_weight(self, "teacher_ready",
+                                            1.0 if self.has_fixed_teacher else 0.0)
+        self.teacher_score = _scalar_weight(self, "teacher_score", -np.inf)
+        self.teacher_updates = _scalar_weight(self, "teacher_updates", 0.0)
+        self.ema_decay = _scalar_weight(self, "ema_decay", 0.0)
+        self.seed_generator = keras.random.SeedGenerator(seed, name="attack_seed")
+        eval_seed = None if seed is None else seed + 1
+        self.eval_seed_generator = keras.random.SeedGenerator(eval_seed, name="eval_seed")
+
+        self.loss_tracker = keras.metrics.Mean(name="loss")
+        self.accuracy_metric = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
+        self.adv_accuracy_metric = keras.metrics.SparseCategoricalAccuracy(name="adv_accuracy")
+        self._checked_inputs = False
+        if getattr(model, "built", False):
+            self.built = True
+
+    # ------------------------------------------------------------------ validation
+    @staticmethod
+    def _validate_arguments(model, labels, loss_form, teacher, temperature, rho,
+                            label_smoothing, from_logits):
+        if not isinstance(model, keras.Model):
+            raise TypeError(f"`model` must be a keras.Model returning logits, got "
+                            f"{type(model).__name__}.")
+        if labels not in LABEL_MODES:
+            raise ValueError(f"`labels` must be one of {LABEL_MODES}, got {labels!r}.")
+        if loss_form not in targets_lib.LOSS_FORMS:
+            raise ValueError(
+                f"`loss_form` must be one of {targets_lib.LOSS_FORMS}, got {loss_form!r}.")
+        if teacher is not None and labels != "calibrated":
+            raise ValueError("A `teacher` is only used with labels='calibrated'.")
+        if teacher is not None and not isinstance(teacher, keras.Model):
+            raise TypeError(f"`teacher` must be a keras.Model, got {type(teacher).__name__}.")
+        if not temperature > 0:
+            raise ValueError(f"`temperature` must be > 0, got {temperature!r}.")
+        if not 0.0 <= rho <= 1.0:
+            raise ValueError(f"`rho` must be in [0, 1], got {rho!r}.")
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ValueError(f"`label_smoothing` must be in [0, 1), got {label_smoothing!r}.")
+        if label_smoothing and labels != "hard":
+            raise ValueError("`label_smoothing` applies to labels='hard' only; the "
+                             "calibrated trainer fits its own soft targets.")
+        if from_logits and checks.ends_in_softmax(model):
+            raise checks.softmax_error("model")
+
+    @staticmethod
+    def _resolve_num_classes(model, num_classes):
+        outputs = checks.model_num_classes(model)
+        if num_classes is not None and outputs is not None and outputs != num_classes:
+            raise checks.InputError(
+                f"The model outputs {outputs} logits but num_classes={num_classes}. Give "
+                "the model a final Dense(num_classes) layer without activation.")
+        resolved = num_classes if num_classes is not None else outputs
+        if resolved is not None and resolved < 2:
+            raise checks.InputError(
+                f"The model outputs {resolved} value(s) per example; a classifier for "
+                "adversarial training needs logits for at least 2 classes.")
+        return resolved
+
+    def _check_teacher_matches(self, teacher):
+        if self.from_logits and checks.ends_in_softmax(teacher):
+            raise checks.softmax_error("teacher")
+        teacher_classes = checks.model_num_classes(teacher)
+        if None not in (teacher_classes, self.num_classes) and teacher_classes != self.num_classes:
+            raise checks.InputError(
+                f"The teacher outputs {teacher_classes} logits but the model outputs "
+                f"{self.num_classes}; both must classify the same classes.")
+
+    # ------------------------------------------------------------------- forward
+    @property
+    def model(self) -> keras.Model:
+        """The wrapped classifier (logits out), for export and deployment."""
+        return self.student
+
+    @property
+    def validation_attack(self) -> attacks_lib.Attack:
+        """The attack used on validation data: ``eval_attack`` or the training one."""
+        return self.eval_attack if self.eval_attack is not None else self.attack
+
+    def _as_logits(self, outputs):
+        if self.from_logits:
+            return outputs
+        return tf.math.log(tf.clip_by_value(tf.cast(outputs, "float32"), 1e-12, 1.0))
+
+    def student_logits(self, x, training: bool = False):
+        """Logits of the student (log-probabilities when ``from_logits=False``)."""
+        return self._as_logits(self.student(x, training=training))
+
+    def teacher_logits(self, x, training: bool = False):
+        """Logits of the teacher (calibrated trainers only)."""
+        if self.teacher is None:
+            raise ValueError("This trainer has labels='hard' and no teacher.")
+        return self._as_logits(self.teacher(x, training=training))
+
+    def call(self, inputs, training=None):
+        return self.student(inputs, training=training)
+
+    # ---------------------------------------------------------------- the steps
+    def _label_indices(self, y):
+        y = tf.convert_to_tensor(y)
+        if y.shape.rank == 2 and y.shape[-1] == 1:
+            y = tf.squeeze(y, axis=-1)
+        elif y.shape.rank == 2:
+            y = tf.argmax(y, axis=-1)
+        return tf.cast(y, "int32")
+
+    @staticmethod
+    def _reduce(per_example, sample_weight):
+        """Sum over the batch divided by the batch size (Keras' sum_over_batch_size)."""
+        per_example = tf.cast(per_example, "float32")
+        if sample_weight is not None:
+            weight = tf.reshape(tf.cast(sample_weight, "float32"), tf.shape(per_example))
+            per_example = per_example * weight
+        count = tf.cast(tf.shape(per_example)[0], "float32")
+        return tf.math.divide_no_nan(tf.reduce_sum(per_example), count)
+
+    @staticmethod
+    def _scale_for_replicas(loss):
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        return loss / replicas if replicas > 1 else loss
+
+    def _teacher_logits_when_used(self, x_adv):
+        """Teacher logits on ``x_adv``; the forward pass is skipped while ``rho == 0``
+        (plain PGD training), which returns zeros instead."""
+        shape = tf.stack([tf.shape(x_adv)[0], self.num_classes])
+        return tf.cond(
+            self.rho > 0.0,
+            lambda: tf.cast(self.teacher_logits(x_adv, training=False), "float32"),
+            lambda: tf.zeros(shape, "float32"))
+
+    def per_example_loss(self, y, student_logits, teacher_logits=None):
+        """The training loss of each example (hard or calibrated, per ``loss_form``).
+
+        Example:
+
+            >>> net = keras.Sequential([keras.Input((2,)), keras.layers.Dense(2)])
+            >>> t = AdvCalTrainer(net, PGD(0.1, steps=1), labels="hard")
+            >>> [round(float(v), 4) for v in t.per_example_loss([0], [[0.0, 0.0]])]
+            [0.6931]
+        """
+        if self.labels == "hard" or teacher_logits is None:
+            return targets_lib.hard_loss(y, student_logits, self.label_smoothing)
+        return targets_lib.calibrated_loss(self.loss_form, y, student_logits, teacher_logits,
+                                           self.temperature, self.rho)
+
+    def _update_ema_teacher(self):
+        if self.teacher is None or self.has_fixed_teacher:
+            return
+
+        def update():
+            decay = tf.cast(self.ema_decay, "float32")
+            for teacher_var, student_var in zip(self.teacher.weights, self.student.weights):
+                if "float" not in str(teacher_var.dtype):
+                    continue
+                mixed = decay * tf.cast(teacher_var, "float32") + (1.0 - decay) * tf.cast(
+                    student_var, "float32")
+                teacher_var.assign(tf.cast(mixed, teacher_var.dtype))
+            return tf.constant(True)
+
+        tf.cond(self.ema_decay > 0.0, update, lambda: tf.constant(False))
+
+    def train_step(self, data):
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        y = self._label_indices(y)
+        x_adv = self.attack(self.student_logits, x, y, seed=self.seed_generator)
+        teacher_logits = None
+        if self.labels == "calibrated":
+            teacher_logits = self._teacher_logits_when_used(x_adv)
+
+        with tf.GradientTape() as tape:
+            adv_logits = self.student_logits(x_adv, training=True)
+            loss = self._reduce(self.per_example_loss(y, adv_logits, teacher_logits),
+                                sample_weight)
+            if self.student.losses:
+                loss = loss + tf.cast(tf.add_n(self.student.losses), "float32")
+            scaled = self.optimizer.scale_loss(self._scale_for_replicas(loss))
+        variables = self.student.trainable_variables
+        gradients = tape.gradient(scaled, variables)
+        self.optimizer.apply(gradients, variables)
+        if self.labels == "calibrated":
+            self._update_ema_teacher()
+
+        batch = tf.shape(y)[0]
+        self.loss_tracker.update_state(loss, sample_weight=batch)
+        self.adv_accuracy_metric.update_state(y, adv_logits, sample_weight=sample_weight)
+        if self.track_clean_accuracy:
+            clean_logits = self.student_logits(x, training=False)
+            self.accuracy_metric.update_state(y, clean_logits, sample_weight=sample_weight)
+        return self._metric_results(training=True)
+
+    def test_step(self, data):
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        y = self._label_indices(y)
+        clean_logits = self.student_logits(x, training=False)
+        x_adv = self.validation_attack(self.student_logits, x, y, seed=self.eval_seed_generator)
+        adv_logits = self.student_logits(x_adv, training=False)
+        loss = self._reduce(targets_lib.hard_loss(y, adv_logits), sample_weight)
+        self.loss_tracker.update_state(loss, sample_weight=tf.shape(y)[0])
+        self.accuracy_metric.update_state(y, clean_logits, sample_weight=sample_weight)
+        self.adv_accuracy_metric.update_state(y, adv_logits, sample_weight=sample_weight)
+        return self._metric_results(training=False)
+
+    def predict_step(self, data):
+        x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
+        return self.student(x, training=False)
+
+    @property
+    def metrics(self):
+        return [self.loss_tracker, self.accuracy_metric, self.adv_accuracy_metric]
+
+    def _metric_results(self, training: bool):
+        results = {"loss": self.loss_tracker.result()}
+        if self.track_clean_accuracy or not training:
+            results["accuracy"] = self.accuracy_metric.result()
+        results["adv_accuracy"] = self.adv_accuracy_metric.result()
+        return results
+
+    # ------------------------------------------------------- compile / fit entry
+    def compile(self, optimizer="adam", loss=None, metrics=None, **kwargs):
+        """Configures the optimizer. The loss is the trainer's own (hard or calibrated);
+        ``loss`` and ``metrics`` must be left out.
+
+        Example:
+
+            >>> net = keras.Sequential([keras.Input((2,)), keras.layers.Dense(2)])
+            >>> AdvCalTrainer(net, PGD(0.1, steps=1)).compile(optimizer="sgd")
+        """
+        if loss is not None:
+            raise ValueError(
+                "AdvCalTrainer computes its own loss (hard or calibrated targets on "
+                "adversarial examples): call compile(optimizer=...) without `loss`.")
+        if metrics:
+            raise ValueError(
+                "AdvCalTrainer reports loss, accuracy and adv_accuracy itself; for other "
+                "measurements use a callback (e.g. keras_advcal.RobustAccuracyTracker).")
+        for key in ("loss_weights", "weighted_metrics"):
+            if kwargs.pop(key, None):
+                raise ValueError(f"AdvCalTrainer does not use `{key}`.")
+        super().compile(optimizer=optimizer, **kwargs)
+
+    def compile_from_config(self, config: dict) -> None:
+        """Re-compiles a loaded trainer with its saved optimizer (used by ``load_model``)."""
+        config = keras.saving.deserialize_keras_object(config)
+        for key in ("loss", "loss_weights", "metrics", "weighted_metrics"):
+            config.pop(key, None)
+        self.compile(**config)
+        if self.optimizer is not None and self.built:
+            self.optimizer.build(self.student.trainable_variables)
+
+    def check_data(self, x: Any, y: Any = None, name: str = "x") -> None:
+        """Checks a dataset (arrays: all of it; ``tf.data``: its first batch) and the
+        model's outputs on it. Raises :class:`keras_advcal.checks.InputError`.
+
+        Example:
+
+            >>> net = keras.Sequential([keras.Input((2,)), keras.layers.Dense(2)])
+            >>> AdvCalTrainer(net, PGD(0.1, steps=1)).check_data(np.zeros((3, 2)), [0, 1, 1])
+        """
+        batch = (x, y) if y is not None else checks.first_batch(x)
+        if batch is None or batch[1] is None:
+            return
+        images, labels = batch
+        if isinstance(images, dict) or isinstance(images, (list, tuple)):
+            raise checks.InputError(
+                f"`{name}` must be a single image tensor; AdvCalTrainer wraps a classifier "
+                "with one image input.")
+        input_shape = getattr(self.student, "input_shape", None)
+        channels = input_shape[-1] if isinstance(input_shape, tuple) and len(
+            input_shape) == 4 else None
+        checks.check_images(images, self.attack.bounds, name=name, channels=channels)
+        if self.validation_attack is not self.attack:
+            checks.check_images(images, self.validation_attack.bounds, name=name)
+        probe = tf.convert_to_tensor(np.asarray(images)[:16]
+                                     if not isinstance(images, tf.Tensor) else images[:16])
+        outputs = self.student(tf.cast(probe, "float32"), training=False)
+        if len(outputs.shape) != 2:
+            raise checks.InputError(
+                f"The model returns shape {tuple(outputs.shape)}; expected (batch, classes) "
+                "logits.")
+        if self.num_classes is None:
+            self.num_classes = int(outputs.shape[-1])
+        if self.from_logits and checks.outputs_look_like_probabilities(outputs):
+            raise checks.softmax_error("model")
+        label_name = "y" if name == "x" else f"{name} labels"
+        checks.labels_to_indices(labels, self.num_classes, name=label_name)
+
+    def fit(self, x=None, y=None, *args, **kwargs):
+        self.check_data(x, y, name="x")
+        validation_data = kwargs.get("validation_data")
+        if validation_data is not None:
+            self.check_data(validation_data, name="validation_data")
+        return super().fit(x, y, *args, **kwargs)
+
+    def evaluate(self, x=None, y=None, *args, **kwargs):
+        self.check_data(x, y, name="x")
+        return super().evaluate(x, y, *args, **kwargs)
+
+    # ------------------------------------------------------------- teacher state
+    def copy_student_to_teacher(self) -> None:
+        """Sets the teacher's weights to the student's (the ``best`` snapshot)."""
+        self._require_own_teacher()
+        for teacher_var, student_var in zip(self.teacher.weights, self.student.weights):
+            teacher_var.assign(student_var)
+
+    def _require_own_teacher(self):
+        if self.teacher is None:
+            raise ValueError("labels='hard' trainers have no teacher.")
+        if self.has_fixed_teacher:
+            raise ValueError("This trainer's teacher is a fixed model; it is not updated.")
+
+    # -------------------------------------------------------------- serialization
+    def get_config(self) -> dict:
+        return {
+            "name": self.name,
+            "trainable": self.trainable,
+            "model": _SERIALIZE(self.student),
+            "attack": _SERIALIZE(self.attack),
+            "eval_attack": None if self.eval_attack is None else _SERIALIZE(self.eval_attack),
+            "labels": self.labels,
+            "loss_form": self.loss_form,
+            "teacher": _SERIALIZE(self.teacher) if self.has_fixed_teacher else None,
+            "label_smoothing": self.label_smoothing,
+            "track_clean_accuracy": self.track_clean_accuracy,
+            "from_logits": self.from_logits,
+            "num_classes": self.num_classes,
+            "seed": self.seed,
+        }
+
+    @classmethod
+    def from_config(cls, config: dict, custom_objects=None) -> "AdvCalTrainer":
+        config = dict(config)
+        config["model"] = _DESERIALIZE(config["model"], custom_objects=custom_objects)
+        config["attack"] = _DESERIALIZE(config["attack"], custom_objects=custom_objects)
+        if config.get("eval_attack") is not None:
+            config["eval_attack"] = _DESERIALIZE(config["eval_attack"],
+                                                 custom_objects=custom_objects)
+        if config.get("teacher") is not None:
+            config["teacher"] = _DESERIALIZE(config["teacher"], custom_objects=custom_objects)
+        trainable = config.pop("trainable", True)
+        config.pop("dtype", None)
+        trainer = cls(**config)
+        trainer.trainable = trainable
+        return trainer
+
+    def save_own_variables(self, store):
+        super().save_own_variables(store)
+        store["attack_seed_state"] = self.seed_generator.state
+        store["eval_seed_state"] = self.eval_seed_generator.state
+
+    def load_own_variables(self, store):
+        own = {key: store[key] for key in store.keys() if key.isdigit()}
+        super().load_own_variables(own)
+        if "attack_seed_state" in store:
+            self.seed_generator.state.assign(store["attack_seed_state"])
+            self.eval_seed_generator.state.assign(store["eval_seed_state"])
