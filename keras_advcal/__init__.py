@@ -15,8 +15,22 @@ Example:
 
 from keras_advcal.attacks import FGSM, PGD, Attack
 from keras_advcal.checks import InputError
+from keras_advcal.calibration import CalibrationResult, calibrate, fit_temperature
+from keras_advcal.teacher import CalibratedTeacher, calibrate_teacher
 from keras_advcal.trainer import AdvCalTrainer
 
 __version__ = "0.1.0"
 
-__all__ = ["AdvCalTrainer", "Attack", "FGSM", "InputError", "PGD", "__version__"]
+__all__ = [
+    "AdvCalTrainer",
+    "Attack",
+    "CalibratedTeacher",
+    "CalibrationResult",
+    "FGSM",
+    "InputError",
+    "PGD",
+    "__version__",
+    "calibrate",
+    "calibrate_teacher",
+    "fit_temperature",
+]

@@ -1,0 +1,406 @@
+"""Fitting the temperature ``T`` and the ratio ``rho`` of the calibrated targets.
+
+The published rule (DESIGN.md section 1), given logits on held-out adversarial
+examples of a teacher ``g`` and of a surrogate ``s`` (the overfitting student, which
+stands in for the one-hot label on held-out data):
+
+1. for every ``(T, rho)`` on a grid (T: 100 log-spaced values in [0.2, 16]; rho: 100
+   values in [0.01, 1]) compute the validation NLL of the true label under
+   ``rho * softmax(g / T) + (1 - rho) * softmax(s / T)``;
+2. discard the points whose training targets ``rho * softmax(g_train / T) +
+   (1 - rho) * onehot(y)`` disagree with ``y`` on more than ``1 - acc_floor`` of the
+   training sample;
+3. keep the feasible point with the lowest NLL (ties to the smaller rho).
+
+Only the probability of the true label enters the NLL, and a target agrees with its
+label iff ``1 - rho > rho * (max_{j != y} p_j - p_y)``, so the grid is evaluated from
+two ``(T, N)`` tensors per chunk of temperatures and examples: memory stays bounded
+whatever the number of examples.
+
+Example:
+
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> z = rng.normal(size=(2000, 10)) * 3
+    >>> y = np.array([rng.choice(10, p=np.exp(r / 2) / np.exp(r / 2).sum()) for r in z])
+    >>> fit = calibrate(z, rng.normal(size=z.shape), y, z, z.argmax(1))
+    >>> 1.7 < fit.temperature < 2.3, fit.rho > 0.9
+    (True, True)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+RULES = ("published", "confidence", "fixed")
+DEFAULT_TEMPERATURES = np.geomspace(0.2, 16.0, 100)
+DEFAULT_RHOS = np.linspace(0.01, 1.0, 100)
+# Upper bound on the elements of one (temperatures x rhos x examples) block.
+_BLOCK_ELEMENTS = 2_000_000
+_LOG_FLOOR = 1e-12
+
+
+@dataclasses.dataclass
+class CalibrationResult:
+    """What :func:`calibrate` found.
+
+    Attributes:
+        temperature: the fitted ``T``.
+        rho: the fitted ``rho`` (0 when no grid point met the accuracy floor).
+        nll: validation NLL at the chosen point (``nan`` when infeasible).
+        feasible: whether any grid point met the accuracy floor.
+        rule: the rule that produced the result.
+        message: a sentence on what happened (e.g. why rho is 0).
+        train_agreement: fraction of training targets that agree with their label at
+            the chosen point.
+        temperatures, rhos: the grid axes (``None`` for rules without a grid).
+        nll_grid: ``(len(temperatures), len(rhos))`` validation NLL (for plotting).
+        agreement_grid: same shape, training agreement of the targets.
+    """
+
+    temperature: float
+    rho: float
+    nll: float
+    feasible: bool
+    rule: str
+    message: str = ""
+    train_agreement: float = float("nan")
+    temperatures: np.ndarray | None = None
+    rhos: np.ndarray | None = None
+    nll_grid: np.ndarray | None = None
+    agreement_grid: np.ndarray | None = None
+
+    def to_dict(self, include_grids: bool = False) -> dict:
+        """Plain-Python dict (grids as nested lists when ``include_grids``).
+
+        Example:
+
+            >>> CalibrationResult(1.0, 0.5, 0.3, True, "published").to_dict()["rho"]
+            0.5
+        """
+        out = {}
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if isinstance(value, np.ndarray):
+                if not include_grids:
+                    continue
+                value = value.tolist()
+            elif isinstance(value, (np.floating, np.integer)):
+                value = value.item()
+            out[field.name] = value
+        return out
+
+    def to_json(self, include_grids: bool = False) -> str:
+        """JSON text of :meth:`to_dict`."""
+        return json.dumps(self.to_dict(include_grids), allow_nan=True)
+
+
+def _as_float_tensor(value: Any, name: str, num_classes: int | None = None) -> tf.Tensor:
+    tensor = tf.convert_to_tensor(np.asarray(value, dtype="float32"))
+    if tensor.shape.rank != 2:
+        raise ValueError(f"`{name}` must be (examples, classes) logits, got shape "
+                         f"{tuple(tensor.shape)}.")
+    if num_classes is not None and tensor.shape[1] != num_classes:
+        raise ValueError(f"`{name}` has {tensor.shape[1]} classes, expected {num_classes}.")
+    if not bool(tf.reduce_all(tf.math.is_finite(tensor))):
+        raise ValueError(f"`{name}` contains NaN or Inf logits.")
+    return tensor
+
+
+def _as_labels(value: Any, name: str, count: int, num_classes: int) -> tf.Tensor:
+    labels = np.asarray(value)
+    if labels.ndim == 2 and labels.shape[1] == 1:
+        labels = labels[:, 0]
+    if labels.ndim != 1 or labels.shape[0] != count:
+        raise ValueError(f"`{name}` must be {count} integer labels, got shape {labels.shape}.")
+    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ValueError(f"`{name}` must be in [0, {num_classes - 1}].")
+    return tf.convert_to_tensor(labels.astype("int32"))
+
+
+def _true_class_probabilities(logits: tf.Tensor, labels: tf.Tensor,
+                              temperatures: tf.Tensor) -> tf.Tensor:
+    """``softmax(logits / T)[y]`` for each temperature: ``(T, N)``."""
+    scaled = logits[None, :, :] / temperatures[:, None, None]
+    log_probs = tf.nn.log_softmax(scaled, axis=-1)
+    onehot = tf.one_hot(labels, tf.shape(logits)[1])[None]
+    return tf.exp(tf.reduce_sum(log_probs * onehot, axis=-1))
+
+
+def _margins(logits: tf.Tensor, labels: tf.Tensor, temperatures: tf.Tensor) -> tf.Tensor:
+    """``max_{j != y} p_j - p_y`` under ``softmax(logits / T)``: ``(T, N)``."""
+    probs = tf.nn.softmax(logits[None, :, :] / temperatures[:, None, None], axis=-1)
+    onehot = tf.one_hot(labels, tf.shape(logits)[1])[None]
+    true_prob = tf.reduce_sum(probs * onehot, axis=-1)
+    best_other = tf.reduce_max(probs - 2.0 * onehot, axis=-1)
+    return best_other - true_prob
+
+
+def _chunks(total: int, size: int):
+    for start in range(0, total, size):
+        yield start, min(start + size, total)
+
+
+def _grid_sizes(num_temperatures: int, num_rhos: int, num_examples: int,
+                num_classes: int) -> tuple[int, int]:
+    """Chunk sizes (temperatures, examples) keeping every block under the budget."""
+    temperature_chunk = max(1, min(num_temperatures, 10))
+    per_example = temperature_chunk * max(num_rhos, num_classes)
+    example_chunk = max(1, min(num_examples, _BLOCK_ELEMENTS // per_example))
+    return temperature_chunk, example_chunk
+
+
+def nll_grid(teacher_logits, surrogate_logits, labels, temperatures=DEFAULT_TEMPERATURES,
+             rhos=DEFAULT_RHOS) -> np.ndarray:
+    """Validation NLL of ``rho * softmax(g/T) + (1 - rho) * softmax(s/T)`` on the grid.
+
+    Args:
+        teacher_logits: ``(N, K)`` teacher logits on held-out (adversarial) examples.
+        surrogate_logits: ``(N, K)`` surrogate logits on the same examples.
+        labels: ``(N,)`` integer labels.
+        temperatures: the T axis.
+        rhos: the rho axis.
+
+    Returns:
+        ``(len(temperatures), len(rhos))`` float64 array of mean NLL.
+
+    Example:
+
+        >>> g = np.array([[3.0, 0.0]]); s = np.array([[0.0, 3.0]])
+        >>> grid = nll_grid(g, s, [0], temperatures=[1.0], rhos=[0.0, 1.0])
+        >>> bool(grid[0, 1] < grid[0, 0])
+        True
+    """
+    g = _as_float_tensor(teacher_logits, "teacher_logits")
+    s = _as_float_tensor(surrogate_logits, "surrogate_logits", g.shape[1])
+    if s.shape[0] != g.shape[0]:
+        raise ValueError("`teacher_logits` and `surrogate_logits` must have the same "
+                         f"number of examples, got {g.shape[0]} and {s.shape[0]}.")
+    y = _as_labels(labels, "labels", g.shape[0], g.shape[1])
+    temps = np.asarray(temperatures, dtype="float32")
+    rho_values = tf.constant(np.asarray(rhos, dtype="float32"))
+    count, classes = int(g.shape[0]), int(g.shape[1])
+    if count == 0:
+        raise ValueError("Calibration needs at least one held-out example.")
+    t_chunk, n_chunk = _grid_sizes(len(temps), len(rhos), count, classes)
+    total = np.zeros((len(temps), len(rhos)), dtype="float64")
+    for t0, t1 in _chunks(len(temps), t_chunk):
+        t = tf.constant(temps[t0:t1])
+        for n0, n1 in _chunks(count, n_chunk):
+            p_teacher = _true_class_probabilities(g[n0:n1], y[n0:n1], t)  # (t, n)
+            p_surrogate = _true_class_probabilities(s[n0:n1], y[n0:n1], t)
+            mixed = (rho_values[None, :, None] * p_teacher[:, None, :]
+                     + (1.0 - rho_values[None, :, None]) * p_surrogate[:, None, :])
+            nll = -tf.math.log(tf.maximum(mixed, _LOG_FLOOR))  # (t, r, n)
+            total[t0:t1] += tf.reduce_sum(tf.cast(nll, "float64"), axis=-1).numpy()
+    return total / count
+
+
+def agreement_grid(train_teacher_logits, train_labels, temperatures=DEFAULT_TEMPERATURES,
+                   rhos=DEFAULT_RHOS) -> np.ndarray:
+    """Fraction of training targets ``rho softmax(g/T) + (1-rho) onehot(y)`` whose
+    argmax is ``y``, on the grid: ``(len(temperatures), len(rhos))``.
+
+    Example:
+
+        >>> g = np.array([[0.0, 5.0]])
+        >>> agreement_grid(g, [0], temperatures=[1.0], rhos=[0.1, 0.9]).tolist()
+        [[1.0, 0.0]]
+    """
+    g = _as_float_tensor(train_teacher_logits, "train_teacher_logits")
+    y = _as_labels(train_labels, "train_labels", g.shape[0], g.shape[1])
+    temps = np.asarray(temperatures, dtype="float32")
+    rho_values = tf.constant(np.asarray(rhos, dtype="float32"))
+    count, classes = int(g.shape[0]), int(g.shape[1])
+    if count == 0:
+        raise ValueError("The accuracy floor needs at least one training example.")
+    t_chunk, n_chunk = _grid_sizes(len(temps), len(rhos), count, classes)
+    agree = np.zeros((len(temps), len(rhos)), dtype="float64")
+    for t0, t1 in _chunks(len(temps), t_chunk):
+        t = tf.constant(temps[t0:t1])
+        for n0, n1 in _chunks(count, n_chunk):
+            margin = _margins(g[n0:n1], y[n0:n1], t)  # (t, n)
+            ok = (1.0 - rho_values[None, :, None]) > rho_values[None, :, None] * margin[:, None, :]
+            agree[t0:t1] += tf.reduce_sum(tf.cast(ok, "float64"), axis=-1).numpy()
+    return agree / count
+
+
+def _select(nll: np.ndarray, feasible: np.ndarray) -> tuple[int, int] | None:
+    """Index of the lowest feasible NLL; ties go to the smaller rho, then smaller T."""
+    if not feasible.any():
+        return None
+    masked = np.where(feasible, nll, np.inf)
+    best = masked.min()
+    # Values equal up to float rounding are ties (e.g. teacher == surrogate).
+    ties = np.argwhere(masked <= best + 1e-7 * max(1.0, abs(best)))
+    # Smallest rho index first, then smallest temperature index.
+    order = np.lexsort((ties[:, 0], ties[:, 1]))
+    t_index, r_index = ties[order[0]]
+    return int(t_index), int(r_index)
+
+
+def calibrate(teacher_logits, surrogate_logits, labels, train_teacher_logits, train_labels,
+              acc_floor: float = 0.9, rule: str = "published",
+              temperatures: Sequence[float] = DEFAULT_TEMPERATURES,
+              rhos: Sequence[float] = DEFAULT_RHOS,
+              teacher_accuracy: float | None = None,
+              fixed: tuple[float, float] = (2.0, 0.5)) -> CalibrationResult:
+    """Fits ``T`` and ``rho`` of the calibrated targets.
+
+    Args:
+        teacher_logits: ``(N, K)`` teacher logits on held-out adversarial examples.
+        surrogate_logits: ``(N, K)`` surrogate (current student) logits on them.
+        labels: ``(N,)`` true labels of the held-out examples.
+        train_teacher_logits: ``(M, K)`` teacher logits on adversarial examples of a
+            training sample (for the accuracy floor / the confidence rule).
+        train_labels: ``(M,)`` their labels.
+        acc_floor: minimum fraction of training targets that must agree with their
+            label (the published 0.9).
+        rule: ``"published"`` (the grid rule above), ``"confidence"`` (T by plain
+            temperature scaling of the teacher; rho such that the targets' mean
+            probability of the label on the training sample equals the teacher's
+            held-out robust accuracy), or ``"fixed"`` (returns ``fixed``).
+        temperatures: the T grid.
+        rhos: the rho grid.
+        teacher_accuracy: the teacher's held-out robust accuracy for the
+            confidence rule (default: computed from ``teacher_logits``).
+        fixed: ``(T, rho)`` returned by ``rule="fixed"``.
+
+    Returns:
+        A :class:`CalibrationResult`. If no grid point meets the floor, ``rho`` is 0
+        (plain hard labels) and ``feasible`` is ``False``; no exception.
+
+    Example:
+
+        >>> g = np.eye(3)[[0, 1, 2, 0]] * 4; s = np.zeros((4, 3))
+        >>> calibrate(g, s, [0, 1, 2, 0], g, [0, 1, 2, 0]).rho
+        1.0
+    """
+    if rule not in RULES:
+        raise ValueError(f"`rule` must be one of {RULES}, got {rule!r}.")
+    if not 0.0 <= acc_floor <= 1.0:
+        raise ValueError(f"`acc_floor` must be in [0, 1], got {acc_floor!r}.")
+    if rule == "fixed":
+        temperature, rho = (float(v) for v in fixed)
+        return CalibrationResult(temperature, rho, float("nan"), True, rule,
+                                 f"fixed T={temperature:g}, rho={rho:g}")
+    if rule == "confidence":
+        return _calibrate_confidence(teacher_logits, labels, train_teacher_logits,
+                                     train_labels, teacher_accuracy)
+    temps = np.asarray(temperatures, dtype="float64")
+    rho_values = np.asarray(rhos, dtype="float64")
+    if temps.ndim != 1 or not temps.size or np.any(temps <= 0):
+        raise ValueError("`temperatures` must be a non-empty 1-D grid of positive values.")
+    if rho_values.ndim != 1 or not rho_values.size or np.any((rho_values < 0) | (rho_values > 1)):
+        raise ValueError("`rhos` must be a non-empty 1-D grid of values in [0, 1].")
+    nll = nll_grid(teacher_logits, surrogate_logits, labels, temps, rho_values)
+    agreement = agreement_grid(train_teacher_logits, train_labels, temps, rho_values)
+    # A small tolerance so that an agreement of exactly the floor counts.
+    feasible = agreement >= acc_floor - 1e-9
+    choice = _select(nll, feasible)
+    common = dict(rule=rule, temperatures=temps, rhos=rho_values, nll_grid=nll,
+                  agreement_grid=agreement)
+    if choice is None:
+        return CalibrationResult(
+            temperature=1.0, rho=0.0, nll=float("nan"), feasible=False,
+            message=(f"no (T, rho) on the grid keeps {acc_floor:.0%} of the training targets "
+                     "on their label: rho = 0 (hard labels)"),
+            train_agreement=1.0, **common)
+    t_index, r_index = choice
+    return CalibrationResult(
+        temperature=float(temps[t_index]), rho=float(rho_values[r_index]),
+        nll=float(nll[t_index, r_index]), feasible=True,
+        message="lowest validation NLL among grid points above the accuracy floor",
+        train_agreement=float(agreement[t_index, r_index]), **common)
+
+
+def fit_temperature(logits, labels, temperatures: Sequence[float] | None = None) -> float:
+    """Plain temperature scaling: the ``T`` minimising the NLL of ``softmax(logits / T)``.
+
+    A dense log-spaced search (0.05 to 50) refined once around the best value; no
+    optimiser state, deterministic.
+
+    Args:
+        logits: ``(N, K)`` logits on held-out data.
+        labels: ``(N,)`` integer labels.
+        temperatures: optional explicit grid (no refinement then).
+
+    Returns:
+        The fitted temperature.
+
+    Example:
+
+        >>> z = np.array([[4.0, 0.0], [4.0, 0.0], [4.0, 0.0], [0.0, 4.0]])
+        >>> 1.0 < fit_temperature(z, [0, 0, 1, 1]) < 40
+        True
+    """
+    z = _as_float_tensor(logits, "logits")
+    y = _as_labels(labels, "labels", z.shape[0], z.shape[1])
+
+    def best_of(grid: np.ndarray) -> tuple[float, int]:
+        probs = _true_class_probabilities(z, y, tf.constant(grid, "float32"))
+        nll = -tf.reduce_mean(tf.math.log(tf.maximum(probs, _LOG_FLOOR)), axis=-1).numpy()
+        index = int(np.argmin(nll))
+        return float(grid[index]), index
+
+    if temperatures is not None:
+        return best_of(np.asarray(temperatures, dtype="float32"))[0]
+    coarse = np.geomspace(0.05, 50.0, 200).astype("float32")
+    value, index = best_of(coarse)
+    low, high = coarse[max(index - 1, 0)], coarse[min(index + 1, len(coarse) - 1)]
+    return best_of(np.linspace(low, high, 101).astype("float32"))[0]
+
+
+def _calibrate_confidence(teacher_logits, labels, train_teacher_logits, train_labels,
+                          teacher_accuracy) -> CalibrationResult:
+    g = _as_float_tensor(teacher_logits, "teacher_logits")
+    y = np.asarray(labels).reshape(-1)
+    temperature = fit_temperature(teacher_logits, labels)
+    if teacher_accuracy is None:
+        teacher_accuracy = float(np.mean(g.numpy().argmax(axis=1) == y))
+    g_train = _as_float_tensor(train_teacher_logits, "train_teacher_logits")
+    y_train = _as_labels(train_labels, "train_labels", g_train.shape[0], g_train.shape[1])
+    p_label = float(tf.reduce_mean(_true_class_probabilities(
+        g_train, y_train, tf.constant([temperature], "float32"))))
+    if p_label >= 1.0 - 1e-9:
+        rho = 0.0 if teacher_accuracy >= 1.0 else 1.0
+    else:
+        rho = float(np.clip((1.0 - teacher_accuracy) / (1.0 - p_label), 0.0, 1.0))
+    return CalibrationResult(
+        temperature=temperature, rho=rho, nll=float("nan"), feasible=True, rule="confidence",
+        message=(f"teacher held-out robust accuracy {teacher_accuracy:.3f}, mean training "
+                 f"p(y) {p_label:.3f}"))
+
+
+def minimum_examples(acc_floor: float = 0.9) -> int:
+    """The fewest held-out examples the library accepts for a calibration.
+
+    With fewer than ``ceil(10 / (1 - acc_floor))`` training examples the floor can
+    only be met by agreeing on all of them, and fewer than 100 held-out examples
+    give an NLL too noisy to compare 10,000 grid points.
+
+    Example:
+
+        >>> minimum_examples(0.9)
+        100
+    """
+    return max(100, int(np.ceil(10.0 / max(1.0 - acc_floor, 1e-3))))
+
+
+def check_calibration_size(count: int, name: str, acc_floor: float = 0.9) -> None:
+    """Raises a ``ValueError`` naming ``name`` when ``count`` is below
+    :func:`minimum_examples`, saying how many are needed."""
+    needed = minimum_examples(acc_floor)
+    if count < needed:
+        raise ValueError(
+            f"`{name}` has {count} examples; calibrating T and rho needs at least {needed} "
+            "(the NLL over the grid is too noisy below that). Hold out more data.")
+
+
+__all__ = ["CalibrationResult", "agreement_grid", "calibrate", "fit_temperature",
+           "minimum_examples", "nll_grid", "check_calibration_size"]

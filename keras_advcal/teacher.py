@@ -1,0 +1,450 @@
+"""The teacher of the calibrated targets, and the callback that maintains it.
+
+Teacher kinds (DESIGN.md section 1):
+
+* ``"best"``: a snapshot of the student taken whenever validation robust accuracy
+  (``val_adv_accuracy``) improves: the early-stopped model.
+* ``"swa"``: a uniform average of the student's weights, once per epoch from
+  ``swa_start_epoch``, with BatchNorm statistics re-estimated on training data.
+* ``"ema"``: an exponential moving average of the student every step (BatchNorm
+  statistics included), computed inside the compiled train step.
+* ``"fixed"``: a trained model given to ``AdvCalTrainer(teacher=...)`` (the paper's
+  two-stage recipe).
+
+The teacher's weights, ``T``, ``rho`` and the bookkeeping (best score, number of
+averaged epochs, EMA decay) are variables of the trainer, so they are saved with it
+and restored by ``keras.callbacks.BackupAndRestore``; the callback holds only logic
+and data.
+
+Example:
+
+    >>> import keras, numpy as np
+    >>> from keras_advcal import AdvCalTrainer, CalibratedTeacher, PGD
+    >>> net = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(),
+    ...                         keras.layers.Dense(10)])
+    >>> x = np.random.rand(300, 8, 8, 1).astype("float32"); y = np.arange(300) % 10
+    >>> trainer = AdvCalTrainer(net, PGD(0.1, 0.05, 3))
+    >>> trainer.compile("adam")
+    >>> callback = CalibratedTeacher((x[:150], y[:150]), (x[150:], y[150:]))
+    >>> h = trainer.fit(x[150:], y[150:], validation_data=(x[:150], y[:150]),
+    ...                 epochs=2, callbacks=[callback], verbose=0)
+    >>> "rho" in h.history and "temperature" in h.history
+    True
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from keras_advcal import attacks as attacks_lib
+from keras_advcal import calibration
+from keras_advcal.trainer import AdvCalTrainer
+
+TEACHER_KINDS = ("best", "swa", "ema", "fixed")
+
+
+# ----------------------------------------------------------------------- data helpers
+def as_arrays(data: Any, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(x, y)`` NumPy arrays from a tuple of arrays or a finite ``tf.data`` of batches.
+
+    Example:
+
+        >>> as_arrays((np.zeros((2, 3)), [0, 1]), "data")[1].tolist()
+        [0, 1]
+    """
+    if isinstance(data, tf.data.Dataset):
+        xs, ys = [], []
+        for element in data:
+            xs.append(np.asarray(element[0]))
+            ys.append(np.asarray(element[1]))
+        if not xs:
+            raise ValueError(f"`{name}` is an empty dataset.")
+        x, y = np.concatenate(xs), np.concatenate(ys)
+    elif isinstance(data, (tuple, list)) and len(data) == 2:
+        x, y = np.asarray(data[0]), np.asarray(data[1])
+    else:
+        raise TypeError(f"`{name}` must be an (x, y) tuple of arrays or a tf.data.Dataset "
+                        f"of (x, y) batches, got {type(data).__name__}.")
+    if y.ndim == 2 and y.shape[1] > 1:
+        y = y.argmax(axis=1)
+    y = y.reshape(-1).astype("int32")
+    if len(x) != len(y):
+        raise ValueError(f"`{name}` has {len(x)} images but {len(y)} labels.")
+    return x.astype("float32"), y
+
+
+class AdversarialLogits:
+    """Attacks ``source`` and returns the logits of each of ``models`` on the
+    adversarial examples, batch by batch, with one compiled function reused across
+    calls (no retracing from epoch to epoch).
+
+    The random starts are drawn from a stream reset to ``seed`` at every call, so the
+    same call gives the same examples (needed for bit-identical resumed runs).
+
+    Args:
+        attack: the attack.
+        source: the model (callable returning logits) the examples are made against.
+        models: the models (callables returning logits) evaluated on them.
+        batch_size: examples per batch.
+
+    Example:
+
+        >>> net = keras.Sequential([keras.Input((2,)), keras.layers.Dense(3)])
+        >>> run = AdversarialLogits(attacks_lib.PGD(0.1, steps=2), net, [net])
+        >>> run(np.zeros((5, 2), "float32"), np.zeros(5, "int32"))[0].shape
+        (5, 3)
+    """
+
+    def __init__(self, attack: attacks_lib.Attack, source: Callable,
+                 models: list[Callable], batch_size: int = 256):
+        self.attack = attack
+        self.source = source
+        self.models = list(models)
+        self.batch_size = int(batch_size)
+        self._generator = keras.random.SeedGenerator(0)
+        self._step = tf.function(self._logits_on_batch, reduce_retracing=True)
+
+    def _logits_on_batch(self, x, y):
+        x_adv = self.attack(self.source, x, y, seed=self._generator)
+        return [tf.cast(model(x_adv, training=False), "float32") for model in self.models]
+
+    def __call__(self, x: np.ndarray, y: np.ndarray, seed: int = 0) -> list[np.ndarray]:
+        state = self._generator.state
+        state.assign(tf.cast([seed, 0], state.dtype))
+        outputs: list[list[np.ndarray]] = [[] for _ in self.models]
+        for start in range(0, len(x), self.batch_size):
+            results = self._step(tf.constant(x[start:start + self.batch_size]),
+                                 tf.constant(y[start:start + self.batch_size]))
+            for store, result in zip(outputs, results):
+                store.append(result.numpy())
+        return [np.concatenate(store) for store in outputs]
+
+
+def adversarial_logits(attack: attacks_lib.Attack, source: Callable, models: list[Callable],
+                       x: np.ndarray, y: np.ndarray, batch_size: int = 256,
+                       seed: int = 0) -> list[np.ndarray]:
+    """One-off :class:`AdversarialLogits` call (compiles a new function each time).
+
+    Example:
+
+        >>> net = keras.Sequential([keras.Input((2,)), keras.layers.Dense(3)])
+        >>> adversarial_logits(attacks_lib.PGD(0.1, steps=2), net, [net],
+        ...                    np.zeros((5, 2), "float32"), np.zeros(5, "int32"))[0].shape
+        (5, 3)
+    """
+    return AdversarialLogits(attack, source, models, batch_size)(x, y, seed)
+
+
+# ----------------------------------------------------------------- teacher updates
+def _float_pairs(trainer: AdvCalTrainer):
+    for teacher_var, student_var in zip(trainer.teacher.weights, trainer.student.weights):
+        if "float" in str(teacher_var.dtype):
+            yield teacher_var, student_var
+
+
+def average_into_teacher(trainer: AdvCalTrainer) -> int:
+    """One SWA update: ``teacher <- (n * teacher + student) / (n + 1)``; returns ``n + 1``.
+
+    Example:
+
+        >>> net = keras.Sequential([keras.Input((2,)), keras.layers.Dense(2)])
+        >>> t = AdvCalTrainer(net, attacks_lib.PGD(0.1, steps=1))
+        >>> average_into_teacher(t)
+        1
+    """
+    count = int(trainer.teacher_updates.numpy())
+    if count == 0:
+        trainer.copy_student_to_teacher()
+    else:
+        for teacher_var, student_var in _float_pairs(trainer):
+            teacher_var.assign(teacher_var + (student_var - teacher_var) / (count + 1.0))
+    trainer.teacher_updates.assign(count + 1.0)
+    return count + 1
+
+
+def batchnorm_layers(model: keras.Model) -> list[keras.layers.BatchNormalization]:
+    """All BatchNormalization layers of ``model``, nested models included.
+
+    Example:
+
+        >>> m = keras.Sequential([keras.Input((2,)), keras.layers.BatchNormalization()])
+        >>> len(batchnorm_layers(m))
+        1
+    """
+    found = []
+    for layer in getattr(model, "layers", []):
+        if isinstance(layer, keras.layers.BatchNormalization):
+            found.append(layer)
+        elif hasattr(layer, "layers"):
+            found.extend(batchnorm_layers(layer))
+    return found
+
+
+def reestimate_batchnorm(model: keras.Model, x: np.ndarray, batch_size: int = 256) -> int:
+    """Recomputes BatchNorm moving statistics of ``model`` as the exact average of the
+    batch statistics over one pass of ``x`` (what SWA needs after averaging weights).
+    Returns the number of BatchNorm layers updated (0: nothing to do).
+
+    Example:
+
+        >>> m = keras.Sequential([keras.Input((1,)), keras.layers.BatchNormalization()])
+        >>> reestimate_batchnorm(m, np.full((8, 1), 3.0, "float32"))
+        1
+        >>> float(m.layers[0].moving_mean.numpy()[0])
+        3.0
+    """
+    layers = batchnorm_layers(model)
+    if not layers:
+        return 0
+    saved = [(layer, layer.momentum) for layer in layers]
+    trainable = model.trainable
+    model.trainable = True
+    try:
+        for layer in layers:
+            layer.moving_mean.assign(keras.ops.zeros_like(layer.moving_mean))
+            layer.moving_variance.assign(keras.ops.ones_like(layer.moving_variance))
+        for index, start in enumerate(range(0, len(x), batch_size)):
+            for layer in layers:
+                # moving = m * moving + (1 - m) * batch with m = k / (k + 1): the mean.
+                layer.momentum = index / (index + 1.0)
+            model(tf.constant(x[start:start + batch_size]), training=True)
+    finally:
+        for layer, momentum in saved:
+            layer.momentum = momentum
+        model.trainable = trainable
+    return len(layers)
+
+
+# ------------------------------------------------------------------------ callback
+class CalibratedTeacher(keras.callbacks.Callback):
+    """Maintains the teacher of an ``AdvCalTrainer`` and fits ``T`` and ``rho``
+    at the end of every epoch.
+
+    Each epoch end: update the teacher (per ``kind``); then, once a teacher exists,
+    make PGD examples of the validation data against the teacher, collect teacher and
+    student logits on them, make PGD examples of the training sample against the
+    teacher (only when the teacher changed), call
+    :func:`keras_advcal.calibration.calibrate` with the student as the surrogate, and
+    write ``T`` and ``rho`` into the trainer. Adds ``temperature``, ``rho``,
+    ``calibration_nll``, ``train_agreement`` and ``teacher_adv_accuracy`` to the epoch
+    logs (History, CSVLogger and TensorBoard record them).
+
+    Put it first in the callbacks list: callbacks run in order, and
+    ``BackupAndRestore`` or ``CSVLogger`` placed before it would see the epoch's
+    state before the teacher update.
+
+    Args:
+        validation_data: ``(x, y)`` held out from training (never trained on); at
+            least :func:`keras_advcal.calibration.minimum_examples` examples.
+        train_sample: ``(x, y)`` sample of the training data (accuracy floor, SWA
+            BatchNorm statistics).
+        kind: ``"best"``, ``"swa"``, ``"ema"`` or ``"fixed"``.
+        rule: ``"published"``, ``"confidence"`` or ``"fixed"`` (with
+            ``fixed_temperature`` and ``fixed_rho``: the fixed-KD baseline).
+        acc_floor: the published rule's accuracy floor.
+        attack: attack for the calibration (default: the trainer's validation attack).
+        monitor: the log key the ``best`` teacher follows (``val_adv_accuracy``; when
+            missing from the logs, the callback measures the student's robust accuracy
+            on ``validation_data`` itself).
+        swa_start_epoch: first epoch (0-based) averaged into the ``swa`` teacher.
+        ema_decay: decay of the ``ema`` teacher.
+        fixed_temperature: ``T`` of ``rule="fixed"``.
+        fixed_rho: ``rho`` of ``rule="fixed"``.
+        batch_size: batch size of the calibration passes.
+        seed: seed of the calibration attacks' random starts (fixed per epoch).
+        verbose: print ``T``, ``rho`` each epoch when ``1``.
+
+    Example:
+
+        >>> callback = CalibratedTeacher((np.zeros((200, 2)), np.zeros(200)),
+        ...                              (np.zeros((200, 2)), np.zeros(200)), kind="swa")
+        >>> callback.kind
+        'swa'
+    """
+
+    def __init__(self, validation_data: Any, train_sample: Any, kind: str = "best",
+                 rule: str = "published", acc_floor: float = 0.9,
+                 attack: attacks_lib.Attack | None = None, monitor: str = "val_adv_accuracy",
+                 swa_start_epoch: int = 0, ema_decay: float = 0.995,
+                 fixed_temperature: float = 2.0, fixed_rho: float = 0.5,
+                 batch_size: int = 256, seed: int = 0, verbose: int = 0):
+        super().__init__()
+        if kind not in TEACHER_KINDS:
+            raise ValueError(f"`kind` must be one of {TEACHER_KINDS}, got {kind!r}.")
+        if rule not in calibration.RULES:
+            raise ValueError(f"`rule` must be one of {calibration.RULES}, got {rule!r}.")
+        if not 0.0 < ema_decay < 1.0:
+            raise ValueError(f"`ema_decay` must be in (0, 1), got {ema_decay!r}.")
+        if swa_start_epoch < 0:
+            raise ValueError(f"`swa_start_epoch` must be >= 0, got {swa_start_epoch!r}.")
+        self.x_val, self.y_val = as_arrays(validation_data, "validation_data")
+        self.x_train, self.y_train = as_arrays(train_sample, "train_sample")
+        if rule == "published":
+            calibration.check_calibration_size(len(self.y_val), "validation_data", acc_floor)
+            calibration.check_calibration_size(len(self.y_train), "train_sample", acc_floor)
+        self.kind = kind
+        self.rule = rule
+        self.acc_floor = float(acc_floor)
+        self.attack = attack
+        self.monitor = monitor
+        self.swa_start_epoch = int(swa_start_epoch)
+        self.ema_decay = float(ema_decay)
+        self.fixed = (float(fixed_temperature), float(fixed_rho))
+        self.batch_size = int(batch_size)
+        self.seed = int(seed)
+        self.verbose = verbose
+        self.results: list[calibration.CalibrationResult] = []
+        self._train_cache: np.ndarray | None = None
+
+    # ---------------------------------------------------------------- lifecycle
+    @property
+    def trainer(self) -> AdvCalTrainer:
+        return self.model
+
+    def on_train_begin(self, logs=None):
+        trainer = self.model
+        if not isinstance(trainer, AdvCalTrainer) or trainer.labels != "calibrated":
+            raise ValueError("CalibratedTeacher needs an AdvCalTrainer with "
+                             "labels='calibrated'.")
+        if self.kind == "fixed" and not trainer.has_fixed_teacher:
+            raise ValueError("kind='fixed' needs a trained teacher: AdvCalTrainer(model, "
+                             "attack, teacher=trained_model).")
+        if self.kind != "fixed" and trainer.has_fixed_teacher:
+            raise ValueError(f"kind={self.kind!r} maintains its own teacher, but the trainer "
+                             "was given a fixed teacher: use kind='fixed'.")
+        if self.kind == "ema":
+            if float(trainer.teacher_ready.numpy()) == 0.0:
+                trainer.copy_student_to_teacher()
+                trainer.teacher_ready.assign(1.0)
+            trainer.ema_decay.assign(self.ema_decay)
+        else:
+            trainer.ema_decay.assign(0.0)
+        self._train_cache = None
+        attack = self._attack()
+        teacher, student = trainer.teacher_logits, trainer.student_logits
+        self._val_logits = AdversarialLogits(attack, teacher, [teacher, student],
+                                             self.batch_size)
+        self._train_logits = AdversarialLogits(attack, teacher, [teacher], self.batch_size)
+        self._student_val_logits = AdversarialLogits(attack, student, [student],
+                                                     self.batch_size)
+
+    def on_train_end(self, logs=None):
+        self.model.ema_decay.assign(0.0)
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs if logs is not None else {}
+        trainer = self.model
+        changed = self._update_teacher(epoch, logs)
+        if float(trainer.teacher_ready.numpy()) == 0.0:
+            trainer.rho.assign(0.0)
+            logs.update(temperature=float(trainer.temperature.numpy()), rho=0.0,
+                        calibration_nll=float("nan"), train_agreement=float("nan"),
+                        teacher_adv_accuracy=float("nan"))
+            return
+        result, teacher_accuracy = self._calibrate(epoch, changed)
+        trainer.temperature.assign(result.temperature)
+        trainer.rho.assign(result.rho)
+        self.results.append(result)
+        logs.update(temperature=result.temperature, rho=result.rho,
+                    calibration_nll=result.nll, train_agreement=result.train_agreement,
+                    teacher_adv_accuracy=teacher_accuracy)
+        if self.verbose:
+            print(f"\nCalibratedTeacher epoch {epoch + 1}: T={result.temperature:.3f} "
+                  f"rho={result.rho:.3f} nll={result.nll:.4f} teacher robust "
+                  f"acc={teacher_accuracy:.4f} ({result.message})")
+
+    # ------------------------------------------------------------- the teacher
+    def _score(self, logs) -> float:
+        if self.monitor in logs:
+            return float(logs[self.monitor])
+        logits, = self._student_val_logits(self.x_val, self.y_val, self.seed)
+        return float(np.mean(logits.argmax(axis=1) == self.y_val))
+
+    def _update_teacher(self, epoch: int, logs: dict) -> bool:
+        trainer = self.model
+        if self.kind == "best":
+            score = self._score(logs)
+            if not math.isnan(score) and score > float(trainer.teacher_score.numpy()):
+                trainer.copy_student_to_teacher()
+                trainer.teacher_score.assign(score)
+                trainer.teacher_ready.assign(1.0)
+                return True
+            return False
+        if self.kind == "swa":
+            if epoch < self.swa_start_epoch:
+                return False
+            average_into_teacher(trainer)
+            reestimate_batchnorm(trainer.teacher, self.x_train, self.batch_size)
+            trainer.teacher_ready.assign(1.0)
+            return True
+        return self.kind == "ema" or self._train_cache is None
+
+    # --------------------------------------------------------- the calibration
+    def _attack(self) -> attacks_lib.Attack:
+        return self.attack if self.attack is not None else self.model.validation_attack
+
+    def _calibrate(self, epoch: int, teacher_changed: bool):
+        seed = self.seed * 100_003 + epoch
+        teacher_val, student_val = self._val_logits(self.x_val, self.y_val, seed)
+        if teacher_changed or self._train_cache is None:
+            self._train_cache, = self._train_logits(self.x_train, self.y_train, seed + 7)
+        teacher_accuracy = float(np.mean(teacher_val.argmax(axis=1) == self.y_val))
+        result = calibration.calibrate(
+            teacher_val, student_val, self.y_val, self._train_cache, self.y_train,
+            acc_floor=self.acc_floor, rule=self.rule, teacher_accuracy=teacher_accuracy,
+            fixed=self.fixed)
+        return result, teacher_accuracy
+
+
+# ------------------------------------------------------------- two-stage recipe
+def calibrate_teacher(teacher: keras.Model, surrogate: keras.Model, validation_data: Any,
+                      train_sample: Any, attack: attacks_lib.Attack, acc_floor: float = 0.9,
+                      rule: str = "published", batch_size: int = 256,
+                      seed: int = 0) -> calibration.CalibrationResult:
+    """The paper's recipe, in one call: fit ``T`` and ``rho`` for a trained teacher.
+
+    Train PGD-AT, keep the best (early-stopped) model as ``teacher`` and the last one
+    as ``surrogate``, call this, then retrain with
+    ``AdvCalTrainer(model, attack, teacher=teacher, temperature=result.temperature,
+    rho=result.rho)``.
+
+    Args:
+        teacher: the trained teacher (logits out).
+        surrogate: the overfitted model standing in for the one-hot label.
+        validation_data: held-out ``(x, y)``.
+        train_sample: ``(x, y)`` sample of the training data (accuracy floor).
+        attack: the attack that makes the adversarial examples (against the teacher).
+        acc_floor: accuracy floor of the published rule.
+        rule: calibration rule (see :func:`keras_advcal.calibration.calibrate`).
+        batch_size: batch size of the attack passes.
+        seed: seed of the attack's random starts.
+
+    Returns:
+        The :class:`~keras_advcal.calibration.CalibrationResult`.
+
+    Example:
+
+        >>> net = keras.Sequential([keras.Input((2,)), keras.layers.Dense(2)])
+        >>> data = (np.random.rand(120, 2).astype("float32"), np.arange(120) % 2)
+        >>> result = calibrate_teacher(net, net, data, data, attacks_lib.PGD(0.1, steps=2))
+        >>> 0.0 <= result.rho <= 1.0
+        True
+    """
+    x_val, y_val = as_arrays(validation_data, "validation_data")
+    x_train, y_train = as_arrays(train_sample, "train_sample")
+    if rule == "published":
+        calibration.check_calibration_size(len(y_val), "validation_data", acc_floor)
+        calibration.check_calibration_size(len(y_train), "train_sample", acc_floor)
+    teacher_val, surrogate_val = adversarial_logits(
+        attack, teacher, [teacher, surrogate], x_val, y_val, batch_size, seed)
+    teacher_train, = adversarial_logits(attack, teacher, [teacher], x_train, y_train,
+                                        batch_size, seed + 7)
+    teacher_accuracy = float(np.mean(teacher_val.argmax(axis=1) == y_val))
+    return calibration.calibrate(teacher_val, surrogate_val, y_val, teacher_train, y_train,
+                                 acc_floor=acc_floor, rule=rule,
+                                 teacher_accuracy=teacher_accuracy)
