@@ -27,7 +27,7 @@ Example:
     >>> splits.input_shape, splits.num_classes
     ((8, 8, 1), 10)
     >>> [len(y) for _, y in (splits.train, splits.validation, splits.test)]
-    [1078, 359, 360]
+    [1078, 360, 359]
     >>> ds = splits.as_tf_data("train", batch_size=64, seed=0)
 """
 
@@ -117,8 +117,9 @@ class DatasetSplits:
         flipped: Boolean mask over the training examples whose label was flipped by
             ``label_noise`` (all ``False`` without noise).
         clean_train_labels: Training labels before the label noise.
-        indices: For each split, the indices of its examples in the source's training
-            pool (``train``, ``validation``) or test split (``test``).
+        indices: For each split, the positions of its examples in the source arrays:
+            ``train`` and ``validation`` in the source's training split, ``test`` in
+            its test split (in the training split for datasets without one, digits).
         source: The source the arrays were read from.
 
     Example:
@@ -580,11 +581,15 @@ def _how_to_get(name: str, source: str) -> str:
             f"Run `keras.datasets.{name}.load_data()` on a machine with internet and "
             f"copy {_keras_datasets_dir()} here"
         ),
-        "debian": f"The Debian package `dataset-{name.replace('_', '-')}` installs it",
+        "debian": (
+            "Install it with `apt-get install dataset-fashion-mnist`"
+            if name == "fashion_mnist"
+            else "Debian packages only Fashion-MNIST (`dataset-fashion-mnist`)"
+        ),
         "sklearn": "Install scikit-learn: `pip install scikit-learn`",
     }
     text = hints[source]
-    if name == "fashion_mnist":
+    if name == "fashion_mnist" and source != "debian":
         text += "; or `apt-get install dataset-fashion-mnist` (Debian/Ubuntu)"
     return text + "."
 
@@ -797,42 +802,80 @@ def load(
         name = _ALIASES.get(key, key)
     raw = _read_raw(name, source, data_dir, download)
     name = name if isinstance(name, str) else str(name.name)
-    x_pool, y_pool, x_test, y_test = raw.x_train, raw.y_train, raw.x_test, raw.y_test
-    test_rng = np.random.default_rng([seed, 1])
-    if x_test is None:
-        order = test_rng.permutation(len(x_pool))
-        n_test = _count(DEFAULT_TEST_FRACTION, len(x_pool), "test fraction")
-        test_idx, pool_idx = np.sort(order[:n_test]), np.sort(order[n_test:])
-        x_test, y_test = x_pool[test_idx], y_pool[test_idx]
-        x_pool, y_pool = x_pool[pool_idx], y_pool[pool_idx]
-    train_idx, val_idx = _split_indices(
-        len(x_pool), validation_size, subset,
-        _DEFAULT_VALIDATION.get(name, DEFAULT_VALIDATION_FRACTION), seed,
-    )
-    n_test = _count(test_size, len(x_test), "test_size")
-    test_idx = np.arange(len(x_test))
-    if n_test is not None:
-        test_idx = np.sort(test_rng.permutation(len(x_test))[:n_test])
-    y_train = y_pool[train_idx].astype(np.int32)
-    noisy, flipped = flip_labels(y_train, label_noise, raw.num_classes, seed=[seed, 2])
-    x_train = _to_float(x_pool[train_idx], raw.scale)
+    default_validation = _DEFAULT_VALIDATION.get(name, DEFAULT_VALIDATION_FRACTION)
+    indices = _select(raw, subset, validation_size, test_size, default_validation, seed)
+    x_train, clean = _take(raw.x_train, raw.y_train, indices["train"], raw.scale)
+    noisy, flipped = flip_labels(clean, label_noise, raw.num_classes, seed=[seed, 2])
+    x_test, y_test = (raw.x_train, raw.y_train) if raw.x_test is None else (raw.x_test, raw.y_test)
     return DatasetSplits(
-        train=(x_train, noisy.astype(np.int32)),
-        validation=(_to_float(x_pool[val_idx], raw.scale), y_pool[val_idx].astype(np.int32)),
-        test=(_to_float(x_test[test_idx], raw.scale), y_test[test_idx].astype(np.int32)),
+        train=(x_train, noisy),
+        validation=_take(raw.x_train, raw.y_train, indices["validation"], raw.scale),
+        test=_take(x_test, y_test, indices["test"], raw.scale),
         num_classes=raw.num_classes,
         input_shape=tuple(int(d) for d in x_train.shape[1:]),
         name=name,
         class_names=raw.class_names,
         flipped=flipped,
-        clean_train_labels=y_train,
-        indices={"train": train_idx, "validation": val_idx, "test": test_idx},
+        clean_train_labels=clean,
+        indices=indices,
         source=raw.source,
     )
 
 
+def _select(
+    raw: _Raw,
+    subset: int | float | None,
+    validation_size: int | float | None,
+    test_size: int | float | None,
+    default_validation: float,
+    seed: int,
+) -> dict[str, np.ndarray]:
+    """Seeded indices of the train, validation and test examples in the source arrays.
+
+    Train and validation index the source's training split; test indexes its test
+    split, or the training split when there is none (then a seeded
+    ``DEFAULT_TEST_FRACTION`` of it is set aside first).
+
+    Example:
+
+        >>> raw = _load_sklearn("digits")
+        >>> idx = _select(raw, None, None, None, 0.25, seed=0)
+        >>> [len(idx[k]) for k in ("train", "validation", "test")]
+        [1078, 360, 359]
+    """
+    test_rng = np.random.default_rng([seed, 1])
+    pool = np.arange(len(raw.x_train))
+    if raw.x_test is None:
+        order = test_rng.permutation(len(pool))
+        n_test = _count(DEFAULT_TEST_FRACTION, len(pool), "test fraction")
+        test, pool = np.sort(order[:n_test]), np.sort(order[n_test:])
+    else:
+        test = np.arange(len(raw.x_test))
+    train_pos, val_pos = _split_indices(
+        len(pool), validation_size, subset, default_validation, seed
+    )
+    n_test = _count(test_size, len(test), "test_size")
+    if n_test is not None:
+        test = np.sort(test[test_rng.permutation(len(test))[:n_test]])
+    return {"train": pool[train_pos], "validation": pool[val_pos], "test": test}
+
+
+def _take(
+    x: np.ndarray, y: np.ndarray, indices: np.ndarray, scale: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Selected examples as ``float32`` NHWC pixels in ``[0, 1]`` and ``int32`` labels.
+
+    Example:
+
+        >>> x, y = _take(np.full((3, 2, 2), 255, np.uint8), np.arange(3), np.array([2]), 255.0)
+        >>> x.shape, y.tolist()
+        ((1, 2, 2, 1), [2])
+    """
+    return _to_float(x[indices], scale), np.asarray(y[indices]).astype(np.int32)
+
+
 def load_digits(seed: int = 0, **kwargs: Any) -> DatasetSplits:
-    """scikit-learn's 8x8 digits, split 60/20/20 (1078/359/360) for ``seed``.
+    """scikit-learn's 8x8 digits, split 60/20/20 (1078/360/359) for ``seed``.
 
     Args:
         seed: Seed of the split.

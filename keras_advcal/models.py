@@ -68,14 +68,36 @@ def _inputs_and_normalise(
         return inputs, inputs
     if mean is None or std is None:
         raise ValueError("Give both `mean` and `std` for normalisation, or neither.")
-    stds = [float(s) for s in (std if isinstance(std, Sequence) else [std])]
+    channels = int(input_shape[-1])
+    means = _per_channel(mean, channels, "mean")
+    stds = _per_channel(std, channels, "std")
     if min(stds) <= 0:
         raise ValueError(f"`std` must be positive, got {std}.")
-    means = [float(m) for m in (mean if isinstance(mean, Sequence) else [mean])]
     normalise = keras.layers.Normalization(
         mean=means, variance=[s * s for s in stds], name="normalise"
     )
     return inputs, normalise(inputs)
+
+
+def _per_channel(value: float | Sequence[float], channels: int, label: str) -> list[float]:
+    """Broadcasts a scalar (or checks a sequence) to one float per channel.
+
+    Raises:
+        ValueError: If a sequence does not have one value per channel.
+
+    Example:
+
+        >>> _per_channel(0.5, 3, "mean")
+        [0.5, 0.5, 0.5]
+    """
+    values = [float(v) for v in value] if isinstance(value, Sequence) else [float(value)]
+    if len(values) == 1:
+        values = values * channels
+    if len(values) != channels:
+        raise ValueError(
+            f"`{label}` needs one value per channel ({channels}), got {len(values)}."
+        )
+    return values
 
 
 def _conv(filters: int, kernel: int, strides: int = 1, name: str | None = None):

@@ -1,0 +1,37 @@
+"""Shared fixtures: scikit-learn digits as [0, 1] images and tiny classifiers."""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from sklearn.datasets import load_digits  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def digits():
+    """(x_train, y_train, x_test, y_test): 1,297 / 500 digits, 8x8x1 in [0, 1]."""
+    data = load_digits()
+    x = (data.images / 16.0).astype("float32")[..., None]
+    y = data.target.astype("int32")
+    order = np.random.default_rng(0).permutation(len(y))
+    x, y = x[order], y[order]
+    return x[:1297], y[:1297], x[1297:], y[1297:]
+
+
+def tiny_cnn(seed: int = 0, batchnorm: bool = False, num_classes: int = 10) -> keras.Model:
+    """A small functional CNN for 8x8x1 digits (logits out)."""
+    keras.utils.set_random_seed(seed)
+    layers = [keras.Input((8, 8, 1)), keras.layers.Conv2D(16, 3, padding="same")]
+    if batchnorm:
+        layers.append(keras.layers.BatchNormalization())
+    layers += [keras.layers.ReLU(), keras.layers.MaxPooling2D(), keras.layers.Flatten(),
+               keras.layers.Dense(64, activation="relu"), keras.layers.Dense(num_classes)]
+    return keras.Sequential(layers)
+
+
+@pytest.fixture
+def make_cnn():
+    return tiny_cnn

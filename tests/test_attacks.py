@@ -1,0 +1,164 @@
+"""Tests of keras_advcal.attacks: bounds, strength, graph/XLA use, serialization."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_advcal import attacks
+from keras_advcal.attacks import FGSM, PGD
+from tests.conftest import tiny_cnn
+
+
+def _linf(a, b):
+    return np.abs(np.asarray(a) - np.asarray(b)).reshape(len(a), -1).max(axis=1)
+
+
+def _l2(a, b):
+    return np.sqrt(((np.asarray(a) - np.asarray(b)) ** 2).reshape(len(a), -1).sum(axis=1))
+
+
+@pytest.fixture(scope="module")
+def random_model():
+    keras.utils.set_random_seed(1)
+    return keras.Sequential([keras.Input((6, 6, 3)), keras.layers.Flatten(),
+                             keras.layers.Dense(32, activation="relu"), keras.layers.Dense(5)])
+
+
+@pytest.mark.parametrize("bounds", [(0.0, 1.0), (-1.0, 1.0), (0.2, 0.7)])
+@pytest.mark.parametrize("make_attack", [
+    lambda b: PGD(0.1, 0.03, 7, norm="linf", bounds=b),
+    lambda b: PGD(0.5, 0.2, 7, norm="l2", bounds=b),
+    lambda b: PGD(0.1, 0.03, 5, norm="linf", bounds=b, loss="cw"),
+    lambda b: FGSM(0.1, bounds=b),
+    lambda b: FGSM(0.1, bounds=b, random_start=True),
+    lambda b: FGSM(0.4, norm="l2", bounds=b),
+], ids=["pgd-linf", "pgd-l2", "pgd-cw", "fgsm", "fgsm-rs", "fgsm-l2"])
+def test_perturbation_stays_in_ball_and_bounds(random_model, make_attack, bounds):
+    attack = make_attack(bounds)
+    rng = np.random.default_rng(0)
+    x = rng.uniform(bounds[0], bounds[1], (16, 6, 6, 3)).astype("float32")
+    # Put some pixels exactly on the bounds, where clipping matters.
+    x[:4] = bounds[0]
+    x[4:8] = bounds[1]
+    y = rng.integers(0, 5, 16)
+    x_adv = attack(random_model, x, y).numpy()
+    assert x_adv.min() >= bounds[0] and x_adv.max() <= bounds[1]
+    distance = _linf(x_adv, x) if attack.norm == "linf" else _l2(x_adv, x)
+    assert np.all(distance <= attack.epsilon + 1e-5)
+    assert np.any(distance > 0), "the attack moved nothing"
+
+
+def test_pgd_increases_loss_over_clean(random_model):
+    x = np.random.default_rng(1).uniform(0, 1, (32, 6, 6, 3)).astype("float32")
+    y = np.random.default_rng(2).integers(0, 5, 32)
+    attack = PGD(0.05, 0.01, 10, random_start=False)
+    clean = attacks.cross_entropy_loss(random_model(x), y).numpy()
+    adv = attacks.cross_entropy_loss(random_model(attack(random_model, x, y)), y).numpy()
+    assert np.all(adv >= clean - 1e-5)
+    assert adv.mean() > clean.mean()
+
+
+def test_epsilon_zero_returns_input(random_model):
+    x = np.random.default_rng(0).uniform(0, 1, (4, 6, 6, 3)).astype("float32")
+    assert np.array_equal(PGD(0.0, steps=3)(random_model, x, [0, 1, 2, 3]).numpy(), x)
+
+
+def test_one_hot_labels_give_the_same_attack(random_model):
+    x = np.random.default_rng(0).uniform(0, 1, (8, 6, 6, 3)).astype("float32")
+    y = np.arange(8) % 5
+    attack = PGD(0.1, 0.03, 3, random_start=False)
+    a = attack(random_model, x, y).numpy()
+    b = attack(random_model, x, np.eye(5)[y]).numpy()
+    np.testing.assert_array_equal(a, b)
+
+
+def test_random_start_is_seeded(random_model):
+    x = np.random.default_rng(0).uniform(0, 1, (8, 6, 6, 3)).astype("float32")
+    y = np.arange(8) % 5
+    a = PGD(0.1, 0.03, 2, seed=3)(random_model, x, y).numpy()
+    b = PGD(0.1, 0.03, 2, seed=3)(random_model, x, y).numpy()
+    np.testing.assert_array_equal(a, b)
+
+
+def test_attack_runs_in_tf_function_and_xla(random_model):
+    attack = PGD(0.1, 0.03, 4, seed=0)
+    x = tf.random.uniform((8, 6, 6, 3))
+    y = tf.zeros(8, "int32")
+    graph = tf.function(lambda x, y: attack(random_model, x, y))
+    xla = tf.function(lambda x, y: attack(random_model, x, y), jit_compile=True)
+    for fn in (graph, xla):
+        x_adv = fn(x, y).numpy()
+        assert _linf(x_adv, x.numpy()).max() <= 0.1 + 1e-5
+
+
+def test_loop_is_not_unrolled(random_model):
+    """The graph of a 50-step PGD is about as big as that of a 2-step one."""
+    x = tf.TensorSpec((None, 6, 6, 3)); y = tf.TensorSpec((None,), tf.int32)
+
+    def graph_size(steps):
+        attack = PGD(0.1, 0.01, steps)
+        fn = tf.function(lambda x, y: attack(random_model, x, y))
+        return len(fn.get_concrete_function(x, y).graph.as_graph_def().node)
+
+    assert graph_size(50) == graph_size(2)
+
+
+def test_attack_strength_undefended_vs_adversarially_trained(digits):
+    """An undefended digits model drops to <= 10% under PGD where a PGD-trained one
+    keeps far more."""
+    from keras_advcal import AdvCalTrainer
+
+    x_train, y_train, x_test, y_test = digits
+    attack = PGD(0.2, 0.05, 10, seed=0)
+    plain = tiny_cnn(0)
+    plain.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    plain.fit(x_train, y_train, epochs=15, batch_size=64, verbose=0)
+    robust = AdvCalTrainer(tiny_cnn(0), PGD(0.2, 0.05, 5), labels="hard", seed=0)
+    robust.compile(keras.optimizers.Adam(2e-3))
+    robust.fit(x_train, y_train, epochs=15, batch_size=64, verbose=0)
+
+    def accuracy(model, inputs):
+        return float(np.mean(np.argmax(model.predict(inputs, verbose=0), 1) == y_test))
+
+    assert accuracy(plain, x_test) > 0.9
+    plain_robust = accuracy(plain, attack(plain, x_test, y_test))
+    trained_robust = accuracy(robust.model, attack(robust.model, x_test, y_test))
+    assert plain_robust <= 0.10
+    assert trained_robust >= plain_robust + 0.25
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(epsilon=-0.1), "non-negative"),
+    (dict(epsilon=2.0), "larger than the range"),
+    (dict(epsilon=0.1, norm="l1"), "norm must be"),
+    (dict(epsilon=0.1, bounds=(1.0, 0.0)), "low < high"),
+    (dict(epsilon=0.1, steps=0), "positive integer"),
+    (dict(epsilon=0.1, loss="mse"), "loss must be"),
+    (dict(epsilon=0.1, step_size=-1.0), "step_size"),
+])
+def test_bad_attack_arguments(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        PGD(**kwargs)
+
+
+@pytest.mark.parametrize("attack", [PGD(0.1, 0.02, 7, norm="l2", bounds=(-1.0, 1.0), loss="cw",
+                                        seed=4), FGSM(0.3, random_start=True)])
+def test_config_round_trip(attack):
+    config = attack.get_config()
+    again = type(attack).from_config(config)
+    assert again.get_config() == config
+    restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(attack))
+    assert type(restored) is type(attack) and restored.get_config() == config
+    assert attacks.get(keras.saving.serialize_keras_object(attack)).get_config() == config
+
+
+def test_margin_loss_sign():
+    logits = tf.constant([[3.0, 1.0, 0.0], [0.0, 2.0, 1.0]])
+    np.testing.assert_allclose(attacks.margin_loss(logits, tf.constant([0, 0])).numpy(),
+                               [-2.0, 2.0])
+
+
+def test_get_rejects_non_attacks():
+    with pytest.raises(TypeError, match="Expected an Attack"):
+        attacks.get("pgd")
