@@ -389,7 +389,8 @@ def minimum_examples(acc_floor: float = 0.9) -> int:
         >>> minimum_examples(0.9)
         100
     """
-    return max(100, int(np.ceil(10.0 / max(1.0 - acc_floor, 1e-3))))
+    # Round before the ceiling: 10 / (1 - 0.9) is 100.00000000000001 in floating point.
+    return max(100, int(np.ceil(round(10.0 / max(1.0 - acc_floor, 1e-3), 6))))
 
 
 def check_calibration_size(count: int, name: str, acc_floor: float = 0.9) -> None:

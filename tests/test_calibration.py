@@ -1,0 +1,129 @@
+"""Tests of keras_advcal.calibration: the published rule, its floor, and its cost."""
+
+import resource
+
+import numpy as np
+import pytest
+
+from keras_advcal import calibration
+from keras_advcal.calibration import calibrate, fit_temperature
+
+
+def _sample_labels(logits, temperature, rng):
+    probs = np.exp(logits / temperature - (logits / temperature).max(axis=1, keepdims=True))
+    probs /= probs.sum(axis=1, keepdims=True)
+    return (probs.cumsum(axis=1) > rng.random((len(logits), 1))).argmax(axis=1)
+
+
+@pytest.fixture(scope="module")
+def synthetic():
+    """Teacher logits z and labels drawn from softmax(z / 2.5)."""
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=(4000, 10)) * 4.0
+    return z, _sample_labels(z, 2.5, rng), rng
+
+
+def test_recovers_known_temperature(synthetic):
+    z, y, rng = synthetic
+    noise = rng.normal(size=z.shape)
+    result = calibrate(z, noise, y, z, z.argmax(axis=1), acc_floor=0.0)
+    assert result.feasible
+    assert abs(result.temperature - 2.5) / 2.5 < 0.10
+    assert result.rho > 0.9
+    assert fit_temperature(z, y) == pytest.approx(2.5, rel=0.10)
+
+
+def test_right_teacher_gives_rho_one_and_reverse_gives_minimum(synthetic):
+    z, y, rng = synthetic
+    noise = rng.normal(size=z.shape) * 4.0
+    right = calibrate(z, noise, y, z, z.argmax(axis=1), acc_floor=0.0)
+    reverse = calibrate(noise, z, y, noise, noise.argmax(axis=1), acc_floor=0.0)
+    assert right.rho >= 0.95
+    assert reverse.rho == pytest.approx(calibration.DEFAULT_RHOS[0])
+
+
+def test_accuracy_floor_excludes_contradicting_targets(synthetic):
+    z, y, rng = synthetic
+    # Training teacher logits that contradict the label on 30% of the sample.
+    train_labels = z.argmax(axis=1)
+    wrong = rng.random(len(z)) < 0.3
+    train_labels = np.where(wrong, (train_labels + 1) % 10, train_labels)
+    free = calibrate(z, rng.normal(size=z.shape), y, z, train_labels, acc_floor=0.0)
+    floored = calibrate(z, rng.normal(size=z.shape), y, z, train_labels, acc_floor=0.9)
+    assert floored.feasible
+    assert floored.train_agreement >= 0.9
+    assert floored.rho < free.rho
+    # Every point above the chosen NLL-optimum that was excluded violates the floor.
+    excluded = floored.agreement_grid < 0.9
+    assert excluded.any() and np.all(floored.agreement_grid[excluded] < 0.9)
+    assert not excluded[np.argmin(np.abs(floored.temperatures - floored.temperature)),
+                        np.argmin(np.abs(floored.rhos - floored.rho))]
+
+
+def test_no_feasible_point_gives_rho_zero():
+    g = np.array([[0.0, 100.0]] * 200)
+    result = calibrate(g, g, np.zeros(200, int), g, np.zeros(200, int), acc_floor=1.0,
+                       rhos=np.linspace(0.6, 1.0, 9))
+    assert result.rho == 0.0 and not result.feasible
+    assert "rho = 0" in result.message
+
+
+def test_ties_go_to_smaller_rho():
+    rng = np.random.default_rng(3)
+    z = rng.normal(size=(300, 5))
+    y = rng.integers(0, 5, 300)
+    result = calibrate(z, z, y, z, z.argmax(axis=1))  # teacher == surrogate
+    assert result.rho == pytest.approx(calibration.DEFAULT_RHOS[0])
+
+
+def test_grid_shapes_and_json():
+    rng = np.random.default_rng(4)
+    z = rng.normal(size=(200, 4))
+    y = rng.integers(0, 4, 200)
+    result = calibrate(z, z * 0.5, y, z, y)
+    assert result.nll_grid.shape == (100, 100) == result.agreement_grid.shape
+    assert 0.2 <= result.temperature <= 16.0
+    assert "nll_grid" not in result.to_dict()
+    assert len(result.to_dict(include_grids=True)["nll_grid"]) == 100
+    assert '"rho"' in result.to_json()
+
+
+def test_memory_stays_bounded_for_50000_examples():
+    """50,000 x 10 logits: a full (T, rho, N, K) tensor would take 20 GB."""
+    rng = np.random.default_rng(5)
+    z = rng.normal(size=(50_000, 10)).astype("float32")
+    y = z.argmax(axis=1)
+    t_chunk, n_chunk = calibration._grid_sizes(100, 100, 50_000, 10)
+    assert t_chunk * 100 * n_chunk <= calibration._BLOCK_ELEMENTS
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    result = calibrate(z, z + rng.normal(size=z.shape).astype("float32"), y, z[:5000], y[:5000])
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    assert result.feasible
+    assert (after - before) < 1_500_000  # under 1.5 GB
+
+
+def test_confidence_rule():
+    rng = np.random.default_rng(6)
+    z = rng.normal(size=(500, 10)) * 3
+    y = _sample_labels(z, 1.0, rng)
+    result = calibrate(z, z, y, z, y, rule="confidence", teacher_accuracy=0.6)
+    p = np.exp(z / result.temperature)
+    p /= p.sum(axis=1, keepdims=True)
+    mean_p = p[np.arange(len(y)), y].mean()
+    assert result.rho == pytest.approx(np.clip(0.4 / (1 - mean_p), 0, 1), rel=1e-4)
+    assert result.temperature == pytest.approx(fit_temperature(z, y))
+
+
+def test_fixed_rule_and_bad_arguments():
+    z = np.zeros((10, 3))
+    fixed = calibrate(z, z, np.zeros(10, int), z, np.zeros(10, int), rule="fixed",
+                      fixed=(2.0, 0.5))
+    assert (fixed.temperature, fixed.rho) == (2.0, 0.5)
+    with pytest.raises(ValueError, match="rule"):
+        calibrate(z, z, np.zeros(10, int), z, np.zeros(10, int), rule="magic")
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        calibrate(z + np.nan, z, np.zeros(10, int), z, np.zeros(10, int))
+    with pytest.raises(ValueError, match="labels"):
+        calibrate(z, z, np.full(10, 5), z, np.zeros(10, int))
+    with pytest.raises(ValueError, match="at least 100"):
+        calibration.check_calibration_size(20, "validation_data")

@@ -1,0 +1,58 @@
+"""Tests of keras_advcal.checks: each bad input gets an error that names it."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_advcal import checks
+from keras_advcal.checks import InputError
+
+
+def test_images_ok_and_bad():
+    checks.check_images(np.zeros((2, 4, 4, 1)), (0.0, 1.0), channels=1)
+    with pytest.raises(InputError, match="NaN or Inf"):
+        checks.check_images(np.array([[np.nan]], "float32"), (0.0, 1.0))
+    with pytest.raises(InputError, match="outside the attack's bounds"):
+        checks.check_images(np.full((1, 2), -0.5), (0.0, 1.0))
+    with pytest.raises(InputError, match="expects 3"):
+        checks.check_images(np.zeros((1, 4, 4, 1)), (0.0, 1.0), channels=3)
+    with pytest.raises(InputError, match="numeric"):
+        checks.check_images(np.array([["a"]]), (0.0, 1.0))
+
+
+def test_labels():
+    assert checks.labels_to_indices([[1], [2]], 3).tolist() == [1, 2]
+    assert checks.labels_to_indices(np.eye(4)[[3, 1]], 4).tolist() == [3, 1]
+    assert checks.labels_to_indices(np.array([1.0, 2.0]), 3).tolist() == [1, 2]
+    with pytest.raises(InputError, match="non-integer"):
+        checks.labels_to_indices(np.array([0.5]), 3)
+    with pytest.raises(InputError, match=r"\[0, 2\]"):
+        checks.labels_to_indices([3], 3)
+    with pytest.raises(InputError, match="shape"):
+        checks.labels_to_indices(np.zeros((2, 2, 2)), 3)
+
+
+def test_softmax_detection():
+    logits = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    probs = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2), keras.layers.Softmax()])
+    assert not checks.ends_in_softmax(logits)
+    assert checks.ends_in_softmax(probs)
+    assert checks.outputs_look_like_probabilities(tf.nn.softmax(tf.random.normal((5, 3))))
+    assert not checks.outputs_look_like_probabilities(np.array([[2.0, -1.0]]))
+
+
+def test_model_num_classes_and_multi_output():
+    assert checks.model_num_classes(keras.Sequential([keras.Input((3,)),
+                                                      keras.layers.Dense(5)])) == 5
+    inputs = keras.Input((3,))
+    two = keras.Model(inputs, [keras.layers.Dense(2)(inputs), keras.layers.Dense(2)(inputs)])
+    with pytest.raises(InputError, match="outputs"):
+        checks.model_num_classes(two)
+
+
+def test_first_batch_peeks_datasets():
+    data = tf.data.Dataset.from_tensor_slices((np.zeros((6, 2)), np.arange(6))).batch(4)
+    x, y = checks.first_batch(data)
+    assert x.shape == (4, 2) and list(y.numpy()) == [0, 1, 2, 3]
+    assert checks.first_batch(iter([])) is None

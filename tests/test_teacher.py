@@ -1,0 +1,161 @@
+"""Tests of keras_advcal.teacher: the teacher kinds and the CalibratedTeacher callback."""
+
+import keras
+import numpy as np
+import pytest
+
+from keras_advcal import AdvCalTrainer, CalibratedTeacher, PGD, calibrate_teacher
+from keras_advcal import teacher as teacher_lib
+from tests.conftest import tiny_cnn
+
+
+class WeightRecorder(keras.callbacks.Callback):
+    """Keeps a copy of the student's weights and the logs at every epoch end."""
+
+    def __init__(self):
+        super().__init__()
+        self.weights, self.logs = [], []
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.weights.append([w.copy() for w in self.model.model.get_weights()])
+        self.logs.append(dict(logs))
+
+
+def _fit(digits, kind, epochs=4, batchnorm=False, **kwargs):
+    x_train, y_train, x_test, y_test = digits
+    trainer = AdvCalTrainer(tiny_cnn(0, batchnorm=batchnorm), PGD(0.15, 0.05, 3), seed=0)
+    trainer.compile(keras.optimizers.Adam(2e-3))
+    callback = CalibratedTeacher((x_test[:200], y_test[:200]), (x_train[:200], y_train[:200]),
+                                 kind=kind, **kwargs)
+    recorder = WeightRecorder()
+    history = trainer.fit(x_train[:600], y_train[:600], validation_data=(x_test[:200],
+                          y_test[:200]), epochs=epochs, batch_size=64, verbose=0,
+                          callbacks=[callback, recorder])
+    return trainer, callback, recorder, history
+
+
+def _same(a, b, atol=0.0):
+    return all(np.allclose(u, v, atol=atol, rtol=0) for u, v in zip(a, b))
+
+
+def test_best_teacher_is_the_student_at_the_best_epoch(digits):
+    trainer, callback, recorder, history = _fit(digits, "best", epochs=5)
+    scores = history.history["val_adv_accuracy"]
+    best_epoch = int(np.argmax(scores))  # first maximum: later ties do not improve
+    assert _same(trainer.teacher.get_weights(), recorder.weights[best_epoch])
+    assert float(trainer.teacher_score.numpy()) == pytest.approx(scores[best_epoch])
+    # T and rho are logged every epoch; rho > 0 once the teacher exists.
+    assert len(history.history["rho"]) == 5 and len(history.history["temperature"]) == 5
+    assert all(r > 0 for r in history.history["rho"])
+    assert float(trainer.rho.numpy()) == pytest.approx(history.history["rho"][-1])
+    assert np.all(np.isfinite(history.history["calibration_nll"]))
+    assert len(callback.results) == 5
+
+
+def test_swa_teacher_is_the_mean_of_epoch_weights(digits):
+    trainer, _, recorder, history = _fit(digits, "swa", epochs=4, swa_start_epoch=1)
+    expected = [np.mean([epoch[i] for epoch in recorder.weights[1:]], axis=0)
+                for i in range(len(recorder.weights[0]))]
+    assert _same(trainer.teacher.get_weights(), expected, atol=1e-6)
+    assert float(trainer.teacher_updates.numpy()) == 3.0
+    assert np.isnan(history.history["calibration_nll"][0])  # no teacher before start
+    assert history.history["rho"][0] == 0.0
+
+
+def test_swa_reestimates_batchnorm(digits):
+    trainer, callback, _, _ = _fit(digits, "swa", epochs=2, batchnorm=True)
+    bn = teacher_lib.batchnorm_layers(trainer.teacher)[0]
+    features = keras.Model(trainer.teacher.inputs, trainer.teacher.layers[0].output)
+    activations = features(callback.x_train).numpy()
+    np.testing.assert_allclose(bn.moving_mean.numpy(), activations.mean(axis=(0, 1, 2)),
+                               atol=1e-4)
+    assert bn.momentum == 0.99  # restored
+
+
+def test_ema_teacher_follows_the_formula(digits):
+    x, y = digits[0][:64], digits[1][:64]
+    trainer = AdvCalTrainer(tiny_cnn(0, batchnorm=True), PGD(0.1, 0.05, 2), seed=0)
+    trainer.compile(keras.optimizers.SGD(0.1))
+    trainer.train_on_batch(x, y)  # build the optimizer and move the student
+    old_teacher = [w.copy() for w in trainer.teacher.get_weights()]
+    trainer.ema_decay.assign(0.9)
+    trainer.train_on_batch(x, y)
+    student = trainer.model.get_weights()
+    expected = [0.9 * t + 0.1 * s for t, s in zip(old_teacher, student)]
+    assert _same(trainer.teacher.get_weights(), expected, atol=1e-6)
+    trainer.ema_decay.assign(0.0)
+    frozen = [w.copy() for w in trainer.teacher.get_weights()]
+    trainer.train_on_batch(x, y)
+    assert _same(trainer.teacher.get_weights(), frozen)
+
+
+def test_ema_callback_sets_and_clears_decay(digits):
+    trainer, _, _, history = _fit(digits, "ema", epochs=2, ema_decay=0.9)
+    assert float(trainer.teacher_ready.numpy()) == 1.0
+    assert float(trainer.ema_decay.numpy()) == 0.0  # off after training
+    assert not _same(trainer.teacher.get_weights(), trainer.model.get_weights())
+    assert all(np.isfinite(history.history["calibration_nll"]))
+
+
+def test_teacher_state_survives_save_and_load(digits, tmp_path):
+    trainer, _, _, _ = _fit(digits, "best", epochs=2)
+    path = tmp_path / "best.keras"
+    trainer.save(path)
+    loaded = keras.models.load_model(path)
+    assert _same(loaded.teacher.get_weights(), trainer.teacher.get_weights())
+    for name in ("temperature", "rho", "teacher_ready", "teacher_score"):
+        assert float(getattr(loaded, name).numpy()) == float(getattr(trainer, name).numpy())
+
+
+def test_fixed_teacher_and_two_stage_recipe(digits):
+    x_train, y_train, x_test, y_test = digits
+    attack = PGD(0.15, 0.05, 3)
+    first = AdvCalTrainer(tiny_cnn(0), attack, labels="hard", seed=0)
+    first.compile("adam")
+    first.fit(x_train[:600], y_train[:600], epochs=2, verbose=0)
+    result = calibrate_teacher(first.model, first.model, (x_test[:200], y_test[:200]),
+                               (x_train[:200], y_train[:200]), attack)
+    assert 0.2 <= result.temperature <= 16.0 and 0.0 <= result.rho <= 1.0
+    second = AdvCalTrainer(tiny_cnn(1), attack, teacher=first.model,
+                           temperature=result.temperature, rho=max(result.rho, 0.5))
+    second.compile("adam")
+    callback = CalibratedTeacher((x_test[:200], y_test[:200]), (x_train[:200], y_train[:200]),
+                                 kind="fixed")
+    history = second.fit(x_train[:600], y_train[:600], epochs=2, verbose=0,
+                         callbacks=[callback])
+    assert len(history.history["rho"]) == 2
+    assert _same(second.teacher.get_weights(), first.model.get_weights())
+
+
+def test_fixed_rule_sets_fixed_values(digits):
+    trainer, _, _, history = _fit(digits, "best", epochs=2, rule="fixed",
+                                  fixed_temperature=2.0, fixed_rho=0.5)
+    assert history.history["temperature"] == [2.0, 2.0]
+    assert history.history["rho"] == [0.5, 0.5]
+
+
+def test_callback_errors(digits):
+    x, y = digits[0][:200], digits[1][:200]
+    with pytest.raises(ValueError, match="kind"):
+        CalibratedTeacher((x, y), (x, y), kind="median")
+    with pytest.raises(ValueError, match="at least 100"):
+        CalibratedTeacher((x[:20], y[:20]), (x, y))
+    hard = AdvCalTrainer(tiny_cnn(0), PGD(0.1, steps=1), labels="hard")
+    hard.compile("adam")
+    with pytest.raises(ValueError, match="labels='calibrated'"):
+        hard.fit(x, y, epochs=1, verbose=0, callbacks=[CalibratedTeacher((x, y), (x, y))])
+    own = AdvCalTrainer(tiny_cnn(0), PGD(0.1, steps=1))
+    own.compile("adam")
+    with pytest.raises(ValueError, match="needs a trained teacher"):
+        own.fit(x, y, epochs=1, verbose=0,
+                callbacks=[CalibratedTeacher((x, y), (x, y), kind="fixed")])
+
+
+def test_reestimate_batchnorm_exact_mean():
+    model = keras.Sequential([keras.Input((2,)), keras.layers.BatchNormalization()])
+    data = np.random.default_rng(0).normal(3.0, 2.0, (1000, 2)).astype("float32")
+    teacher_lib.reestimate_batchnorm(model, data, batch_size=100)
+    bn = model.layers[0]
+    np.testing.assert_allclose(bn.moving_mean.numpy(), data.mean(axis=0), atol=1e-4)
+    batch_vars = np.mean([data[i:i + 100].var(axis=0) for i in range(0, 1000, 100)], axis=0)
+    np.testing.assert_allclose(bn.moving_variance.numpy(), batch_vars, rtol=1e-3)
