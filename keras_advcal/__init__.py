@@ -18,6 +18,7 @@ from keras_advcal.checks import InputError
 from keras_advcal.calibration import CalibrationResult, calibrate, fit_temperature
 from keras_advcal.teacher import CalibratedTeacher, calibrate_teacher
 from keras_advcal.trainer import AdvCalTrainer
+from keras_advcal import data, models  # noqa: E402  (submodules as attributes)
 
 __version__ = "0.1.0"
 
@@ -31,6 +32,8 @@ __all__ = [
     "PGD",
     "__version__",
     "calibrate",
+    "data",
+    "models",
     "calibrate_teacher",
     "fit_temperature",
 ]
