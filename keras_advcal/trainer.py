@@ -111,6 +111,7 @@ class AdvCalTrainer(keras.Model):
 
     Example:
 
+        >>> from keras_advcal import PGD
         >>> net = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
         >>> trainer = AdvCalTrainer(net, attack=PGD(0.1, steps=2), labels="hard")
         >>> trainer.model is net
@@ -283,6 +284,7 @@ class AdvCalTrainer(keras.Model):
 
         Example:
 
+            >>> from keras_advcal import PGD
             >>> net = keras.Sequential([keras.Input((2,)), keras.layers.Dense(2)])
             >>> t = AdvCalTrainer(net, PGD(0.1, steps=1), labels="hard")
             >>> [round(float(v), 4) for v in t.per_example_loss([0], [[0.0, 0.0]])]
@@ -372,6 +374,7 @@ class AdvCalTrainer(keras.Model):
 
         Example:
 
+            >>> from keras_advcal import PGD
             >>> net = keras.Sequential([keras.Input((2,)), keras.layers.Dense(2)])
             >>> AdvCalTrainer(net, PGD(0.1, steps=1)).compile(optimizer="sgd")
         """
@@ -403,9 +406,15 @@ class AdvCalTrainer(keras.Model):
 
         Example:
 
+            >>> from keras_advcal import PGD
             >>> net = keras.Sequential([keras.Input((2,)), keras.layers.Dense(2)])
             >>> AdvCalTrainer(net, PGD(0.1, steps=1)).check_data(np.zeros((3, 2)), [0, 1, 1])
         """
+        if y is None and checks.has_no_labels(x):
+            raise checks.InputError(
+                f"`{name}` holds images without labels. Adversarial training needs the "
+                "labels: pass y=integer class labels, or a tf.data.Dataset of (x, y) "
+                "batches.")
         batch = (x, y) if y is not None else checks.first_batch(x)
         if batch is None or batch[1] is None:
             return
@@ -420,6 +429,9 @@ class AdvCalTrainer(keras.Model):
         checks.check_images(images, self.attack.bounds, name=name, channels=channels)
         if self.validation_attack is not self.attack:
             checks.check_images(images, self.validation_attack.bounds, name=name)
+        checks.check_attack_radius(self.attack, np.shape(images)[1:], name="attack")
+        checks.check_attack_radius(self.validation_attack, np.shape(images)[1:],
+                                   name="eval_attack")
         probe = tf.convert_to_tensor(np.asarray(images)[:16]
                                      if not isinstance(images, tf.Tensor) else images[:16])
         outputs = self.student(tf.cast(probe, "float32"), training=False)
@@ -435,7 +447,8 @@ class AdvCalTrainer(keras.Model):
         checks.labels_to_indices(labels, self.num_classes, name=label_name)
 
     def fit(self, x=None, y=None, *args, **kwargs):
-        self.check_data(x, y, name="x")
+        first, x = checks.peek_generator(x)
+        self.check_data(first if first is not None else x, y, name="x")
         validation_data = kwargs.get("validation_data")
         if validation_data is not None:
             self.check_data(validation_data, name="validation_data")
