@@ -156,7 +156,7 @@ def _grid_sizes(num_temperatures: int, num_rhos: int, num_examples: int,
 
 
 def nll_grid(teacher_logits, surrogate_logits, labels, temperatures=DEFAULT_TEMPERATURES,
-             rhos=DEFAULT_RHOS) -> np.ndarray:
+             rhos=DEFAULT_RHOS, surrogate_temperature: float | None = None) -> np.ndarray:
     """Validation NLL of ``rho * softmax(g/T) + (1 - rho) * softmax(s/T)`` on the grid.
 
     Args:
@@ -165,6 +165,8 @@ def nll_grid(teacher_logits, surrogate_logits, labels, temperatures=DEFAULT_TEMP
         labels: ``(N,)`` integer labels.
         temperatures: the T axis.
         rhos: the rho axis.
+        surrogate_temperature: a fixed temperature for the surrogate (its own
+            temperature-scaling fit) instead of the shared grid ``T``.
 
     Returns:
         ``(len(temperatures), len(rhos))`` float64 array of mean NLL.
@@ -193,7 +195,12 @@ def nll_grid(teacher_logits, surrogate_logits, labels, temperatures=DEFAULT_TEMP
         t = tf.constant(temps[t0:t1])
         for n0, n1 in _chunks(count, n_chunk):
             p_teacher = _true_class_probabilities(g[n0:n1], y[n0:n1], t)  # (t, n)
-            p_surrogate = _true_class_probabilities(s[n0:n1], y[n0:n1], t)
+            if surrogate_temperature is None:
+                p_surrogate = _true_class_probabilities(s[n0:n1], y[n0:n1], t)
+            else:
+                p_surrogate = tf.tile(_true_class_probabilities(
+                    s[n0:n1], y[n0:n1], tf.constant([surrogate_temperature], "float32")),
+                    [t1 - t0, 1])
             mixed = (rho_values[None, :, None] * p_teacher[:, None, :]
                      + (1.0 - rho_values[None, :, None]) * p_surrogate[:, None, :])
             nll = -tf.math.log(tf.maximum(mixed, _LOG_FLOOR))  # (t, r, n)
@@ -249,7 +256,8 @@ def calibrate(teacher_logits, surrogate_logits, labels, train_teacher_logits, tr
               temperatures: Sequence[float] = DEFAULT_TEMPERATURES,
               rhos: Sequence[float] = DEFAULT_RHOS,
               teacher_accuracy: float | None = None,
-              fixed: tuple[float, float] = (2.0, 0.5)) -> CalibrationResult:
+              fixed: tuple[float, float] = (2.0, 0.5),
+              separate_surrogate_temperature: bool = False) -> CalibrationResult:
     """Fits ``T`` and ``rho`` of the calibrated targets.
 
     Args:
@@ -270,6 +278,9 @@ def calibrate(teacher_logits, surrogate_logits, labels, train_teacher_logits, tr
         teacher_accuracy: the teacher's held-out robust accuracy for the
             confidence rule (default: computed from ``teacher_logits``).
         fixed: ``(T, rho)`` returned by ``rule="fixed"``.
+        separate_surrogate_temperature: scale the surrogate with its own fitted
+            temperature rather than the shared ``T`` (a candidate fix for the case in
+            DESIGN.md where one shared T favours the overconfident surrogate).
 
     Returns:
         A :class:`CalibrationResult`. If no grid point meets the floor, ``rho`` is 0
@@ -298,7 +309,10 @@ def calibrate(teacher_logits, surrogate_logits, labels, train_teacher_logits, tr
         raise ValueError("`temperatures` must be a non-empty 1-D grid of positive values.")
     if rho_values.ndim != 1 or not rho_values.size or np.any((rho_values < 0) | (rho_values > 1)):
         raise ValueError("`rhos` must be a non-empty 1-D grid of values in [0, 1].")
-    nll = nll_grid(teacher_logits, surrogate_logits, labels, temps, rho_values)
+    surrogate_temperature = (fit_temperature(surrogate_logits, labels)
+                             if separate_surrogate_temperature else None)
+    nll = nll_grid(teacher_logits, surrogate_logits, labels, temps, rho_values,
+                   surrogate_temperature)
     agreement = agreement_grid(train_teacher_logits, train_labels, temps, rho_values)
     # A small tolerance so that an agreement of exactly the floor counts.
     feasible = agreement >= acc_floor - 1e-9

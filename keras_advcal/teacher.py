@@ -258,6 +258,8 @@ class CalibratedTeacher(keras.callbacks.Callback):
         batch_size: batch size of the calibration passes.
         seed: seed of the calibration attacks' random starts (fixed per epoch).
         verbose: print ``T``, ``rho`` each epoch when ``1``.
+        separate_surrogate_temperature: scale the surrogate (the student) by its own
+            fitted temperature in the NLL (see :func:`~keras_advcal.calibration.calibrate`).
 
     Example:
 
@@ -272,7 +274,8 @@ class CalibratedTeacher(keras.callbacks.Callback):
                  attack: attacks_lib.Attack | None = None, monitor: str = "val_adv_accuracy",
                  swa_start_epoch: int = 0, ema_decay: float = 0.995,
                  fixed_temperature: float = 2.0, fixed_rho: float = 0.5,
-                 batch_size: int = 256, seed: int = 0, verbose: int = 0):
+                 batch_size: int = 256, seed: int = 0, verbose: int = 0,
+                 separate_surrogate_temperature: bool = False):
         super().__init__()
         if kind not in TEACHER_KINDS:
             raise ValueError(f"`kind` must be one of {TEACHER_KINDS}, got {kind!r}.")
@@ -298,6 +301,7 @@ class CalibratedTeacher(keras.callbacks.Callback):
         self.batch_size = int(batch_size)
         self.seed = int(seed)
         self.verbose = verbose
+        self.separate_surrogate_temperature = bool(separate_surrogate_temperature)
         self.results: list[calibration.CalibrationResult] = []
         self._train_cache: np.ndarray | None = None
 
@@ -392,12 +396,17 @@ class CalibratedTeacher(keras.callbacks.Callback):
         seed = self.seed * 100_003 + epoch
         teacher_val, student_val = self._val_logits(self.x_val, self.y_val, seed)
         if teacher_changed or self._train_cache is None:
-            self._train_cache, = self._train_logits(self.x_train, self.y_train, seed + 7)
+            # The training-sample pass is seeded independently of the epoch (the last
+            # seed of this callback's block, never an epoch's): a cache rebuilt after a
+            # restart (BackupAndRestore) must equal the one an uninterrupted run
+            # computed when the teacher last changed.
+            self._train_cache, = self._train_logits(self.x_train, self.y_train,
+                                                    self.seed * 100_003 + 100_002)
         teacher_accuracy = float(np.mean(teacher_val.argmax(axis=1) == self.y_val))
         result = calibration.calibrate(
             teacher_val, student_val, self.y_val, self._train_cache, self.y_train,
             acc_floor=self.acc_floor, rule=self.rule, teacher_accuracy=teacher_accuracy,
-            fixed=self.fixed)
+            fixed=self.fixed, separate_surrogate_temperature=self.separate_surrogate_temperature)
         return result, teacher_accuracy
 
 

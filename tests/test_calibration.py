@@ -127,3 +127,20 @@ def test_fixed_rule_and_bad_arguments():
         calibrate(z, z, np.full(10, 5), z, np.zeros(10, int))
     with pytest.raises(ValueError, match="at least 100"):
         calibration.check_calibration_size(20, "validation_data")
+
+
+def test_separate_surrogate_temperature():
+    """The surrogate can be scaled by its own fitted temperature instead of the grid T:
+    the teacher-only column (rho = 1) is unchanged, the mixed columns change."""
+    rng = np.random.default_rng(7)
+    z = rng.normal(size=(2000, 10)) * 3
+    y = _sample_labels(z, 1.0, rng)
+    overconfident = z * 8.0 + rng.normal(size=z.shape) * 8.0
+    temps, rhos = [0.5, 1.0, 2.0], [0.3, 1.0]
+    shared = calibration.nll_grid(z, overconfident, y, temps, rhos)
+    own = calibration.nll_grid(z, overconfident, y, temps, rhos, surrogate_temperature=8.0)
+    np.testing.assert_allclose(own[:, 1], shared[:, 1], rtol=1e-6)
+    assert np.all(own[:, 0] < shared[:, 0])  # T=8 tames the overconfident surrogate
+    result = calibrate(z, overconfident, y, z, y, acc_floor=0.0,
+                       separate_surrogate_temperature=True)
+    assert result.feasible and result.rho > 0.8
