@@ -1,0 +1,373 @@
+"""Writes the tutorial notebooks of this folder from the cell sources below.
+
+Edit the cells here and run ``python notebooks/_build.py``: the notebooks are written
+without outputs and with stable cell ids, so diffs stay readable. Every notebook:
+
+* starts with a markdown cell holding an "Open in Colab" badge;
+* installs the package in its first code cell only when it runs in Colab (the cell is
+  tagged ``skip-ci``: the tests skip it);
+* reads its size from ``ADVCAL_NOTEBOOK_SIZE`` in a cell tagged ``parameters`` (``"small"``: seconds, for CI;
+  ``"full"``, the default: the real experiment).
+
+``tests/test_notebooks.py`` executes them at small size.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import nbformat
+
+HERE = Path(__file__).resolve().parent
+REPOSITORY = "keras-advcal/keras-advcal"
+INSTALL = f"git+https://github.com/{REPOSITORY}.git"
+
+
+def badge(name: str) -> str:
+    url = f"https://colab.research.google.com/github/{REPOSITORY}/blob/main/notebooks/{name}"
+    return (f"[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]"
+            f"({url})")
+
+
+INSTALL_CELL = f'''import sys
+
+if "google.colab" in sys.modules:  # Colab: install keras-advcal (locally: pip install -e .)
+    !pip install -q "keras-advcal @ {INSTALL}"'''
+
+# ----------------------------------------------------------------------------- 01
+QUICKSTART = [
+    ("md", """# Quickstart: adversarial training that does not overfit
+
+{badge}
+
+This notebook trains a small CNN on scikit-learn's 8x8 digits with **keras-advcal**:
+
+1. wrap the classifier in `AdvCalTrainer` with a PGD attack,
+2. fit it with the `CalibratedTeacher` callback, which keeps a teacher and fits the
+   temperature `T` and mixing ratio `rho` of the soft targets on held-out data,
+3. evaluate its robustness with an ensemble of attacks.
+
+It runs on a CPU in a few minutes (set `ADVCAL_NOTEBOOK_SIZE=small` for a smoke run in
+seconds)."""),
+    ("code-skip", INSTALL_CELL),
+    ("code-params", '''import os
+
+# "small": a smoke run of a few seconds (what CI executes); "full": the real thing.
+SIZE = os.environ.get("ADVCAL_NOTEBOOK_SIZE", "full")
+assert SIZE in ("small", "full"), SIZE
+SMALL = SIZE == "small"
+
+EPOCHS = 2 if SMALL else 30
+TRAIN_SUBSET = 400 if SMALL else None      # None: all 1,078 training digits
+PGD_STEPS = 3 if SMALL else 10
+EPSILON = 0.1                              # L-inf radius, pixels in [0, 1]'''),
+    ("md", """## Data
+
+`keras_advcal.data.load` returns seeded train / validation / test arrays (pixels in
+`[0, 1]`, NHWC). The validation split is held out from training: the calibration of `T`
+and `rho` is fitted on it."""),
+    ("code", '''import keras
+import numpy as np
+
+import keras_advcal
+from keras_advcal import PGD, AdvCalTrainer, CalibratedTeacher, data, models
+
+keras.utils.set_random_seed(0)
+splits = data.load("digits", subset=TRAIN_SUBSET, seed=0)
+x_train, y_train = splits.train
+x_val, y_val = splits.validation
+x_test, y_test = splits.test
+print(splits.input_shape, splits.num_classes, len(y_train), len(y_val), len(y_test))'''),
+    ("md", """## Wrap a model
+
+Any Keras classifier that outputs **logits** works. `AdvCalTrainer` attacks each batch
+with the training attack and fits calibrated soft targets on the adversarial
+examples; `trainer.model` is your classifier, untouched."""),
+    ("code", '''model = models.small_cnn(splits.input_shape, splits.num_classes,
+                         width=16 if SMALL else 32, dense=64 if SMALL else 256)
+attack = PGD(epsilon=EPSILON, step_size=2.5 * EPSILON / PGD_STEPS, steps=PGD_STEPS)
+trainer = AdvCalTrainer(model, attack)            # labels="calibrated" by default
+trainer.compile(optimizer=keras.optimizers.Adam(1e-3))'''),
+    ("md", """## Fit with calibration
+
+`CalibratedTeacher` goes **first** in the callbacks. At the end of every epoch it
+updates the teacher (by default the best model so far on validation robust accuracy)
+and fits `T` and `rho` by the published rule; they are logged with the other metrics."""),
+    ("code", '''teacher = CalibratedTeacher(validation_data=(x_val, y_val),
+                            train_sample=(x_train[:500], y_train[:500]), verbose=1)
+history = trainer.fit(x_train, y_train, validation_data=(x_val, y_val), epochs=EPOCHS,
+                      batch_size=64, callbacks=[teacher], verbose=2 if SMALL else 1)'''),
+    ("code", '''import matplotlib.pyplot as plt
+
+h = history.history
+epochs = np.arange(1, len(h["loss"]) + 1)
+fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.5))
+ax1.plot(epochs, h["adv_accuracy"], label="train (adversarial)")
+ax1.plot(epochs, h["val_adv_accuracy"], label="validation (adversarial)")
+ax1.set_xlabel("epoch"); ax1.set_ylabel("robust accuracy"); ax1.legend()
+ax2.plot(epochs, h["temperature"], label="T")
+ax2.plot(epochs, h["rho"], label="rho")
+ax2.set_xlabel("epoch"); ax2.set_title("fitted calibration"); ax2.legend()
+plt.tight_layout()
+plt.show()'''),
+    ("md", """## Evaluate robustness
+
+`trainer.evaluate` reports clean and PGD accuracy with the trainer's attack.
+`keras_advcal.evaluation.evaluate_robustness` runs an AutoAttack-style ensemble
+(PGD, CW margin, APGD, Square) with sanity checks against gradient masking."""),
+    ("code", '''print(trainer.evaluate(x_test, y_test, return_dict=True, verbose=0))'''),
+    ("code", '''from keras_advcal.evaluation import evaluate_robustness
+
+result = evaluate_robustness(
+    trainer.model, (x_test, y_test), epsilon=EPSILON,
+    attacks=("pgd", "square") if SMALL else ("pgd", "cw", "apgd-ce", "apgd-t", "square"),
+    steps=10 if SMALL else 100, n_queries=50 if SMALL else 5000, verbose=False)
+print(result.table())'''),
+    ("md", """## Save and deploy
+
+The trainer saves with its teacher, `T` and `rho` (resume training with
+`keras.models.load_model`); for deployment, save the classifier alone."""),
+    ("code", '''import tempfile
+
+folder = tempfile.mkdtemp()
+trainer.save(os.path.join(folder, "trainer.keras"))           # resumable training state
+model.save(os.path.join(folder, "classifier.keras"))          # the plain classifier
+restored = keras.models.load_model(os.path.join(folder, "trainer.keras"))
+print(type(restored).__name__, float(restored.temperature.numpy()), float(restored.rho.numpy()))'''),
+]
+
+# ----------------------------------------------------------------------------- 02
+OVERFITTING = [
+    ("md", """# Robust overfitting: PGD-AT versus calibrated targets
+
+{badge}
+
+Adversarial training gives each adversarial example `x'` the one-hot label of its clean
+input, but the perturbation moves `x'` towards other classes: the label is noisy.
+Fitting that noise makes **robust test accuracy peak and then fall** (robust
+overfitting). This notebook trains the same small CNN on a 500-image subset of
+Fashion-MNIST twice:
+
+* **PGD-AT** (Madry et al.): `AdvCalTrainer(labels="hard")`,
+* **calibrated**: `AdvCalTrainer()` with the `CalibratedTeacher` callback,
+
+and records robust test accuracy after every epoch, and the fitted `T` and `rho`.
+
+Fashion-MNIST is read from TensorFlow Datasets, the Keras cache or the Debian package
+`dataset-fashion-mnist`; without any of them the notebook falls back to scikit-learn's
+digits. The full run takes about an hour on a laptop CPU (minutes on a GPU)."""),
+    ("code-skip", INSTALL_CELL),
+    ("code-params", '''import os
+
+SIZE = os.environ.get("ADVCAL_NOTEBOOK_SIZE", "full")
+assert SIZE in ("small", "full"), SIZE
+SMALL = SIZE == "small"
+
+EPOCHS = 2 if SMALL else 60
+TRAIN_SUBSET = 200 if SMALL else 500
+VALIDATION_SIZE = 150 if SMALL else 500
+TEST_SIZE = 200 if SMALL else 1000
+PGD_STEPS = 3 if SMALL else 10
+TEST_PGD_STEPS = 3 if SMALL else 20
+EPSILON = 0.1
+SEED = 0'''),
+    ("code", '''import keras
+import matplotlib.pyplot as plt
+import numpy as np
+
+from keras_advcal import PGD, AdvCalTrainer, CalibratedTeacher, data, models
+from keras_advcal.evaluation import RobustAccuracyTracker, summarize_history
+
+try:
+    splits = data.load("fashion_mnist", subset=TRAIN_SUBSET,
+                       validation_size=VALIDATION_SIZE, test_size=TEST_SIZE, seed=SEED)
+except data.DatasetNotAvailableError as error:
+    print(f"Fashion-MNIST is not available ({error}); using scikit-learn digits.")
+    splits = data.load("digits", subset=TRAIN_SUBSET, seed=SEED)
+print(splits.name, "from", splits.source, [len(y) for _, y in
+      (splits.train, splits.validation, splits.test)])'''),
+    ("md", """## One function, two trainers
+
+Both runs share the architecture, the initial weights, the attack, the optimizer and
+the data order. A `RobustAccuracyTracker` attacks the test subset with PGD after
+every epoch (it writes `test_adv_accuracy` into the logs)."""),
+    ("code", '''def run(labels):
+    keras.utils.set_random_seed(SEED)
+    model = models.small_cnn(splits.input_shape, splits.num_classes,
+                             width=8 if SMALL else 32, dense=32 if SMALL else 256)
+    attack = PGD(epsilon=EPSILON, step_size=2.5 * EPSILON / PGD_STEPS, steps=PGD_STEPS)
+    trainer = AdvCalTrainer(model, attack, labels=labels, seed=SEED)
+    trainer.compile(optimizer=keras.optimizers.Adam(1e-3))
+    test_attack = PGD(epsilon=EPSILON, step_size=2.5 * EPSILON / TEST_PGD_STEPS,
+                      steps=TEST_PGD_STEPS)
+    callbacks = [RobustAccuracyTracker(splits.test, test_attack)]
+    if labels == "calibrated":
+        x_train, y_train = splits.train
+        callbacks.insert(0, CalibratedTeacher(splits.validation, (x_train, y_train)))
+    history = trainer.fit(*splits.train, validation_data=splits.validation,
+                          epochs=EPOCHS, batch_size=64, callbacks=callbacks, verbose=0)
+    return history.history
+
+
+histories = {"PGD-AT": run("hard"), "calibrated": run("calibrated")}'''),
+    ("md", """## Robust test accuracy per epoch
+
+With PGD-AT the robust test accuracy typically peaks early and decays while the
+training robust accuracy keeps climbing; the calibrated trainer's curve stays flat."""),
+    ("code", '''fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.8))
+for name, h in histories.items():
+    epochs = np.arange(1, len(h["test_adv_accuracy"]) + 1)
+    line, = ax1.plot(epochs, h["test_adv_accuracy"], label=f"{name}: test")
+    ax1.plot(epochs, h["adv_accuracy"], linestyle="--", color=line.get_color(),
+             label=f"{name}: train")
+ax1.set_xlabel("epoch"); ax1.set_ylabel("robust accuracy (PGD)"); ax1.legend()
+ax1.set_title("robust accuracy")
+h = histories["calibrated"]
+epochs = np.arange(1, len(h["rho"]) + 1)
+ax2.plot(epochs, h["temperature"], label="T")
+ax2.plot(epochs, h["rho"], label="rho")
+ax2.set_xlabel("epoch"); ax2.set_title("calibrated trainer: fitted T and rho")
+ax2.legend()
+plt.tight_layout()
+plt.show()'''),
+    ("md", """## Best, final and gap
+
+`summarize_history` gives the best epoch, the final value and the robust-overfitting
+gap (best minus final, raw and smoothed over 3 epochs)."""),
+    ("code", '''print(f"{'trainer':<12}{'best':>8}{'epoch':>7}{'final':>8}{'gap':>8}{'smoothed gap':>14}")
+for name, h in histories.items():
+    s = summarize_history(h, key="test_adv_accuracy", window=3)
+    print(f"{name:<12}{s.best_value:>8.3f}{s.best_epoch + 1:>7}{s.final_value:>8.3f}"
+          f"{s.gap:>8.3f}{s.smoothed_gap:>14.3f}")'''),
+    ("md", """The numbers of one seed on a 500-image subset are noisy; the benchmark scripts in
+`benchmarks/` repeat this comparison over seeds, datasets and radii."""),
+]
+
+# ----------------------------------------------------------------------------- 03
+TUNER = [
+    ("md", """# Hyperparameter search with KerasTuner
+
+{badge}
+
+`keras_advcal.tuning.AdvCalHyperModel` is a KerasTuner `HyperModel`: it builds a
+classifier, wraps it in `AdvCalTrainer` and searches the learning rate, the weight
+decay, the batch size and the model width, for a training attack **you** fix. The
+objective is robust validation accuracy (`val_adv_accuracy`).
+
+The calibrated trainer introduces no knob of its own (`T` and `rho` are fitted every
+epoch). A fair comparison gives the baseline its knob too: `search_baseline=True`
+searches the label smoothing of PGD-AT."""),
+    ("code-skip", INSTALL_CELL),
+    ("code-params", '''import os
+
+SIZE = os.environ.get("ADVCAL_NOTEBOOK_SIZE", "full")
+assert SIZE in ("small", "full"), SIZE
+SMALL = SIZE == "small"
+
+TRAIN_SUBSET = 400 if SMALL else None      # None: all 1,078 training digits
+MAX_TRIALS = 2 if SMALL else 10
+BASELINE_TRIALS = 1 if SMALL else 10
+EPOCHS = 1 if SMALL else 15
+PGD_STEPS = 3 if SMALL else 10
+EPSILON = 0.1'''),
+    ("code", '''import tempfile
+
+import keras
+import keras_tuner
+
+from keras_advcal import PGD, data
+from keras_advcal.tuning import AdvCalHyperModel, objective
+
+keras.utils.set_random_seed(0)
+splits = data.load("digits", subset=TRAIN_SUBSET, seed=0)
+x_train, y_train = splits.train
+x_val, y_val = splits.validation
+attack = PGD(epsilon=EPSILON, step_size=2.5 * EPSILON / PGD_STEPS, steps=PGD_STEPS)
+folder = tempfile.mkdtemp()'''),
+    ("md", """## The calibrated trainer
+
+In calibrated mode every trial gets a fresh `CalibratedTeacher` callback, fitted on
+`calibration_data` (default: the search's `validation_data`) with `train_sample` for
+the accuracy floor."""),
+    ("code", '''hypermodel = AdvCalHyperModel(
+    splits.input_shape, splits.num_classes, attack, labels="calibrated",
+    calibration_data=(x_val, y_val), train_sample=(x_train[:500], y_train[:500]),
+    batch_sizes=[64, 128], seed=0)
+tuner = keras_tuner.RandomSearch(hypermodel, objective=objective(), max_trials=MAX_TRIALS,
+                                 seed=0, directory=folder, project_name="calibrated")
+tuner.search_space_summary()'''),
+    ("code", '''tuner.search(x_train, y_train, validation_data=(x_val, y_val), epochs=EPOCHS, verbose=0)
+tuner.results_summary(num_trials=3)'''),
+    ("code", '''best_hp = tuner.get_best_hyperparameters(1)[0]
+print(best_hp.values)
+best = tuner.get_best_models(1)[0]          # an AdvCalTrainer; best.model is the classifier
+print(best.evaluate(*splits.test, return_dict=True, verbose=0))'''),
+    ("md", """## The baseline, with its own knob
+
+PGD-AT with one-hot labels (`labels="hard"`), searching the same space plus
+`label_smoothing` in [0, 0.3]."""),
+    ("code", '''baseline = AdvCalHyperModel(splits.input_shape, splits.num_classes, attack,
+                            labels="hard", search_baseline=True, batch_sizes=[64, 128],
+                            seed=0)
+baseline_tuner = keras_tuner.RandomSearch(baseline, objective=objective(),
+                                          max_trials=BASELINE_TRIALS, seed=0,
+                                          directory=folder, project_name="baseline")
+baseline_tuner.search(x_train, y_train, validation_data=(x_val, y_val), epochs=EPOCHS,
+                      verbose=0)
+
+
+def best_score(tuner):
+    trial = tuner.oracle.get_best_trials(1)[0]
+    return trial.metrics.get_best_value("val_adv_accuracy")
+
+
+print(f"calibrated: best val_adv_accuracy {best_score(tuner):.3f}")
+print(f"PGD-AT + label smoothing: best val_adv_accuracy {best_score(baseline_tuner):.3f} "
+      f"(label_smoothing={baseline_tuner.get_best_hyperparameters(1)[0].get('label_smoothing'):.3f})")'''),
+    ("md", """With `labels="calibrated", search_baseline=True` the hypermodel instead searches a
+**fixed** `(T, rho)` (T in [1, 4], rho in [0, 1]) passed to
+`CalibratedTeacher(rule="fixed")`: the hand-tuned alternative to the automatic
+calibration."""),
+]
+
+NOTEBOOKS = {
+    "01_quickstart.ipynb": QUICKSTART,
+    "02_robust_overfitting.ipynb": OVERFITTING,
+    "03_keras_tuner.ipynb": TUNER,
+}
+
+
+def make_notebook(name: str, cells: list[tuple[str, str]]) -> nbformat.NotebookNode:
+    nb = nbformat.v4.new_notebook()
+    nb.metadata = {
+        "kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
+        "language_info": {"name": "python"},
+        "colab": {"provenance": []},
+    }
+    stem = name.split(".")[0]
+    for index, (kind, source) in enumerate(cells):
+        source = source.replace("{badge}", badge(name))
+        if kind == "md":
+            cell = nbformat.v4.new_markdown_cell(source)
+        else:
+            cell = nbformat.v4.new_code_cell(source)
+            if kind == "code-skip":
+                cell.metadata["tags"] = ["skip-ci"]
+            elif kind == "code-params":
+                cell.metadata["tags"] = ["parameters"]  # papermill's parameter cell
+        cell.id = f"{stem[:2]}-{index:02d}"
+        nb.cells.append(cell)
+    nbformat.validate(nb)
+    return nb
+
+
+def main() -> int:
+    for name, cells in NOTEBOOKS.items():
+        nbformat.write(make_notebook(name, cells), HERE / name)
+        print("wrote", HERE / name)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,173 @@
+"""The MkDocs site: it builds with --strict, and its pages render in a real browser.
+
+The site is built into a temporary folder, served on 127.0.0.1 by
+``python -m http.server`` and opened in headless Chromium (``/usr/bin/chromium``,
+driven by Playwright; no browser download). Requests to other hosts (CDNs: MathJax,
+the notebooks' mermaid; GitHub) are aborted, since the test machine is offline: the
+console errors those aborted loads cause are the only ones tolerated.
+"""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                 "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+LOCAL_HOSTS = {"127.0.0.1", "localhost"}
+
+# (path, expected h1 text): the home page, a tutorial page, a notebook page, API pages.
+PAGES = [
+    ("", "keras-advcal"),
+    ("tutorial-quickstart/", "Tutorial: quickstart"),
+    ("method/", "The method"),
+    ("notebooks/01_quickstart/", "Quickstart: adversarial training that does not overfit"),
+    ("api/trainer/", "Trainer and targets"),
+    ("api/tuning/", "Tuning"),
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _mkdocs_build(site_dir: Path) -> subprocess.CompletedProcess:
+    env = dict(os.environ, NO_MKDOCS_2_WARNING="1", TF_CPP_MIN_LOG_LEVEL="3")
+    return subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(site_dir)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    """Builds the site (strict) and serves it; yields ``(base_url, site_dir)``."""
+    site_dir = tmp_path_factory.mktemp("site")
+    started = time.perf_counter()
+    build = _mkdocs_build(site_dir)
+    assert build.returncode == 0, f"mkdocs build --strict failed:\n{build.stderr[-5000:]}"
+    print(f"mkdocs build --strict: {time.perf_counter() - started:.1f} s")
+    port = _free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1",
+         "--directory", str(site_dir)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                urllib.request.urlopen(base, timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise RuntimeError("the static file server did not start")
+                time.sleep(0.1)
+        yield base, site_dir
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def test_site_has_every_page(site):
+    _, site_dir = site
+    for path, _ in PAGES:
+        assert (site_dir / path / "index.html").is_file(), path
+    for name in ("01_quickstart", "02_robust_overfitting", "03_keras_tuner"):
+        page = site_dir / "notebooks" / name / "index.html"
+        assert page.is_file(), name
+        # mkdocs-jupyter copies the notebook next to its page for download.
+        assert (site_dir / "notebooks" / name / f"{name}.ipynb").is_file()
+    assert (site_dir / "figures" / "targets.png").is_file()
+    assert not (site_dir / "hooks").exists()
+    api = (site_dir / "api" / "tuning" / "index.html").read_text()
+    assert "AdvCalHyperModel" in api
+
+
+def _is_local(url: str) -> bool:
+    parsed = urlparse(url)
+    return parsed.scheme in ("", "data", "blob", "about") or parsed.hostname in LOCAL_HOSTS
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="Chromium is not installed at /usr/bin/chromium "
+                    "(Debian package `chromium`); the browser check needs it")
+def test_pages_render_in_chromium(site, tmp_path):
+    sync_api = pytest.importorskip("playwright.sync_api",
+                                   reason="the playwright package is not installed")
+    base, _ = site
+    problems: list[str] = []
+    blocked: list[str] = []
+
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM),
+                                             args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+
+            def route(request_route):
+                url = request_route.request.url
+                if _is_local(url):
+                    request_route.continue_()
+                else:
+                    blocked.append(url)
+                    request_route.abort()
+
+            page.route("**/*", route)
+
+            def on_console(message):
+                if message.type != "error":
+                    return
+                text = message.text
+                location = (message.location or {}).get("url", "")
+                # "Failed to load resource" of an external URL that the route aborted.
+                if location and not _is_local(location):
+                    return
+                problems.append(f"console error on {page.url}: {text} ({location})")
+
+            page.on("console", on_console)
+            page.on("pageerror", lambda error: problems.append(
+                f"uncaught exception on {page.url}: {error}"))
+            page.on("requestfailed", lambda request: None if not _is_local(request.url)
+                    else problems.append(f"failed local request {request.url}"))
+            page.on("response", lambda response: problems.append(
+                f"HTTP {response.status} for {response.url}")
+                if _is_local(response.url) and response.status >= 400 else None)
+
+            for path, title in PAGES:
+                page.goto(base + path, wait_until="load")
+                heading = page.locator("article h1").first
+                heading.wait_for(state="visible", timeout=30_000)
+                text = heading.inner_text().strip().rstrip("¶").strip()
+                assert text == title, f"{path}: h1 is {text!r}, expected {title!r}"
+                assert page.title(), f"{path}: empty <title>"
+                page.wait_for_timeout(200)  # let deferred scripts run and report
+            # The search index loads (the search plugin's worker) and finds a page.
+            with page.expect_response(lambda r: "search_index.json" in r.url,
+                                      timeout=30_000):
+                page.goto(base, wait_until="load")
+            search = page.locator(".md-search__input")
+            search.click()
+            search.press_sequentially("calibrated", delay=50)
+            page.locator(".md-search-result__item").first.wait_for(timeout=30_000)
+            page.goto(base + "method/", wait_until="load")
+            assert page.locator("img[src*='targets.png']").first.evaluate(
+                "img => img.complete && img.naturalWidth > 0")
+            page.screenshot(path=str(tmp_path / "method.png"), full_page=True)
+            page.goto(base, wait_until="load")
+            page.screenshot(path=str(tmp_path / "home.png"))
+        finally:
+            browser.close()
+
+    assert (tmp_path / "home.png").stat().st_size > 0
+    assert (tmp_path / "method.png").stat().st_size > 0
+    assert not problems, "\n".join(problems)
