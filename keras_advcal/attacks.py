@@ -270,7 +270,10 @@ class PGD(Attack):
             tape.watch(x_adv)
             logits = _logits_float32(model, x_adv)
             objective = tf.reduce_sum(_LOSS_FUNCTIONS[self.loss](logits, y))
-        return tape.gradient(objective, x_adv)
+        # A model without a gradient path to its input (e.g. a rounding layer) gets a
+        # zero gradient rather than None, so the attack runs and evaluation warns.
+        return tape.gradient(objective, x_adv,
+                             unconnected_gradients=tf.UnconnectedGradients.ZERO)
 
     def _step(self, x_adv: tf.Tensor, gradient: tf.Tensor) -> tf.Tensor:
         gradient = tf.cast(gradient, x_adv.dtype)
