@@ -35,3 +35,24 @@ def tiny_cnn(seed: int = 0, batchnorm: bool = False, num_classes: int = 10) -> k
 @pytest.fixture
 def make_cnn():
     return tiny_cnn
+
+
+def digits_holdout(n_test: int = 200):
+    """((x_train, y_train), (x_test, y_test)) with the last ``n_test`` digits held out."""
+    data = load_digits()
+    x = (data.images / 16.0).astype("float32").reshape(-1, 8, 8, 1)
+    y = data.target.astype("int32")
+    return (x[:-n_test], y[:-n_test]), (x[-n_test:], y[-n_test:])
+
+
+def conv_dense_model(seed: int = 0, first: keras.layers.Layer | None = None) -> keras.Model:
+    """Conv(16)-Dense(64)-Dense(10) for 8x8x1 digits; ``first`` is an optional layer
+    placed right after the input (e.g. a gradient-masking one)."""
+    keras.utils.set_random_seed(seed)
+    layers = [keras.Input((8, 8, 1))] + ([first] if first is not None else []) + [
+        keras.layers.Conv2D(16, 3, padding="same", activation="relu"),
+        keras.layers.Flatten(),
+        keras.layers.Dense(64, activation="relu"),
+        keras.layers.Dense(10),
+    ]
+    return keras.Sequential(layers)

@@ -6,42 +6,24 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from sklearn.datasets import load_digits
 
 from keras_advcal.apgd import (APGD, PGDRestarts, apgd_checkpoints, dlr_loss,
                                targeted_dlr_loss)
 from keras_advcal.attacks import PGD
+from tests.conftest import conv_dense_model, digits_holdout
 
 N_TEST = 200
 
 
-def _digits():
-    digits = load_digits()
-    x = (digits.images / 16.0).astype("float32").reshape(-1, 8, 8, 1)
-    y = digits.target.astype("int32")
-    return (x[:-N_TEST], y[:-N_TEST]), (x[-N_TEST:], y[-N_TEST:])
-
-
-def _small_model(seed: int = 0) -> keras.Model:
-    keras.utils.set_random_seed(seed)
-    return keras.Sequential([
-        keras.Input((8, 8, 1)),
-        keras.layers.Conv2D(16, 3, padding="same", activation="relu"),
-        keras.layers.Flatten(),
-        keras.layers.Dense(64, activation="relu"),
-        keras.layers.Dense(10),
-    ])
-
-
 @pytest.fixture(scope="module")
 def digits():
-    return _digits()
+    return digits_holdout(N_TEST)
 
 
 @pytest.fixture(scope="module")
 def undefended(digits):
     (x, y), _ = digits
-    model = _small_model()
+    model = conv_dense_model()
     model.compile(keras.optimizers.Adam(3e-3),
                   keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     model.fit(x, y, epochs=8, batch_size=64, verbose=0)
@@ -115,7 +97,7 @@ ATTACKS = {
 @pytest.mark.parametrize("norm,epsilon,bounds", [
     ("linf", 0.1, (0.0, 1.0)), ("linf", 0.3, (-1.0, 2.0)), ("l2", 1.0, (-0.5, 0.5))])
 def test_outputs_stay_in_ball_and_bounds(name, norm, epsilon, bounds):
-    model = _small_model(seed=3)
+    model = conv_dense_model(seed=3)
     rng = np.random.default_rng(0)
     x = rng.uniform(bounds[0], bounds[1], (12, 8, 8, 1)).astype("float32")
     x[:3] = bounds[0]  # points on the box boundary

@@ -11,11 +11,11 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from sklearn.datasets import load_digits
 
 from keras_advcal.evaluation import (APGD, FGSM, PGD, PGDRestarts, RobustAccuracyTracker,
                                      RobustnessResult, Square, build_attack,
                                      evaluate_robustness, summarize_history)
+from tests.conftest import conv_dense_model, digits_holdout
 
 N_TEST = 200
 EPSILON = 0.1
@@ -24,21 +24,7 @@ EPSILON = 0.1
 # -- fixtures ----------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def digits():
-    data = load_digits()
-    x = (data.images / 16.0).astype("float32").reshape(-1, 8, 8, 1)
-    y = data.target.astype("int32")
-    return (x[:-N_TEST], y[:-N_TEST]), (x[-N_TEST:], y[-N_TEST:])
-
-
-def _small_model(seed: int = 0, first: keras.layers.Layer | None = None) -> keras.Model:
-    keras.utils.set_random_seed(seed)
-    layers = [keras.Input((8, 8, 1))] + ([first] if first is not None else []) + [
-        keras.layers.Conv2D(16, 3, padding="same", activation="relu"),
-        keras.layers.Flatten(),
-        keras.layers.Dense(64, activation="relu"),
-        keras.layers.Dense(10),
-    ]
-    return keras.Sequential(layers)
+    return digits_holdout(N_TEST)
 
 
 def _fit(model: keras.Model, x, y, epochs: int = 8) -> keras.Model:
@@ -51,14 +37,14 @@ def _fit(model: keras.Model, x, y, epochs: int = 8) -> keras.Model:
 @pytest.fixture(scope="module")
 def undefended(digits):
     (x, y), _ = digits
-    return _fit(_small_model(), x, y)
+    return _fit(conv_dense_model(), x, y)
 
 
 @pytest.fixture(scope="module")
 def pgd_trained(digits):
     """Madry-style PGD adversarial training, hand-written (10 epochs, PGD-5)."""
     (x, y), _ = digits
-    model = _small_model(seed=1)
+    model = conv_dense_model(seed=1)
     optimizer = keras.optimizers.Adam(3e-3)
     optimizer.build(model.trainable_variables)
     attack = PGD(EPSILON, steps=5, seed=0)
@@ -163,7 +149,7 @@ def test_undefended_model_is_broken_at_large_radius(digits, undefended):
 
 def test_masked_gradients_trigger_the_warnings(digits):
     (x_train, y_train), (x, y) = digits
-    model = _fit(_small_model(seed=2, first=QuantizeInputs(2)), x_train, y_train, epochs=5)
+    model = _fit(conv_dense_model(seed=2, first=QuantizeInputs(2)), x_train, y_train, epochs=5)
     with pytest.warns(RuntimeWarning) as record:
         r = evaluate_robustness(model, (x[:100], y[:100]), 0.3,
                                 attacks=("pgd", "apgd-ce", "square"), steps=5,
@@ -246,7 +232,7 @@ def test_build_attack_names():
 # -- RobustAccuracyTracker ---------------------------------------------------------
 def test_tracker_writes_the_key_at_the_right_epochs(digits):
     (x_train, y_train), (x, y) = digits
-    model = _small_model(seed=3)
+    model = conv_dense_model(seed=3)
     model.compile(keras.optimizers.Adam(3e-3),
                   keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     tracker = RobustAccuracyTracker((x[:100], y[:100]),
@@ -280,7 +266,7 @@ class WrapperModel(keras.Model):
 
 def test_tracker_on_a_wrapper_model_feeds_csv_logger(digits, tmp_path):
     (x_train, y_train), (x, y) = digits
-    model = WrapperModel(_small_model(seed=4))
+    model = WrapperModel(conv_dense_model(seed=4))
     model.compile(keras.optimizers.Adam(3e-3),
                   keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     path = tmp_path / "log.csv"

@@ -6,36 +6,22 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from sklearn.datasets import load_digits
 
 from keras_advcal.square import Square, _window_mask, _window_side, square_p_schedule
+from tests.conftest import conv_dense_model, digits_holdout
 
 N_TEST = 200
 
 
 @pytest.fixture(scope="module")
 def digits():
-    data = load_digits()
-    x = (data.images / 16.0).astype("float32").reshape(-1, 8, 8, 1)
-    y = data.target.astype("int32")
-    return (x[:-N_TEST], y[:-N_TEST]), (x[-N_TEST:], y[-N_TEST:])
-
-
-def _small_model(seed: int = 0) -> keras.Model:
-    keras.utils.set_random_seed(seed)
-    return keras.Sequential([
-        keras.Input((8, 8, 1)),
-        keras.layers.Conv2D(16, 3, padding="same", activation="relu"),
-        keras.layers.Flatten(),
-        keras.layers.Dense(64, activation="relu"),
-        keras.layers.Dense(10),
-    ])
+    return digits_holdout(N_TEST)
 
 
 @pytest.fixture(scope="module")
 def undefended(digits):
     (x, y), _ = digits
-    model = _small_model()
+    model = conv_dense_model()
     model.compile(keras.optimizers.Adam(3e-3),
                   keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     model.fit(x, y, epochs=8, batch_size=64, verbose=0)
@@ -77,7 +63,7 @@ def test_window_is_one_square_of_the_right_side():
 @pytest.mark.parametrize("epsilon,bounds", [(0.1, (0.0, 1.0)), (0.3, (-1.0, 2.0)),
                                             (0.05, (-0.5, 0.5))])
 def test_outputs_stay_in_ball_and_bounds(epsilon, bounds):
-    model = _small_model(seed=2)
+    model = conv_dense_model(seed=2)
     rng = np.random.default_rng(0)
     x = rng.uniform(bounds[0], bounds[1], (16, 8, 8, 1)).astype("float32")
     x[:4] = bounds[0]
