@@ -13,27 +13,34 @@ Example:
     '0.1.0'
 """
 
+from keras_advcal import data, evaluation, models
 from keras_advcal.attacks import FGSM, PGD, Attack
-from keras_advcal.checks import InputError
 from keras_advcal.calibration import CalibrationResult, calibrate, fit_temperature
+from keras_advcal.checks import InputError
+from keras_advcal.evaluation import (RobustAccuracyTracker, RobustnessResult,
+                                     evaluate_robustness, summarize_history)
 from keras_advcal.teacher import CalibratedTeacher, calibrate_teacher
 from keras_advcal.trainer import AdvCalTrainer
-from keras_advcal import data, models  # noqa: E402  (submodules as attributes)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AdvCalTrainer",
     "Attack",
+    "calibrate",
+    "calibrate_teacher",
     "CalibratedTeacher",
     "CalibrationResult",
-    "FGSM",
-    "InputError",
-    "PGD",
-    "__version__",
-    "calibrate",
     "data",
-    "models",
-    "calibrate_teacher",
+    "evaluate_robustness",
+    "evaluation",
+    "FGSM",
     "fit_temperature",
+    "InputError",
+    "models",
+    "PGD",
+    "RobustAccuracyTracker",
+    "RobustnessResult",
+    "summarize_history",
+    "__version__",
 ]
