@@ -43,6 +43,10 @@ DEFAULT_RHOS = np.linspace(0.01, 1.0, 100)
 # Upper bound on the elements of one (temperatures x rhos x examples) block.
 _BLOCK_ELEMENTS = 2_000_000
 _LOG_FLOOR = 1e-12
+# The grids are computed in float64: in float32 the last bit of an example's NLL depends
+# on its position in the block (vectorised vs scalar exp/log), which was enough to change
+# the chosen rho with the order of the examples where the NLL is flat.
+_GRID_DTYPE = "float64"
 
 
 @dataclasses.dataclass
@@ -128,14 +132,14 @@ def _true_class_probabilities(logits: tf.Tensor, labels: tf.Tensor,
     """``softmax(logits / T)[y]`` for each temperature: ``(T, N)``."""
     scaled = logits[None, :, :] / temperatures[:, None, None]
     log_probs = tf.nn.log_softmax(scaled, axis=-1)
-    onehot = tf.one_hot(labels, tf.shape(logits)[1])[None]
+    onehot = tf.one_hot(labels, tf.shape(logits)[1], dtype=logits.dtype)[None]
     return tf.exp(tf.reduce_sum(log_probs * onehot, axis=-1))
 
 
 def _margins(logits: tf.Tensor, labels: tf.Tensor, temperatures: tf.Tensor) -> tf.Tensor:
     """``max_{j != y} p_j - p_y`` under ``softmax(logits / T)``: ``(T, N)``."""
     probs = tf.nn.softmax(logits[None, :, :] / temperatures[:, None, None], axis=-1)
-    onehot = tf.one_hot(labels, tf.shape(logits)[1])[None]
+    onehot = tf.one_hot(labels, tf.shape(logits)[1], dtype=logits.dtype)[None]
     true_prob = tf.reduce_sum(probs * onehot, axis=-1)
     best_other = tf.reduce_max(probs - 2.0 * onehot, axis=-1)
     return best_other - true_prob
@@ -178,14 +182,15 @@ def nll_grid(teacher_logits, surrogate_logits, labels, temperatures=DEFAULT_TEMP
         >>> bool(grid[0, 1] < grid[0, 0])
         True
     """
-    g = _as_float_tensor(teacher_logits, "teacher_logits")
-    s = _as_float_tensor(surrogate_logits, "surrogate_logits", g.shape[1])
+    g = tf.cast(_as_float_tensor(teacher_logits, "teacher_logits"), _GRID_DTYPE)
+    s = tf.cast(_as_float_tensor(surrogate_logits, "surrogate_logits", g.shape[1]),
+                _GRID_DTYPE)
     if s.shape[0] != g.shape[0]:
         raise ValueError("`teacher_logits` and `surrogate_logits` must have the same "
                          f"number of examples, got {g.shape[0]} and {s.shape[0]}.")
     y = _as_labels(labels, "labels", g.shape[0], g.shape[1])
-    temps = np.asarray(temperatures, dtype="float32")
-    rho_values = tf.constant(np.asarray(rhos, dtype="float32"))
+    temps = np.asarray(temperatures, dtype=_GRID_DTYPE)
+    rho_values = tf.constant(np.asarray(rhos, dtype=_GRID_DTYPE))
     count, classes = int(g.shape[0]), int(g.shape[1])
     if count == 0:
         raise ValueError("Calibration needs at least one held-out example.")
@@ -199,12 +204,12 @@ def nll_grid(teacher_logits, surrogate_logits, labels, temperatures=DEFAULT_TEMP
                 p_surrogate = _true_class_probabilities(s[n0:n1], y[n0:n1], t)
             else:
                 p_surrogate = tf.tile(_true_class_probabilities(
-                    s[n0:n1], y[n0:n1], tf.constant([surrogate_temperature], "float32")),
+                    s[n0:n1], y[n0:n1], tf.constant([surrogate_temperature], _GRID_DTYPE)),
                     [t1 - t0, 1])
             mixed = (rho_values[None, :, None] * p_teacher[:, None, :]
                      + (1.0 - rho_values[None, :, None]) * p_surrogate[:, None, :])
             nll = -tf.math.log(tf.maximum(mixed, _LOG_FLOOR))  # (t, r, n)
-            total[t0:t1] += tf.reduce_sum(tf.cast(nll, "float64"), axis=-1).numpy()
+            total[t0:t1] += tf.reduce_sum(nll, axis=-1).numpy()
     return total / count
 
 
@@ -219,10 +224,10 @@ def agreement_grid(train_teacher_logits, train_labels, temperatures=DEFAULT_TEMP
         >>> agreement_grid(g, [0], temperatures=[1.0], rhos=[0.1, 0.9]).tolist()
         [[1.0, 0.0]]
     """
-    g = _as_float_tensor(train_teacher_logits, "train_teacher_logits")
+    g = tf.cast(_as_float_tensor(train_teacher_logits, "train_teacher_logits"), _GRID_DTYPE)
     y = _as_labels(train_labels, "train_labels", g.shape[0], g.shape[1])
-    temps = np.asarray(temperatures, dtype="float32")
-    rho_values = tf.constant(np.asarray(rhos, dtype="float32"))
+    temps = np.asarray(temperatures, dtype=_GRID_DTYPE)
+    rho_values = tf.constant(np.asarray(rhos, dtype=_GRID_DTYPE))
     count, classes = int(g.shape[0]), int(g.shape[1])
     if count == 0:
         raise ValueError("The accuracy floor needs at least one training example.")

@@ -16,6 +16,7 @@ Example:
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import keras
@@ -179,20 +180,86 @@ def model_num_classes(model: Any) -> int | None:
     return int(shape[-1])
 
 
+def has_no_labels(data: Any) -> bool:
+    """True for data given without labels where labels are needed: a bare image array
+    or tensor, or a ``tf.data.Dataset`` whose elements are not ``(x, y)`` tuples.
+
+    Example:
+
+        >>> has_no_labels(np.zeros((2, 3))), has_no_labels((np.zeros((2, 3)), [0, 1]))
+        (True, False)
+    """
+    if isinstance(data, (np.ndarray, tf.Tensor)):
+        return True
+    if isinstance(data, tf.data.Dataset):
+        spec = data.element_spec
+        return not isinstance(spec, (tuple, list)) or len(spec) < 2
+    return False
+
+
+def check_attack_radius(attack: Any, image_shape: Any, name: str = "attack") -> None:
+    """Refuses an L2 ``epsilon`` larger than the diameter of the box of valid images
+    (the ball would cover every input). The L-inf case is refused by the attack itself.
+
+    Example:
+
+        >>> from keras_advcal.attacks import PGD
+        >>> check_attack_radius(PGD(0.5, norm="l2"), (8, 8, 1))
+    """
+    if getattr(attack, "norm", None) != "l2":
+        return
+    low, high = attack.bounds
+    shape = tuple(int(d) for d in image_shape)
+    diameter = (high - low) * float(np.sqrt(np.prod(shape)))
+    if attack.epsilon > diameter:
+        raise InputError(
+            f"`{name}` has an L2 epsilon={attack.epsilon:g}, larger than the diameter "
+            f"{diameter:g} of the box {tuple(attack.bounds)} for images of shape {shape}: "
+            "the ball covers every input. Give the radius in the units of the pixels in "
+            "the bounds (for example epsilon=0.5 for 32x32x3 images in [0, 1]).")
+
+
 def first_batch(data: Any) -> tuple[Any, Any] | None:
-    """Returns ``(x, y)`` of the first batch of ``data`` without consuming a Python
-    generator (``None`` when it cannot peek).
+    """Returns ``(x, y)`` of the first batch of ``data`` (arrays, ``tf.data``,
+    ``keras.utils.PyDataset``) without consuming a Python generator (``None`` when it
+    cannot peek; see :func:`peek_generator`).
 
     Example:
 
         >>> first_batch((np.zeros((5, 2)), np.zeros(5)))[0].shape
         (5, 2)
     """
-    if isinstance(data, tf.data.Dataset):
-        element = next(iter(data.take(1)))
+    if isinstance(data, (tf.data.Dataset, keras.utils.PyDataset)):
+        element = (next(iter(data.take(1))) if isinstance(data, tf.data.Dataset)
+                   else data[0])
         if not isinstance(element, (tuple, list)) or len(element) < 2:
             return None
         return element[0], element[1]
     if isinstance(data, (tuple, list)) and len(data) >= 2:
         return data[0], data[1]
     return None
+
+
+def peek_generator(data: Any) -> tuple[Any, Any]:
+    """For a Python generator, returns ``(first_element, generator)`` where the new
+    generator yields the first element again and then the rest, so that the first
+    batch can be checked without losing it. Other data: ``(None, data)``.
+
+    Example:
+
+        >>> first, gen = peek_generator(i for i in range(3))
+        >>> first, list(gen)
+        (0, [0, 1, 2])
+    """
+    if not inspect.isgenerator(data):
+        return None, data
+    try:
+        first = next(data)
+    except StopIteration:
+        return None, (item for item in ())
+
+    def chained():
+        yield first
+        yield from data
+
+    return first, chained()

@@ -75,6 +75,14 @@ def clone_architecture(model: keras.Model, name: str | None = None) -> keras.Mod
     return twin
 
 
+def _multi_worker(strategy) -> bool:
+    """True under a MultiWorkerMirroredStrategy that spans several workers."""
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return False
+    in_multi_worker_mode = getattr(strategy.extended, "_in_multi_worker_mode", None)
+    return bool(in_multi_worker_mode()) if in_multi_worker_mode is not None else True
+
+
 def _scalar_weight(owner: keras.Model, name: str, value: float, dtype: str = "float32"):
     return owner.add_weight(shape=(), initializer=keras.initializers.Constant(value),
                             trainable=False, dtype=dtype, name=name)
@@ -365,6 +373,11 @@ class AdvCalTrainer(keras.Model):
         if self.track_clean_accuracy or not training:
             results["accuracy"] = self.accuracy_metric.result()
         results["adv_accuracy"] = self.adv_accuracy_metric.result()
+        if _multi_worker(tf.distribute.get_strategy()):
+            # Keras 3 (checked on 3.15) reduces step outputs across workers with
+            # strategy.reduce("MEAN", value, axis=0), which needs an axis to reduce
+            # (keras-team/keras#20585): a length-1 axis gives back the scalar.
+            results = {key: tf.reshape(value, (1,)) for key, value in results.items()}
         return results
 
     # ------------------------------------------------------- compile / fit entry
@@ -390,6 +403,22 @@ class AdvCalTrainer(keras.Model):
             if kwargs.pop(key, None):
                 raise ValueError(f"AdvCalTrainer does not use `{key}`.")
         super().compile(optimizer=optimizer, **kwargs)
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        """Builds the optimizer under the strategy's scope before the first step.
+
+        Keras 3 (checked on 3.15) builds a model that has a strategy by reducing the
+        first distributed batch with ``strategy.reduce``, which raises under a
+        ``MultiWorkerMirroredStrategy`` with several workers (keras-team/keras#20585).
+        The trainer's own variables exist from ``__init__`` and it takes no compiled
+        loss or metrics, so once the student is built only the optimizer is left.
+        """
+        strategy = getattr(self, "_distribute_strategy", None)
+        if strategy is None or not getattr(self.student, "built", False):
+            return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+        if self.optimizer is not None and not self.optimizer.built:
+            with strategy.scope():
+                self.optimizer.build(self.trainable_variables)
 
     def compile_from_config(self, config: dict) -> None:
         """Re-compiles a loaded trainer with its saved optimizer (used by ``load_model``)."""

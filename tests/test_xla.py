@@ -1,0 +1,106 @@
+"""XLA (issue 8): with ``jit_compile=True`` on CPU the train and test steps compile and
+give the graph-mode results, and neither step is traced again when T, rho or the
+teacher change between epochs (they are variables read inside the compiled step)."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+
+from keras_advcal import AdvCalTrainer
+from tests import _train_worker as worker
+
+
+class ChangeCalibration(keras.callbacks.Callback):
+    """Sets a different T and rho at every epoch (after CalibratedTeacher's own fit),
+    so that the step sees new values of both, including rho going from 0 to > 0, and
+    records the number of traces so far at the end of each epoch."""
+
+    def __init__(self, traces):
+        super().__init__()
+        self.traces = traces
+        self.per_epoch = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.model.temperature.assign(0.5 + epoch)
+        self.model.rho.assign(0.3 * epoch)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.per_epoch.append(dict(self.traces))
+
+
+@pytest.fixture(scope="module")
+def runs():
+    """The same calibrated training (EMA teacher updated inside the step, T and rho
+    changed every epoch) in graph mode and under XLA, counting Python traces of
+    ``train_step`` and ``test_step``."""
+    traces = {}
+    original_train, original_test = AdvCalTrainer.train_step, AdvCalTrainer.test_step
+
+    def counting(step, key):
+        def wrapper(self, data):
+            traces[key] = traces.get(key, 0) + 1  # runs once per trace, not per step
+            return step(self, data)
+        return wrapper
+
+    results = {}
+    try:
+        AdvCalTrainer.train_step = counting(original_train, "train")
+        AdvCalTrainer.test_step = counting(original_test, "test")
+        for jit in (False, True):
+            traces.clear()
+            trainer = worker.make_trainer(seed=2, random_start=False, jit_compile=jit)
+            teacher_callback = worker.make_teacher_callback("ema")
+            change = ChangeCalibration(traces)
+            history = worker._fit(trainer, 3, [change, teacher_callback])
+            data = worker.splits()
+            evaluation = trainer.evaluate(*data["val"], batch_size=64, verbose=0,
+                                          return_dict=True)
+            results[jit] = dict(history=history.history, evaluation=evaluation,
+                                traces=dict(traces), per_epoch=change.per_epoch,
+                                trainer=trainer, callback=teacher_callback)
+    finally:
+        AdvCalTrainer.train_step, AdvCalTrainer.test_step = original_train, original_test
+    return results
+
+
+def test_xla_steps_compile(runs):
+    trainer = runs[True]["trainer"]
+    assert trainer.jit_compile is True
+    assert runs[True]["history"]["rho"][-1] >= 0.0
+    assert np.all(np.isfinite(runs[True]["history"]["loss"]))
+
+
+def test_xla_matches_graph_mode(runs):
+    graph, xla = runs[False], runs[True]
+    for key in ("loss", "accuracy", "adv_accuracy", "val_loss", "val_adv_accuracy",
+                "temperature", "rho"):
+        np.testing.assert_allclose(xla["history"][key], graph["history"][key], rtol=1e-4,
+                                   atol=1e-5, err_msg=key)
+    for key, value in graph["evaluation"].items():
+        assert xla["evaluation"][key] == pytest.approx(value, rel=1e-4, abs=1e-5), key
+    a, b = graph["trainer"], xla["trainer"]
+    for model in ("student", "teacher"):
+        for u, v in zip(getattr(a, model).get_weights(), getattr(b, model).get_weights()):
+            np.testing.assert_allclose(u, v, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("jit", [False, True], ids=["graph", "xla"])
+def test_no_retracing_when_t_rho_or_teacher_change(runs, jit):
+    run = runs[jit]
+    # T and rho did change from epoch to epoch, and the EMA teacher moved every step.
+    assert len(set(np.round(run["history"]["temperature"], 6))) > 1
+    assert not np.allclose(run["trainer"].teacher.get_weights()[0],
+                           worker.make_model("dense", seed=2).get_weights()[0])
+    # All tracing happens in the first epoch and nothing after it (fit's later epochs
+    # and the final evaluate): 640 training and 192 validation examples in batches of
+    # 64 give one input shape. The first call may trace train_step twice: Keras builds
+    # the optimizer inside it when no strategy is set, and tf.function traces again
+    # after a trace that created variables.
+    assert run["per_epoch"][0] == run["per_epoch"][-1] == run["traces"]
+    assert run["traces"]["test"] == 1
+    assert run["traces"]["train"] <= 2
+    for name in ("_val_logits", "_train_logits"):
+        step = getattr(run["callback"], name)._step
+        assert step.experimental_get_tracing_count() == 1, name
