@@ -484,7 +484,10 @@ class AdvCalTrainer(keras.Model):
         return super().fit(x, y, *args, **kwargs)
 
     def evaluate(self, x=None, y=None, *args, **kwargs):
-        self.check_data(x, y, name="x")
+        # fit() runs its validation through evaluate() every epoch, on data it has
+        # already checked at its entry: check only what the user passes directly.
+        if not kwargs.get("_use_cached_eval_dataset", False):
+            self.check_data(x, y, name="x")
         return super().evaluate(x, y, *args, **kwargs)
 
     # ------------------------------------------------------------- teacher state

@@ -229,3 +229,18 @@ def test_compile_refuses_loss():
 def test_bad_trainer_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
         AdvCalTrainer(tiny_cnn(0), PGD(0.1, steps=1), **kwargs)
+
+
+def test_inputs_are_checked_once_per_fit_not_every_epoch(digits, monkeypatch):
+    x_train, y_train, x_test, y_test = digits
+    trainer = AdvCalTrainer(tiny_cnn(0), PGD(0.1, 0.05, 1), labels="hard")
+    trainer.compile("adam")
+    calls = []
+    original = trainer.check_data
+    monkeypatch.setattr(trainer, "check_data",
+                        lambda *a, **k: calls.append(k.get("name")) or original(*a, **k))
+    trainer.fit(x_train[:64], y_train[:64], validation_data=(x_test[:64], y_test[:64]),
+                epochs=3, verbose=0)
+    assert calls == ["x", "validation_data"]
+    trainer.evaluate(x_test[:64], y_test[:64], verbose=0)
+    assert calls[-1] == "x"
