@@ -303,7 +303,7 @@ class _ProbabilitiesToLogits:
 
 # -- compiled pieces ---------------------------------------------------------------
 def _compile_predict(model: Callable, x: np.ndarray) -> Callable:
-    @tf.function(input_signature=_specs(x)[:1])
+    @tf.function(input_signature=_specs(x)[:1], autograph=False)
     def predict(inputs):
         return tf.cast(model(inputs, training=False), tf.float32)
     return predict
@@ -314,7 +314,7 @@ def _compile_attack(model: Callable, attack: Attack, x: np.ndarray) -> Callable:
     inputs and the per-example distance to the clean input."""
     norm = attack.norm
 
-    @tf.function(input_signature=_specs(x))
+    @tf.function(input_signature=_specs(x), autograph=False)
     def run(inputs, labels):
         x_adv = attack(model, inputs, labels)
         logits = tf.cast(model(x_adv, training=False), tf.float32)
@@ -327,7 +327,7 @@ def _compile_attack(model: Callable, attack: Attack, x: np.ndarray) -> Callable:
 
 
 def _compile_gradient_norms(model: Callable, x: np.ndarray) -> Callable:
-    @tf.function(input_signature=_specs(x))
+    @tf.function(input_signature=_specs(x), autograph=False)
     def norms(inputs, labels):
         with tf.GradientTape(persistent=True) as tape:
             tape.watch(inputs)
@@ -700,7 +700,7 @@ class RobustAccuracyTracker(keras.callbacks.Callback):
         if self._compiled is None or self._compiled[0] is not model:
             attack = self.attack
 
-            @tf.function(input_signature=_specs(self.x))
+            @tf.function(input_signature=_specs(self.x), autograph=False)
             def count(inputs, labels):
                 clean = tf.argmax(model(inputs, training=False), axis=-1, output_type=tf.int32)
                 adv_inputs = attack(model, inputs, labels)

@@ -107,7 +107,9 @@ class AdversarialLogits:
         self.models = list(models)
         self.batch_size = int(batch_size)
         self._generator = keras.random.SeedGenerator(0)
-        self._step = tf.function(self._logits_on_batch, reduce_retracing=True)
+        # No AutoGraph: the loops are explicit, and it would re-read source files.
+        self._step = tf.function(self._logits_on_batch, reduce_retracing=True,
+                                 autograph=False)
 
     def _logits_on_batch(self, x, y):
         x_adv = self.attack(self.source, x, y, seed=self._generator)
@@ -260,6 +262,11 @@ class CalibratedTeacher(keras.callbacks.Callback):
         verbose: print ``T``, ``rho`` each epoch when ``1``.
         separate_surrogate_temperature: scale the surrogate (the student) by its own
             fitted temperature in the NLL (see :func:`~keras_advcal.calibration.calibrate`).
+        recalibrate_on_snapshot: with ``kind="best"``, also run the calibration in an
+            epoch whose end made a new snapshot. By default ``T`` and ``rho`` are kept
+            in that epoch: teacher and surrogate are then the same model, the NLL does
+            not depend on ``rho``, and the tie-break would reset ``rho`` to its minimum
+            (``rho`` flips between its fitted value and 0.01 from epoch to epoch).
 
     Example:
 
@@ -275,7 +282,8 @@ class CalibratedTeacher(keras.callbacks.Callback):
                  swa_start_epoch: int = 0, ema_decay: float = 0.995,
                  fixed_temperature: float = 2.0, fixed_rho: float = 0.5,
                  batch_size: int = 256, seed: int = 0, verbose: int = 0,
-                 separate_surrogate_temperature: bool = False):
+                 separate_surrogate_temperature: bool = False,
+                 recalibrate_on_snapshot: bool = False):
         super().__init__()
         if kind not in TEACHER_KINDS:
             raise ValueError(f"`kind` must be one of {TEACHER_KINDS}, got {kind!r}.")
@@ -302,6 +310,7 @@ class CalibratedTeacher(keras.callbacks.Callback):
         self.seed = int(seed)
         self.verbose = verbose
         self.separate_surrogate_temperature = bool(separate_surrogate_temperature)
+        self.recalibrate_on_snapshot = bool(recalibrate_on_snapshot)
         self.results: list[calibration.CalibrationResult] = []
         self._train_cache: np.ndarray | None = None
 
@@ -349,6 +358,20 @@ class CalibratedTeacher(keras.callbacks.Callback):
             logs.update(temperature=float(trainer.temperature.numpy()), rho=0.0,
                         calibration_nll=float("nan"), train_agreement=float("nan"),
                         teacher_adv_accuracy=float("nan"))
+            return
+        if (changed and self.kind == "best" and self.rule != "fixed"
+                and not self.recalibrate_on_snapshot):
+            # The teacher was just copied from the student, so teacher and surrogate
+            # are the same model: the validation NLL is flat in rho and the rule would
+            # fall to the smallest rho by the tie-break. Keep the current T and rho
+            # (0 before the first calibration) until the two differ again.
+            self._train_cache = None
+            logs.update(temperature=float(trainer.temperature.numpy()),
+                        rho=float(trainer.rho.numpy()), calibration_nll=float("nan"),
+                        train_agreement=float("nan"), teacher_adv_accuracy=float("nan"))
+            if self.verbose:
+                print(f"\nCalibratedTeacher epoch {epoch + 1}: new best teacher; T and rho "
+                      "kept until it differs from the student")
             return
         result, teacher_accuracy = self._calibrate(epoch, changed)
         trainer.temperature.assign(result.temperature)

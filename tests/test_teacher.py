@@ -39,17 +39,43 @@ def _same(a, b, atol=0.0):
 
 
 def test_best_teacher_is_the_student_at_the_best_epoch(digits):
-    trainer, callback, recorder, history = _fit(digits, "best", epochs=5)
+    trainer, callback, recorder, history = _fit(digits, "best", epochs=5,
+                                                recalibrate_on_snapshot=True)
     scores = history.history["val_adv_accuracy"]
     best_epoch = int(np.argmax(scores))  # first maximum: later ties do not improve
     assert _same(trainer.teacher.get_weights(), recorder.weights[best_epoch])
     assert float(trainer.teacher_score.numpy()) == pytest.approx(scores[best_epoch])
-    # T and rho are logged every epoch; rho > 0 once the teacher exists.
+    # With recalibrate_on_snapshot, T and rho are fitted every epoch; rho > 0 once the
+    # teacher exists.
     assert len(history.history["rho"]) == 5 and len(history.history["temperature"]) == 5
     assert all(r > 0 for r in history.history["rho"])
     assert float(trainer.rho.numpy()) == pytest.approx(history.history["rho"][-1])
     assert np.all(np.isfinite(history.history["calibration_nll"]))
     assert len(callback.results) == 5
+
+
+def test_best_teacher_keeps_T_and_rho_in_snapshot_epochs(digits):
+    """In an epoch whose end took a new snapshot, teacher == student: the NLL is flat
+    in rho, so T and rho are kept; in the other epochs they are fitted."""
+    trainer, callback, _, history = _fit(digits, "best", epochs=3)
+    trainer.teacher_score.assign(1.0)  # no later epoch can improve on this
+    more = trainer.fit(digits[0][:600], digits[1][:600],
+                       validation_data=(digits[2][:200], digits[3][:200]), epochs=2,
+                       batch_size=64, verbose=0, callbacks=[callback])
+    logs = {key: history.history[key] + more.history[key] for key in history.history}
+    scores = history.history["val_adv_accuracy"]
+    improved = [score > max(scores[:i], default=-1.0) for i, score in enumerate(scores)]
+    improved += [False, False]
+    previous_rho = 0.0
+    for epoch, snapshot in enumerate(improved):
+        if snapshot:
+            assert np.isnan(logs["calibration_nll"][epoch])
+            assert logs["rho"][epoch] == pytest.approx(previous_rho)
+        else:
+            assert np.isfinite(logs["calibration_nll"][epoch])
+            assert logs["rho"][epoch] >= 0.01
+        previous_rho = logs["rho"][epoch]
+    assert np.isfinite(more.history["calibration_nll"]).all()
 
 
 def test_swa_teacher_is_the_mean_of_epoch_weights(digits):

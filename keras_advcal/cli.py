@@ -1,0 +1,549 @@
+"""The ``advcal`` command: train, compare, evaluate, demo.
+
+    advcal train --dataset fashion_mnist --subset 500 --model cnn --epsilon 0.1 \\
+                 --labels calibrated --teacher best --epochs 120 --out runs/x
+    advcal compare runs/x runs/y --figure compare.png
+    advcal evaluate runs/x/model.keras --dataset fashion_mnist --epsilon 0.1
+    advcal demo
+
+``advcal COMMAND --help`` explains every option. Bad options exit with status 2 and
+a message (argparse's convention); ``main(argv)`` returns the exit status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+DEFAULT_ATTACKS = "pgd,cw,apgd-ce,apgd-t,square"
+
+# Help text of each RunConfig option (the default is appended from RunConfig itself).
+_TRAIN_HELP: dict[str, str] = {
+    "dataset": "Dataset: digits, fashion_mnist, mnist or any prepared TFDS image dataset "
+               "(cifar10, svhn_cropped, ...).",
+    "subset": "Training subset size (a count; 'all' keeps the whole training pool). The "
+              "subset is also the calibration's training sample.",
+    "validation_size": "Validation examples held out from the training pool (never trained "
+                       "on): validation robust accuracy each epoch, the best teacher, the "
+                       "calibration of T and rho, early stopping. 'default': the loader's.",
+    "test_size": "Size of a fixed random subset of the test split ('all': all of it).",
+    "data_seed": "Seed of the data splits (kept fixed across training seeds).",
+    "label_noise": "Fraction of training labels flipped to another class.",
+    "model": "Model: cnn (small CNN), preact_resnet18, wide_resnet.",
+    "width": "Small CNN: filters of the first convolution (the second has twice as many).",
+    "dense": "Small CNN: units of the hidden dense layer.",
+    "batchnorm": "Small CNN: BatchNorm after each convolution.",
+    "epsilon": "L-inf radius of the threat model, on [0, 1] pixels.",
+    "train_steps": "PGD steps of the training attack (random start).",
+    "train_step_size": "Step size of the training attack.",
+    "eval_steps": "PGD steps of the evaluation attack (validation metric, calibration and "
+                  "the per-epoch robust test accuracy).",
+    "eval_step_size": "Step size of the evaluation attack.",
+    "eval_every": "Measure robust test accuracy every N epochs (and at the last one).",
+    "labels": "Targets: 'hard' (PGD-AT, one-hot labels), 'calibrated' (soft targets from a "
+              "teacher with fitted T and rho) or 'adr' (ADR-style baseline: EMA teacher on "
+              "the clean input, cosine-annealed T and rho, per-example rho).",
+    "teacher": "Teacher of the calibrated trainer: best (snapshot at the best validation "
+               "robust accuracy), swa (weight average per epoch), ema (moving average per "
+               "step), fixed (a trained model: --teacher-model).",
+    "loss_form": "Calibrated loss: kd ((1-rho) CE(f,y) + rho T^2 H(p_T(g), p_T(f))) or soft "
+                 "(CE with the soft target).",
+    "rule": "How T and rho are fitted each epoch: published (validation NLL grid under the "
+            "accuracy floor), confidence (temperature scaling + rho from the teacher's "
+            "held-out accuracy) or fixed (--fixed-temperature, --fixed-rho).",
+    "acc_floor": "Published rule: minimum fraction of training targets that keep their label.",
+    "fixed_temperature": "T of --rule fixed.",
+    "fixed_rho": "rho of --rule fixed.",
+    "swa_start_epoch": "First epoch (from 0) averaged into an swa teacher.",
+    "ema_decay": "Decay of the ema teacher (and of the ADR teacher).",
+    "teacher_model": "A trained teacher (.keras: a classifier or a saved trainer) for "
+                     "--teacher fixed.",
+    "surrogate_model": "Two-stage recipe: the overfitted (last) model (.keras). With "
+                       "--teacher fixed, T and rho are calibrated once before training.",
+    "adr_temperature": "ADR: temperature schedule START END (cosine).",
+    "adr_rho": "ADR: rho schedule START END (cosine).",
+    "epochs": "Training epochs.",
+    "batch_size": "Batch size.",
+    "learning_rate": "Adam learning rate (constant).",
+    "seed": "Seed of initialisation, shuffling and attacks.",
+    "final_steps": "Steps of the final PGD robust test accuracy.",
+    "final_step_size": "Step size of the final PGD (default 2.5 * epsilon / steps).",
+    "final_attacks": "Extra attacks on the final model, comma separated (pgd, cw, apgd-ce, "
+                     "apgd-t, square); empty: none.",
+    "final_attack_steps": "Steps of those extra attacks.",
+    "checkpoint_best": "Also save best.keras at the best validation robust accuracy (the "
+                       "teacher of the two-stage recipe).",
+    "threads": "TensorFlow intra/inter-op threads (0: TensorFlow's default).",
+    "out": "Output directory (model.keras, history.csv/json, curves.png, config.json, "
+           "summary.json).",
+    "verbose": "0 silent, 1 progress bars, 2 one line per epoch.",
+}
+
+
+# --------------------------------------------------------------------- argument types
+def _number(kind: type, low: float | None = None, strict: bool = False,
+            high: float | None = None, optional: tuple[str, ...] = ()):
+    def parse(text: str):
+        if text.lower() in optional:
+            return None
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if isinstance(value, float) and math.isnan(value):
+            raise argparse.ArgumentTypeError("NaN is not allowed")
+        if low is not None and (value <= low if strict else value < low):
+            raise argparse.ArgumentTypeError(
+                f"must be {'>' if strict else '>='} {low:g}, got {text}")
+        if high is not None and value > high:
+            raise argparse.ArgumentTypeError(f"must be <= {high:g}, got {text}")
+        return value
+    parse.__name__ = kind.__name__
+    return parse
+
+
+_ARG_TYPES: dict[str, Any] = {
+    "subset": _number(int, 1, optional=("all", "none")),
+    "validation_size": _number(int, 0, optional=("default", "none")),
+    "test_size": _number(int, 1, optional=("all", "none")),
+    "data_seed": int,
+    "label_noise": _number(float, 0, high=0.999999),
+    "width": _number(int, 1),
+    "dense": _number(int, 1),
+    "epsilon": _number(float, 0),
+    "train_steps": _number(int, 1),
+    "train_step_size": _number(float, 0),
+    "eval_steps": _number(int, 1),
+    "eval_step_size": _number(float, 0),
+    "eval_every": _number(int, 1),
+    "acc_floor": _number(float, 0, high=1),
+    "fixed_temperature": _number(float, 0, strict=True),
+    "fixed_rho": _number(float, 0, high=1),
+    "swa_start_epoch": _number(int, 0),
+    "ema_decay": _number(float, 0, strict=True, high=0.999999),
+    "adr_temperature": _number(float, 0, strict=True),
+    "adr_rho": _number(float, 0, high=1),
+    "epochs": _number(int, 1),
+    "batch_size": _number(int, 1),
+    "learning_rate": _number(float, 0, strict=True),
+    "seed": int,
+    "final_steps": _number(int, 1),
+    "final_step_size": _number(float, 0, optional=("default", "none")),
+    "final_attack_steps": _number(int, 1),
+    "threads": _number(int, 0),
+    "verbose": _number(int, 0, high=2),
+}
+
+
+def _add_run_options(parser: argparse.ArgumentParser) -> None:
+    """One flag per RunConfig field; absent flags keep RunConfig's defaults (or the
+    values of --config)."""
+    import dataclasses
+
+    from keras_advcal import experiment, models, targets
+    from keras_advcal.calibration import RULES
+    from keras_advcal.teacher import TEACHER_KINDS
+
+    choices = {"labels": experiment.RUN_LABELS, "teacher": TEACHER_KINDS,
+               "loss_form": targets.LOSS_FORMS, "rule": RULES, "model": models.available()}
+    parser.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS,
+                        help="JSON file of options (e.g. a run's config.json); flags given "
+                             "on the command line override it.")
+    for field in dataclasses.fields(experiment.RunConfig):
+        flag = "--" + field.name.replace("_", "-")
+        default = field.default
+        shown = " ".join(map(str, default)) if isinstance(default, tuple) else default
+        help_text = f"{_TRAIN_HELP[field.name]} (default: {shown})"
+        kwargs: dict[str, Any] = dict(dest=field.name, default=argparse.SUPPRESS,
+                                      help=help_text)
+        if isinstance(default, bool):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
+            continue
+        if field.name in choices:
+            kwargs["choices"] = choices[field.name]
+        if isinstance(default, tuple):
+            kwargs.update(nargs=2, metavar=("START", "END"))
+        kwargs["type"] = _ARG_TYPES.get(field.name, str)
+        if field.name in ("teacher_model", "surrogate_model"):
+            kwargs["metavar"] = "FILE"
+        parser.add_argument(flag, **kwargs)
+
+
+# ------------------------------------------------------------------------- the parser
+def build_parser() -> argparse.ArgumentParser:
+    """The ``advcal`` argument parser (subcommands train, compare, evaluate, demo)."""
+    parser = argparse.ArgumentParser(
+        prog="advcal",
+        description="Adversarial training with calibrated soft labels (keras-advcal): "
+                    "train a run, compare runs, evaluate a saved model, or run the demo.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Run 'advcal COMMAND --help' for the options of a command.")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    train = commands.add_parser(
+        "train", help="train one run and write its artifacts",
+        description="Trains one model (PGD-AT, the calibrated trainer or the ADR-style "
+                    "baseline) and writes model.keras, history.csv/json (with T, rho and "
+                    "the per-epoch robust test accuracy), curves.png, config.json and "
+                    "summary.json into --out. Defaults: the robust-overfitting benchmark "
+                    "protocol (Fashion-MNIST, 500 training images, small CNN, eps 0.1).")
+    _add_run_options(train)
+
+    compare = commands.add_parser(
+        "compare", help="table and figure of several runs",
+        description="Prints best robust test accuracy (epoch), final, gap, smoothed gap, "
+                    "early-stopped and clean accuracy of each run directory (finished or "
+                    "still running) and draws all robust test accuracy curves in one "
+                    "figure.")
+    compare.add_argument("runs", nargs="+", metavar="RUN_DIR",
+                         help="run directories written by 'advcal train'")
+    compare.add_argument("--figure", default="compare.png", metavar="PNG",
+                         help="where to write the figure (default: compare.png)")
+    compare.add_argument("--no-figure", action="store_true", help="do not draw the figure")
+    compare.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
+
+    evaluate = commands.add_parser(
+        "evaluate", help="robust accuracy of a saved model under several attacks",
+        description="Loads a .keras model (a saved trainer or any Keras classifier that "
+                    "outputs logits) and runs keras_advcal.evaluation.evaluate_robustness on "
+                    "the test split of --dataset.")
+    evaluate.add_argument("model", metavar="MODEL.keras", help="the saved model")
+    evaluate.add_argument("--dataset", required=True, help="dataset whose test split is used")
+    evaluate.add_argument("--epsilon", required=True, type=_number(float, 0),
+                          help="L-inf radius on [0, 1] pixels")
+    evaluate.add_argument("--attacks", default=DEFAULT_ATTACKS,
+                          help=f"comma-separated attacks (default: {DEFAULT_ATTACKS}; also "
+                               "apgd-dlr, fgsm)")
+    evaluate.add_argument("--n", type=_number(int, 1, optional=("all",)), default=1000,
+                          help="test examples evaluated, a fixed random subset ('all': the "
+                               "whole test split; default: 1000)")
+    evaluate.add_argument("--steps", type=_number(int, 1), default=100,
+                          help="steps of the gradient attacks (default: 100)")
+    evaluate.add_argument("--n-queries", type=_number(int, 1), default=5000,
+                          help="queries of the Square attack (default: 5000)")
+    evaluate.add_argument("--restarts", type=_number(int, 1), default=1,
+                          help="random restarts of the gradient attacks (default: 1)")
+    evaluate.add_argument("--batch-size", type=_number(int, 1), default=256,
+                          help="examples per attack batch (default: 256)")
+    evaluate.add_argument("--cascade", action="store_true",
+                          help="attack only the survivors of the previous attacks (faster; "
+                               "no per-attack accuracy)")
+    evaluate.add_argument("--seed", type=int, default=0, help="attack seed (default: 0)")
+    evaluate.add_argument("--data-seed", type=int, default=0,
+                          help="seed of the data splits (default: 0)")
+    evaluate.add_argument("--json", metavar="FILE", help="write the result as JSON")
+
+    demo = commands.add_parser(
+        "demo", help="PGD-AT vs the calibrated trainer on digits (a few minutes)",
+        description="Trains PGD-AT and the calibrated trainer (default CalibratedTeacher) "
+                    "on scikit-learn digits with a small CNN and prints clean and PGD-20 "
+                    "accuracy on the test split, with the final T and rho.")
+    demo.add_argument("--epochs", type=_number(int, 1), default=30,
+                      help="training epochs of each model (default: 30)")
+    demo.add_argument("--epsilon", type=_number(float, 0), default=0.15,
+                      help="L-inf radius (default: 0.15; digits pixels have 17 levels)")
+    demo.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
+    demo.add_argument("--out", default="runs/demo",
+                      help="where the two runs are written (default: runs/demo)")
+    demo.add_argument("--verbose", type=_number(int, 0, high=2), default=0,
+                      help="Keras progress output of each run (default: 0)")
+    return parser
+
+
+# ------------------------------------------------------------------------ commands
+def _pct(value: Any, digits: int = 1) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{100.0 * float(value):.{digits}f}"
+
+
+def format_table(rows: list[list[str]], header: list[str]) -> str:
+    """A plain-text table with right-aligned columns (the first left-aligned).
+
+    Example:
+
+        >>> print(format_table([["a", "1.0"]], ["run", "acc"]))
+        run  acc
+        ---  ---
+        a    1.0
+    """
+    table = [header] + rows
+    widths = [max(len(str(row[i])) for row in table) for i in range(len(header))]
+
+    def line(row):
+        cells = [str(row[0]).ljust(widths[0])]
+        cells += [str(cell).rjust(width) for cell, width in zip(row[1:], widths[1:])]
+        return "  ".join(cells).rstrip()
+
+    rule = ["-" * width for width in widths]
+    return "\n".join([line(header), "  ".join(rule)] + [line(row) for row in rows])
+
+
+def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from keras_advcal import data as data_lib
+    from keras_advcal import experiment
+
+    values: dict[str, Any] = {}
+    options = vars(args).copy()
+    options.pop("command", None)
+    config_file = options.pop("config", None)
+    if config_file is not None:
+        try:
+            values.update(json.loads(Path(config_file).read_text()))
+        except (OSError, json.JSONDecodeError) as error:
+            parser.error(f"cannot read --config {config_file}: {error}")
+    values.update(options)
+    try:
+        config = experiment.RunConfig.from_dict(values).validate()
+    except (TypeError, ValueError) as error:
+        parser.error(str(error))
+    experiment.set_threads(config.threads)
+    try:
+        splits = experiment.load_data(config)
+    except data_lib.DatasetNotAvailableError as error:
+        parser.error(f"dataset {config.dataset!r} is not available.\n{error}")
+    except ValueError as error:
+        parser.error(str(error))
+    print(f"advcal train: {config.dataset} ({len(splits.train[1])} training, "
+          f"{len(splits.validation[1])} validation, {len(splits.test[1])} test images), "
+          f"labels={config.labels}"
+          + (f", teacher={config.teacher}, loss={config.loss_form}, rule={config.rule}"
+             if config.labels == "calibrated" else "")
+          + f", epsilon={config.epsilon:g} -> {config.out}", flush=True)
+    summary = experiment.run(config, splits=splits)
+    print()
+    print(_summary_text(summary))
+    print(f"\nwrote {config.out}/: model.keras, history.csv, history.json, curves.png, "
+          "config.json, summary.json")
+    return 0
+
+
+def _summary_text(summary: dict) -> str:
+    lines = [
+        f"robust test accuracy (PGD-10 curve): best {_pct(summary.get('best_test_adv_accuracy'))}"
+        f"% at epoch {summary.get('best_epoch')}, final "
+        f"{_pct(summary.get('final_test_adv_accuracy'))}%, gap {_pct(summary.get('gap'))}, "
+        f"smoothed gap {_pct(summary.get('smoothed_gap'))}",
+        f"early-stopped (best validation epoch {summary.get('early_stopped_epoch')}): "
+        f"{_pct(summary.get('early_stopped_test_adv_accuracy'))}%",
+        f"final: clean test {_pct(summary.get('final_test_clean_accuracy'))}%, "
+        f"PGD-20 test {_pct(summary.get('final_pgd20_test_adv_accuracy'))}%, "
+        f"training robust {_pct(summary.get('final_train_adv_accuracy'))}%",
+    ]
+    if summary.get("final_rho") is not None:
+        lines.append(f"final T {summary.get('final_temperature', float('nan')):.3f}, "
+                     f"rho {summary['final_rho']:.3f}")
+    lines.append(f"wall time {summary.get('wall_seconds', 0.0):.0f} s")
+    return "\n".join(lines)
+
+
+COMPARE_HEADER = ["run", "best (epoch)", "final", "gap", "smoothed gap", "early-stopped",
+                  "clean", "PGD-20", "status"]
+
+
+def compare_rows(run_dirs: Sequence[str | os.PathLike]) -> list[dict]:
+    """The summaries of ``run_dirs`` (finished or running), in order."""
+    from keras_advcal import experiment
+
+    rows = []
+    for run_dir in run_dirs:
+        summary = experiment.read_summary(run_dir)
+        summary["dir"] = str(run_dir)
+        rows.append(summary)
+    return rows
+
+
+def _compare_table(rows: list[dict]) -> str:
+    body = []
+    for row in rows:
+        best = (f"{_pct(row.get('best_test_adv_accuracy'))} ({row.get('best_epoch')})"
+                if row.get("best_test_adv_accuracy") is not None else "-")
+        clean = row.get("final_test_clean_accuracy", row.get("final_test_accuracy"))
+        status = "done" if row.get("finished") else f"running ({row.get('epochs_done')} ep)"
+        body.append([Path(row["dir"]).name or row["dir"], best,
+                     _pct(row.get("final_test_adv_accuracy")), _pct(row.get("gap")),
+                     _pct(row.get("smoothed_gap")),
+                     _pct(row.get("early_stopped_test_adv_accuracy")), _pct(clean),
+                     _pct(row.get("final_pgd20_test_adv_accuracy")), status])
+    return format_table(body, COMPARE_HEADER)
+
+
+def plot_comparison(run_dirs: Sequence[str | os.PathLike], path: str | os.PathLike,
+                    labels: Sequence[str] | None = None, title: str = "") -> None:
+    """One figure: robust test accuracy per epoch of every run, and T / rho of the
+    runs that log them."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from keras_advcal import experiment
+
+    histories = [experiment.read_history(d) for d in run_dirs]
+    names = list(labels) if labels is not None else [Path(d).name for d in run_dirs]
+    calibrated = [i for i, h in enumerate(histories) if experiment.records(h, "rho")]
+    panels = 3 if calibrated else 1
+    fig, axes = plt.subplots(1, panels, figsize=(6.2 * panels, 4.4), squeeze=False)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for index, (history, name) in enumerate(zip(histories, names)):
+        pairs = experiment.records(history, "test_adv_accuracy")
+        if pairs:
+            epochs, values = zip(*pairs)
+            axes[0, 0].plot(np.add(epochs, 1), values, label=name,
+                            color=colors[index % len(colors)], linewidth=1.3)
+    axes[0, 0].set(xlabel="epoch", ylabel="robust test accuracy",
+                   title=title or "robust test accuracy per epoch")
+    axes[0, 0].grid(alpha=0.3)
+    axes[0, 0].legend(fontsize=7)
+    for panel, key in ((1, "temperature"), (2, "rho")):
+        if panel >= panels:
+            break
+        ax = axes[0, panel]
+        for index in calibrated:
+            pairs = experiment.records(histories[index], key)
+            if pairs:
+                epochs, values = zip(*pairs)
+                ax.plot(np.add(epochs, 1), values, label=names[index],
+                        color=colors[index % len(colors)], linewidth=1.2)
+        ax.set(xlabel="epoch", title="T" if key == "temperature" else "rho")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _compare(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    for run_dir in args.runs:
+        path = Path(run_dir)
+        if not path.is_dir():
+            parser.error(f"run directory not found: {run_dir}")
+        if not ((path / "summary.json").is_file() or (path / "history.json").is_file()):
+            parser.error(f"{run_dir} is not a run directory (no summary.json or "
+                         "history.json; write one with 'advcal train --out DIR')")
+    rows = compare_rows(args.runs)
+    print(_compare_table(rows))
+    print("\nAccuracies in %, robust = PGD-10 test curve unless noted; gap = best - final; "
+          "smoothed gap = best 3-evaluation moving average - mean of the last 3.")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2))
+    if not args.no_figure:
+        plot_comparison(args.runs, args.figure)
+        print(f"figure: {args.figure}")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from keras_advcal import data as data_lib
+    from keras_advcal import experiment
+    from keras_advcal.evaluation import ATTACK_NAMES, evaluate_robustness
+
+    if not Path(args.model).is_file():
+        parser.error(f"model file not found: {args.model}")
+    attacks = [name.strip().lower() for name in args.attacks.split(",") if name.strip()]
+    unknown = [name for name in attacks if name not in ATTACK_NAMES]
+    if not attacks or unknown:
+        parser.error(f"unknown attack(s) {', '.join(unknown) or '(none given)'}; choose "
+                     f"from {', '.join(ATTACK_NAMES)}")
+    try:
+        splits = data_lib.load(args.dataset, test_size=args.n, seed=args.data_seed)
+    except data_lib.DatasetNotAvailableError as error:
+        parser.error(f"dataset {args.dataset!r} is not available.\n{error}")
+    except ValueError as error:
+        parser.error(str(error))
+    try:
+        model = experiment.load_classifier(args.model)
+    except Exception as error:  # noqa: BLE001 - any loading failure is reported plainly
+        print(f"advcal evaluate: error: cannot load {args.model}: {error}", file=sys.stderr)
+        return 1
+    expected = tuple(getattr(model, "input_shape", (None,) + splits.input_shape)[1:])
+    if None not in expected and expected != tuple(splits.input_shape):
+        parser.error(f"the model takes inputs of shape {expected} but {args.dataset} images "
+                     f"have shape {tuple(splits.input_shape)}")
+    print(f"advcal evaluate: {args.model} on {len(splits.test[1])} {args.dataset} test "
+          f"images, epsilon={args.epsilon:g}", flush=True)
+    result = evaluate_robustness(model, splits.test, args.epsilon, attacks=attacks,
+                                 steps=args.steps, n_queries=args.n_queries,
+                                 restarts=args.restarts, batch_size=args.batch_size,
+                                 seed=args.seed, individual=not args.cascade, verbose=False)
+    print(result.table())
+    if args.json:
+        Path(args.json).write_text(result.to_json())
+        print(f"wrote {args.json}")
+    return 0
+
+
+def demo_config(name: str, labels: str, epochs: int, epsilon: float, seed: int, out: str,
+                verbose: int):
+    """The RunConfig of one demo run on digits."""
+    from keras_advcal.experiment import RunConfig
+
+    return RunConfig(dataset="digits", subset=None, validation_size=None, test_size=None,
+                     width=32, dense=128, epsilon=epsilon, train_steps=5,
+                     train_step_size=2.5 * epsilon / 5, eval_steps=10,
+                     eval_step_size=2.5 * epsilon / 10, eval_every=max(1, epochs // 10),
+                     labels=labels, epochs=epochs, batch_size=64, seed=seed,
+                     final_steps=20, out=str(Path(out) / name), verbose=verbose)
+
+
+def _demo(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from keras_advcal import experiment
+
+    print(f"advcal demo: PGD-AT vs calibrated labels on scikit-learn digits (8x8), "
+          f"epsilon={args.epsilon:g}, {args.epochs} epochs each, seed {args.seed}", flush=True)
+    rows = []
+    for name, labels, title in (("pgd_at", "hard", "PGD-AT (hard labels)"),
+                                ("calibrated", "calibrated", "calibrated (best teacher)")):
+        config = demo_config(name, labels, args.epochs, args.epsilon, args.seed, args.out,
+                             args.verbose)
+        print(f"training {title} ...", flush=True)
+        summary = experiment.run(config)
+        rows.append([title, _pct(summary.get("final_test_clean_accuracy")),
+                     _pct(summary.get("final_pgd20_test_adv_accuracy")),
+                     f"{_pct(summary.get('best_test_adv_accuracy'))} "
+                     f"({summary.get('best_epoch')})",
+                     _pct(summary.get("final_test_adv_accuracy")),
+                     "-" if summary.get("final_temperature") is None
+                     else f"{summary['final_temperature']:.2f}",
+                     "-" if summary.get("final_rho") is None else f"{summary['final_rho']:.2f}",
+                     f"{summary.get('wall_seconds', 0):.0f}"])
+    print()
+    print(format_table(rows, ["method", "clean %", "PGD-20 %", "best PGD-10 % (epoch)",
+                              "final PGD-10 %", "T", "rho", "seconds"]))
+    print(f"\nTest split: {args.out}/*/summary.json; curves: {args.out}/*/curves.png")
+    return 0
+
+
+_COMMANDS = {"train": _train, "compare": _compare, "evaluate": _evaluate, "demo": _demo}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the ``advcal`` command line; returns the exit status.
+
+    Example:
+
+        >>> main(["compare", "/no/such/run"])  # doctest: +SKIP
+        2
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:
+        return int(exit_.code or 0)
+    command = parser._subparsers._group_actions[0].choices[args.command]  # noqa: SLF001
+    try:
+        return _COMMANDS[args.command](args, command)
+    except SystemExit as exit_:
+        return int(exit_.code or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

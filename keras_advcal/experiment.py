@@ -1,0 +1,784 @@
+"""One configured training run, and the artifacts it leaves: the `advcal train` job.
+
+:func:`run` takes a :class:`RunConfig`, trains one model with the library's pieces
+(``data.load`` -> ``models.get`` -> ``AdvCalTrainer`` + ``CalibratedTeacher`` +
+``RobustAccuracyTracker``) and writes into ``config.out``:
+
+* ``model.keras``: the trainer (student, teacher, T and rho);
+* ``best.keras``: the trainer at its best validation robust accuracy (only with
+  ``checkpoint_best``; the teacher of the two-stage recipe);
+* ``history.csv`` / ``history.json``: every logged key per epoch (``loss``,
+  ``adv_accuracy``, ``val_adv_accuracy``, ``temperature``, ``rho``,
+  ``teacher_adv_accuracy``, ``test_adv_accuracy``, ``test_accuracy``, ``time``...);
+  epochs without a test evaluation hold empty cells / ``null``;
+* ``curves.png``: robust accuracy per epoch (test, validation, training) and, for
+  calibrated runs, T and rho;
+* ``config.json`` and ``summary.json`` (see :func:`summarize_run`).
+
+The defaults are the robust-overfitting benchmark protocol of issue 4 (Fashion-MNIST,
+500 training / 500 validation / 2,000 test images, small CNN, eps 0.1, PGD-5 training,
+PGD-10 test curve every 3 epochs, Adam 1e-3, batch 64, 120 epochs).
+
+Example:
+
+    >>> from keras_advcal.experiment import RunConfig, run
+    >>> config = RunConfig(dataset="digits", subset=150, validation_size=120,
+    ...                    test_size=60, width=8, dense=32, epochs=1, eval_every=1,
+    ...                    train_steps=2, eval_steps=2, final_steps=2, verbose=0,
+    ...                    out="/tmp/advcal_doctest_run")
+    >>> summary = run(config)
+    >>> 0.0 <= summary["final_test_adv_accuracy"] <= 1.0
+    True
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from keras_advcal import data as data_lib
+from keras_advcal import models as models_lib
+from keras_advcal import targets as targets_lib
+from keras_advcal.attacks import PGD
+from keras_advcal.calibration import RULES
+from keras_advcal.evaluation import RobustAccuracyTracker, evaluate_robustness, summarize_history
+from keras_advcal.teacher import TEACHER_KINDS, CalibratedTeacher, calibrate_teacher
+from keras_advcal.trainer import AdvCalTrainer
+
+#: Label modes of a run: the trainer's two, plus the ADR-style baseline.
+RUN_LABELS = ("hard", "calibrated", "adr")
+#: Keys of the per-epoch history that carry the calibration (plotted when present).
+CALIBRATION_KEYS = ("temperature", "rho", "teacher_adv_accuracy")
+SMOOTHING_WINDOW = 3
+
+
+# ------------------------------------------------------------------------- the config
+@dataclasses.dataclass
+class RunConfig:
+    """Everything one training run needs. Defaults: the issue-4 benchmark protocol.
+
+    Attributes:
+        dataset: dataset name for :func:`keras_advcal.data.load`.
+        subset: training subset size (``None``: the whole training pool).
+        validation_size: held-out validation examples (``None``: the loader default).
+        test_size: fixed random subset of the test split (``None``: all of it).
+        data_seed: seed of the data splits (kept fixed across training seeds).
+        label_noise: fraction of training labels flipped.
+        model: model name for :func:`keras_advcal.models.get`.
+        width, dense, batchnorm: small CNN options (ignored by other models).
+        epsilon: L-inf radius on [0, 1] pixels.
+        train_steps, train_step_size: training PGD (random start).
+        eval_steps, eval_step_size: PGD of the validation metric, the calibration
+            and the per-epoch test curve.
+        eval_every: evaluate robust test accuracy every this many epochs (and at
+            the last epoch).
+        labels: ``"hard"`` (PGD-AT), ``"calibrated"`` or ``"adr"`` (the ADR-style
+            baseline: EMA teacher on the clean input, annealed T and rho).
+        teacher: teacher kind of the calibrated trainer: best, swa, ema or fixed.
+        loss_form: ``"kd"`` or ``"soft"``.
+        rule: calibration rule: published, confidence or fixed.
+        acc_floor: accuracy floor of the published rule.
+        fixed_temperature, fixed_rho: ``T`` and ``rho`` of ``rule="fixed"``.
+        swa_start_epoch: first epoch (from 0) averaged into an swa teacher.
+        ema_decay: decay of the ema teacher (and of the ADR teacher).
+        teacher_model: ``.keras`` file of a trained teacher (``teacher="fixed"``).
+        surrogate_model: ``.keras`` file of the overfitted model of the two-stage
+            recipe; when given with a fixed teacher, T and rho are calibrated once
+            before training (``calibrate_teacher``) and kept fixed.
+        adr_temperature: ``(start, end)`` of the ADR cosine temperature schedule.
+        adr_rho: ``(start, end)`` of the ADR cosine rho schedule.
+        epochs, batch_size, learning_rate: Adam, constant learning rate.
+        seed: seed of the initialisation, shuffling and attacks.
+        final_steps, final_step_size: the final PGD robust test accuracy (PGD-20).
+        final_attacks: extra attacks of :func:`evaluate_robustness` run on the final
+            model (comma separated, e.g. ``"apgd-ce,apgd-t"``; empty: none).
+        final_attack_steps: steps of those attacks.
+        checkpoint_best: save ``best.keras`` (best validation robust accuracy).
+        threads: TensorFlow intra/inter-op threads (0: TensorFlow's default).
+        out: output directory.
+        verbose: 0 silent, 1 progress bars, 2 one line per epoch.
+    """
+
+    dataset: str = "fashion_mnist"
+    subset: int | None = 500
+    validation_size: int | None = 500
+    test_size: int | None = 2000
+    data_seed: int = 0
+    label_noise: float = 0.0
+    model: str = "cnn"
+    width: int = 32
+    dense: int = 256
+    batchnorm: bool = False
+    epsilon: float = 0.1
+    train_steps: int = 5
+    train_step_size: float = 0.05
+    eval_steps: int = 10
+    eval_step_size: float = 0.025
+    eval_every: int = 3
+    labels: str = "calibrated"
+    teacher: str = "best"
+    loss_form: str = "kd"
+    rule: str = "published"
+    acc_floor: float = 0.9
+    fixed_temperature: float = 2.0
+    fixed_rho: float = 0.5
+    swa_start_epoch: int = 0
+    ema_decay: float = 0.995
+    teacher_model: str | None = None
+    surrogate_model: str | None = None
+    adr_temperature: tuple[float, float] = (2.5, 2.0)
+    adr_rho: tuple[float, float] = (0.7, 0.95)
+    epochs: int = 120
+    batch_size: int = 64
+    learning_rate: float = 1e-3
+    seed: int = 0
+    final_steps: int = 20
+    final_step_size: float | None = None
+    final_attacks: str = ""
+    final_attack_steps: int = 100
+    checkpoint_best: bool = False
+    threads: int = 0
+    out: str = "runs/advcal"
+    verbose: int = 1
+
+    def __post_init__(self):
+        self.adr_temperature = tuple(float(v) for v in self.adr_temperature)
+        self.adr_rho = tuple(float(v) for v in self.adr_rho)
+
+    def validate(self) -> "RunConfig":
+        """Raises ``ValueError`` with a clear message for an invalid setting.
+
+        Example:
+
+            >>> RunConfig(epsilon=-1).validate()
+            Traceback (most recent call last):
+            ...
+            ValueError: epsilon must be >= 0, got -1.
+        """
+        def check(ok: bool, message: str):
+            if not ok:
+                raise ValueError(message)
+
+        check(self.epsilon >= 0, f"epsilon must be >= 0, got {self.epsilon}.")
+        for name in ("train_step_size", "eval_step_size", "learning_rate", "acc_floor",
+                     "label_noise", "fixed_rho"):
+            value = getattr(self, name)
+            check(value >= 0, f"{name} must be >= 0, got {value}.")
+        for name in ("train_steps", "eval_steps", "eval_every", "epochs", "batch_size",
+                     "final_steps", "final_attack_steps"):
+            value = getattr(self, name)
+            check(int(value) == value and value >= 1,
+                  f"{name} must be a positive integer, got {value}.")
+        check(self.threads >= 0, f"threads must be >= 0, got {self.threads}.")
+        check(self.labels in RUN_LABELS, f"labels must be one of {RUN_LABELS}, got "
+              f"{self.labels!r}.")
+        check(self.teacher in TEACHER_KINDS, f"teacher must be one of {TEACHER_KINDS}, got "
+              f"{self.teacher!r}.")
+        check(self.loss_form in targets_lib.LOSS_FORMS, f"loss_form must be one of "
+              f"{targets_lib.LOSS_FORMS}, got {self.loss_form!r}.")
+        check(self.rule in RULES, f"rule must be one of {RULES}, got {self.rule!r}.")
+        check(self.acc_floor <= 1.0, f"acc_floor must be in [0, 1], got {self.acc_floor}.")
+        check(self.fixed_rho <= 1.0, f"fixed_rho must be in [0, 1], got {self.fixed_rho}.")
+        check(self.fixed_temperature > 0, "fixed_temperature must be > 0, got "
+              f"{self.fixed_temperature}.")
+        check(0.0 < self.ema_decay < 1.0, f"ema_decay must be in (0, 1), got {self.ema_decay}.")
+        check(self.label_noise < 1.0, f"label_noise must be < 1, got {self.label_noise}.")
+        check(self.swa_start_epoch >= 0, "swa_start_epoch must be >= 0.")
+        if self.teacher == "fixed" and self.labels == "calibrated":
+            check(self.teacher_model is not None,
+                  "teacher='fixed' needs teacher_model: the .keras file of a trained teacher.")
+        if self.surrogate_model is not None:
+            check(self.teacher == "fixed" and self.labels == "calibrated",
+                  "surrogate_model (the two-stage recipe) needs labels='calibrated' and "
+                  "teacher='fixed'.")
+        for path in (self.teacher_model, self.surrogate_model):
+            if path is not None:
+                check(Path(path).is_file(), f"model file not found: {path}")
+        check(len(self.adr_temperature) == 2 and min(self.adr_temperature) > 0,
+              "adr_temperature must be two positive numbers (start, end).")
+        check(len(self.adr_rho) == 2 and all(0 <= v <= 1 for v in self.adr_rho),
+              "adr_rho must be two numbers in [0, 1] (start, end).")
+        return self
+
+    def to_dict(self) -> dict:
+        """A JSON-friendly dict."""
+        out = dataclasses.asdict(self)
+        out["adr_temperature"] = list(self.adr_temperature)
+        out["adr_rho"] = list(self.adr_rho)
+        return out
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "RunConfig":
+        """Builds a config from a dict; unknown keys raise ``ValueError``.
+
+        Example:
+
+            >>> RunConfig.from_dict({"epochs": 3}).epochs
+            3
+        """
+        names = {field.name for field in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ValueError(f"Unknown RunConfig option(s): {', '.join(unknown)}.")
+        return cls(**values)
+
+    @property
+    def is_calibrated(self) -> bool:
+        return self.labels in ("calibrated", "adr")
+
+
+# ------------------------------------------------------------------- ADR baseline
+@keras.saving.register_keras_serializable(package="keras_advcal")
+class ADRTrainer(AdvCalTrainer):
+    """ADR-style baseline (Wu et al., "Annealing Self-Distillation Rectification",
+    2023) as a small variant of :class:`AdvCalTrainer`.
+
+    The teacher is an EMA of the student (decay ``ema_decay`` every step) and sees the
+    *clean* input; with ``p = softmax(teacher(x) / T)`` each example gets its own ratio
+    ``rho_i = clip(rho - (max_j p_j - p_y), 0, 1)`` (less teacher where the teacher is
+    wrong) and the loss is ``CE(f(x'), rho_i * p + (1 - rho_i) * onehot(y))``. ``T``
+    and ``rho`` follow cosine schedules set by :class:`ADRSchedule`.
+
+    Build it with ``labels="calibrated"`` and ``loss_form="soft"``.
+    """
+
+    def train_step(self, data):
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        y = self._label_indices(y)
+        x_adv = self.attack(self.student_logits, x, y, seed=self.seed_generator)
+        teacher_logits = tf.stop_gradient(
+            tf.cast(self.teacher_logits(x, training=False), "float32"))
+        temperature = tf.cast(self.temperature, "float32")
+        probs = tf.nn.softmax(teacher_logits / temperature, axis=-1)
+        p_label = tf.gather(probs, y, axis=-1, batch_dims=1)
+        rho_i = tf.clip_by_value(
+            tf.cast(self.rho, "float32") - (tf.reduce_max(probs, axis=-1) - p_label), 0.0, 1.0)
+        target = targets_lib.calibrated_targets(teacher_logits, y, temperature, rho_i)
+        with tf.GradientTape() as tape:
+            adv_logits = self.student_logits(x_adv, training=True)
+            loss = self._reduce(targets_lib.soft_cross_entropy(target, adv_logits),
+                                sample_weight)
+            if self.student.losses:
+                loss = loss + tf.cast(tf.add_n(self.student.losses), "float32")
+            scaled = self.optimizer.scale_loss(self._scale_for_replicas(loss))
+        variables = self.student.trainable_variables
+        self.optimizer.apply(tape.gradient(scaled, variables), variables)
+        self._update_ema_teacher()
+        self.loss_tracker.update_state(loss, sample_weight=tf.shape(y)[0])
+        self.adv_accuracy_metric.update_state(y, adv_logits, sample_weight=sample_weight)
+        if self.track_clean_accuracy:
+            self.accuracy_metric.update_state(y, self.student_logits(x, training=False),
+                                              sample_weight=sample_weight)
+        return self._metric_results(training=True)
+
+
+def cosine_schedule(start: float, end: float, epoch: int, epochs: int) -> float:
+    """Cosine interpolation from ``start`` (epoch 0) to ``end`` (last epoch).
+
+    Example:
+
+        >>> cosine_schedule(0.7, 0.95, 0, 11), cosine_schedule(0.7, 0.95, 10, 11)
+        (0.7, 0.95)
+    """
+    progress = epoch / max(epochs - 1, 1)
+    return float(end + (start - end) * 0.5 * (1.0 + math.cos(math.pi * progress)))
+
+
+class ADRSchedule(keras.callbacks.Callback):
+    """Starts the EMA teacher of an :class:`ADRTrainer` and anneals T and rho per epoch
+    (cosine); logs ``temperature`` and ``rho`` at each epoch end."""
+
+    def __init__(self, temperature: tuple[float, float], rho: tuple[float, float],
+                 ema_decay: float):
+        super().__init__()
+        self.temperature = tuple(temperature)
+        self.rho = tuple(rho)
+        self.ema_decay = float(ema_decay)
+        self._epochs = 1
+
+    def on_train_begin(self, logs=None):
+        trainer = self.model
+        self._epochs = int((self.params or {}).get("epochs") or 1)
+        if float(trainer.teacher_ready.numpy()) == 0.0:
+            trainer.copy_student_to_teacher()
+            trainer.teacher_ready.assign(1.0)
+        trainer.ema_decay.assign(self.ema_decay)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.model.temperature.assign(cosine_schedule(*self.temperature, epoch, self._epochs))
+        self.model.rho.assign(cosine_schedule(*self.rho, epoch, self._epochs))
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["temperature"] = float(self.model.temperature.numpy())
+            logs["rho"] = float(self.model.rho.numpy())
+
+    def on_train_end(self, logs=None):
+        self.model.ema_decay.assign(0.0)
+
+
+# ------------------------------------------------------------------ the recorder
+class EpochRecorder(keras.callbacks.Callback):
+    """Keeps every logged key of every epoch (missing keys: ``None``) and writes
+    ``history.json`` / ``history.csv`` after each epoch, so a running or killed run
+    leaves a readable history. Put it after the callbacks that add keys to the logs.
+
+    Given ``previous`` (the history of an interrupted run being resumed), it keeps
+    those rows; an epoch that is run again replaces its old row."""
+
+    def __init__(self, out: Path, previous: dict[str, list] | None = None):
+        super().__init__()
+        self.out = Path(out)
+        self.rows: list[dict] = _rows(previous or {})
+        self._offset = max((row.get("time") or 0.0 for row in self.rows), default=0.0)
+        self._start = time.perf_counter()
+
+    def on_train_begin(self, logs=None):
+        self._start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.rows = [row for row in self.rows if row["epoch"] < epoch]
+        row = {"epoch": int(epoch)}
+        for key, value in (logs or {}).items():
+            try:
+                row[key] = float(value)
+            except (TypeError, ValueError):
+                continue
+        row["time"] = self._offset + time.perf_counter() - self._start
+        self.rows.append(row)
+        write_history(self.history(), self.out)
+
+    def history(self) -> dict[str, list]:
+        keys: list[str] = []
+        for row in self.rows:
+            keys.extend(key for key in row if key not in keys)
+        return {key: [row.get(key) if key == "epoch" else _finite_or_none(row.get(key))
+                      for row in self.rows] for key in keys}
+
+
+def _rows(history: dict[str, list]) -> list[dict]:
+    """The per-epoch rows of a history dict (the inverse of ``EpochRecorder.history``)."""
+    epochs = history.get("epoch", [])
+    return [{key: values[index] for key, values in history.items() if index < len(values)}
+            for index in range(len(epochs))]
+
+
+def _finite_or_none(value: Any) -> float | None:
+    if value is None:
+        return None
+    value = float(value)
+    return None if math.isnan(value) or math.isinf(value) else value
+
+
+def write_history(history: dict[str, list], out: Path) -> None:
+    """Writes ``history.json`` and ``history.csv`` (one row per epoch) into ``out``."""
+    out = Path(out)
+    # Written to a temporary file and renamed, so a reader never sees half a file.
+    staging = out / ".history.json.tmp"
+    staging.write_text(json.dumps(history, indent=1))
+    os.replace(staging, out / "history.json")
+    keys = list(history)
+    count = len(history.get("epoch", []))
+    staging = out / ".history.csv.tmp"
+    with open(staging, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(keys)
+        for index in range(count):
+            writer.writerow(["" if history[k][index] is None else history[k][index]
+                             for k in keys])
+    os.replace(staging, out / "history.csv")
+
+
+def read_history(run_dir: str | os.PathLike) -> dict[str, list]:
+    """The ``history.json`` of a run directory (``null`` entries as ``None``)."""
+    return json.loads((Path(run_dir) / "history.json").read_text())
+
+
+def records(history: dict[str, list], key: str) -> list[tuple[int, float]]:
+    """``(epoch, value)`` pairs of the epochs where ``key`` was logged.
+
+    Example:
+
+        >>> records({"epoch": [0, 1, 2], "x": [None, 0.5, 0.7]}, "x")
+        [(1, 0.5), (2, 0.7)]
+    """
+    if key not in history:
+        return []
+    return [(int(epoch), float(value)) for epoch, value in zip(history["epoch"], history[key])
+            if value is not None and not math.isnan(float(value))]
+
+
+# ------------------------------------------------------------------- the summary
+def summarize_run(history: dict[str, list], key: str = "test_adv_accuracy",
+                  window: int = SMOOTHING_WINDOW) -> dict:
+    """The robust-overfitting numbers of one run's history.
+
+    Returns a dict with ``best_test_adv_accuracy`` and its ``best_epoch`` (from 1),
+    ``final_test_adv_accuracy``, ``gap``, ``smoothed_gap`` (best ``window``-evaluation
+    moving average minus the mean of the last ``window`` evaluations),
+    ``early_stopped_test_adv_accuracy`` (the test value at the evaluated epoch with
+    the best ``val_adv_accuracy``) and its epoch, ``final_test_accuracy`` (clean),
+    ``test_accuracy_at_best`` (clean test accuracy at the best robust epoch) and
+    ``n_evaluations``. Epochs are counted from 1.
+
+    Example:
+
+        >>> h = {"epoch": [0, 1, 2, 3], "test_adv_accuracy": [0.2, 0.6, 0.5, 0.4],
+        ...      "val_adv_accuracy": [0.1, 0.5, 0.6, 0.3]}
+        >>> s = summarize_run(h, window=1)
+        >>> s["best_epoch"], round(s["gap"], 2), s["early_stopped_epoch"]
+        (2, 0.2, 3)
+    """
+    pairs = records(history, key)
+    if not pairs:
+        return {"n_evaluations": 0}
+    summary = summarize_history(pairs, key=key, window=window)
+    result = {
+        "best_test_adv_accuracy": summary.best_value,
+        "best_epoch": summary.best_epoch + 1,
+        "final_test_adv_accuracy": summary.final_value,
+        "final_epoch": summary.final_epoch + 1,
+        "gap": summary.gap,
+        "smoothed_best": summary.smoothed_best,
+        "smoothed_final": summary.smoothed_final,
+        "smoothed_gap": summary.smoothed_gap,
+        "n_evaluations": summary.n_evaluations,
+    }
+    clean = dict(records(history, "test_accuracy"))
+    if clean:
+        result["final_test_accuracy"] = clean.get(summary.final_epoch)
+        result["test_accuracy_at_best"] = clean.get(summary.best_epoch)
+    val = dict(records(history, "val_adv_accuracy"))
+    evaluated = [(epoch, value) for epoch, value in pairs if epoch in val]
+    if evaluated:
+        # The first evaluated epoch with the highest validation robust accuracy.
+        epoch, value = max(evaluated, key=lambda pair: (val[pair[0]], -pair[0]))
+        result["early_stopped_test_adv_accuracy"] = value
+        result["early_stopped_epoch"] = epoch + 1
+        result["early_stopped_val_adv_accuracy"] = val[epoch]
+        if clean:
+            result["early_stopped_test_accuracy"] = clean.get(epoch)
+    return result
+
+
+# ---------------------------------------------------------------------- the figure
+def plot_curves(history: dict[str, list], path: str | os.PathLike, title: str = "") -> None:
+    """``curves.png``: robust accuracy per epoch and, when logged, T and rho."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    calibrated = any(records(history, key) for key in ("temperature", "rho"))
+    panels = 2 if calibrated else 1
+    fig, axes = plt.subplots(1, panels, figsize=(6.5 * panels, 4.2), squeeze=False)
+    ax = axes[0, 0]
+    curves = [("test_adv_accuracy", "robust test (PGD, evaluated epochs)", "-o"),
+              ("val_adv_accuracy", "robust validation", "-"),
+              ("adv_accuracy", "robust training (training attack, during the epoch)", "-"),
+              ("teacher_adv_accuracy", "teacher, robust validation", "--"),
+              ("test_accuracy", "clean test", ":")]
+    for key, label, style in curves:
+        pairs = records(history, key)
+        if pairs:
+            epochs, values = zip(*pairs)
+            ax.plot(np.asarray(epochs) + 1, values, style, label=label, markersize=2.5,
+                    linewidth=1.2)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("accuracy")
+    ax.set_title(title or "accuracy per epoch")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    if calibrated:
+        ax = axes[0, 1]
+        twin = ax.twinx()
+        for axis, key, label, color in ((ax, "temperature", "T (left, log)", "tab:red"),
+                                        (twin, "rho", "rho (right)", "tab:blue")):
+            pairs = records(history, key)
+            if pairs:
+                epochs, values = zip(*pairs)
+                axis.plot(np.asarray(epochs) + 1, values, label=label, color=color)
+        ax.set_yscale("log")
+        ax.set_ylabel("T", color="tab:red")
+        twin.set_ylabel("rho", color="tab:blue")
+        twin.set_ylim(-0.02, 1.02)
+        ax.set_xlabel("epoch")
+        ax.set_title("calibration: T and rho")
+        ax.grid(alpha=0.3)
+        handles = ax.get_legend_handles_labels()
+        twin_handles = twin.get_legend_handles_labels()
+        ax.legend(handles[0] + twin_handles[0], handles[1] + twin_handles[1], fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------------- the run
+def set_threads(threads: int) -> None:
+    """Limits TensorFlow to ``threads`` intra- and inter-op threads (before any op)."""
+    if threads <= 0:
+        return
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
+    except RuntimeError:  # TensorFlow already initialised: keep what it has.
+        pass
+
+
+def load_data(config: RunConfig) -> data_lib.DatasetSplits:
+    """The dataset splits of ``config``."""
+    return data_lib.load(config.dataset, subset=config.subset,
+                         validation_size=config.validation_size, test_size=config.test_size,
+                         seed=config.data_seed, label_noise=config.label_noise)
+
+
+def build_model(config: RunConfig, splits: data_lib.DatasetSplits) -> keras.Model:
+    """The classifier of ``config`` for the dataset's input shape."""
+    kwargs: dict[str, Any] = {}
+    if config.model.strip().lower().replace("-", "_") in ("cnn", "small_cnn"):
+        kwargs = dict(width=config.width, dense=config.dense, batchnorm=config.batchnorm)
+    return models_lib.get(config.model, splits.input_shape, splits.num_classes, **kwargs)
+
+
+def load_classifier(path: str | os.PathLike) -> keras.Model:
+    """A classifier from a ``.keras`` file: a saved ``AdvCalTrainer`` gives its student.
+
+    Example:
+
+        >>> load_classifier("missing.keras")
+        Traceback (most recent call last):
+        ...
+        FileNotFoundError: No model file at missing.keras.
+    """
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"No model file at {path}.")
+    model = keras.models.load_model(path, compile=False)
+    return model.model if isinstance(model, AdvCalTrainer) else model
+
+
+def _attacks(config: RunConfig):
+    train_attack = PGD(config.epsilon, step_size=config.train_step_size,
+                       steps=config.train_steps, random_start=True)
+    eval_attack = PGD(config.epsilon, step_size=config.eval_step_size,
+                      steps=config.eval_steps, random_start=True)
+    final_step = (config.final_step_size if config.final_step_size is not None
+                  else 2.5 * config.epsilon / config.final_steps)
+    final_attack = PGD(config.epsilon, step_size=final_step, steps=config.final_steps,
+                       random_start=True, seed=config.seed + 20)
+    return train_attack, eval_attack, final_attack
+
+
+def build_trainer(config: RunConfig, splits: data_lib.DatasetSplits):
+    """The compiled trainer of ``config`` and the callbacks that drive its labels.
+
+    Returns ``(trainer, label_callbacks, notes)``; ``notes`` records what was done
+    before training (the two-stage calibration).
+    """
+    train_attack, eval_attack, _ = _attacks(config)
+    student = build_model(config, splits)
+    notes: dict[str, Any] = {}
+    callbacks: list[keras.callbacks.Callback] = []
+    common = dict(eval_attack=eval_attack, seed=config.seed)
+    if config.labels == "hard":
+        trainer = AdvCalTrainer(student, train_attack, labels="hard", **common)
+    elif config.labels == "adr":
+        trainer = ADRTrainer(student, train_attack, labels="calibrated", loss_form="soft",
+                             **common)
+        callbacks.append(ADRSchedule(config.adr_temperature, config.adr_rho,
+                                     config.ema_decay))
+    else:
+        teacher_net, temperature, rho, rule = None, 1.0, 0.0, config.rule
+        fixed = (config.fixed_temperature, config.fixed_rho)
+        if config.teacher == "fixed":
+            teacher_net = load_classifier(config.teacher_model)
+            teacher_net.trainable = False
+            if config.surrogate_model is not None:
+                surrogate = load_classifier(config.surrogate_model)
+                result = calibrate_teacher(teacher_net, surrogate, splits.validation,
+                                           splits.train, eval_attack,
+                                           acc_floor=config.acc_floor, rule=config.rule,
+                                           seed=config.seed)
+                notes["two_stage_calibration"] = result.to_dict()
+                rule, fixed = "fixed", (result.temperature, result.rho)
+            if rule == "fixed":
+                temperature, rho = fixed
+        trainer = AdvCalTrainer(student, train_attack, labels="calibrated",
+                                loss_form=config.loss_form, teacher=teacher_net,
+                                temperature=temperature, rho=rho, **common)
+        callbacks.append(CalibratedTeacher(
+            splits.validation, splits.train, kind=config.teacher, rule=rule,
+            acc_floor=config.acc_floor, swa_start_epoch=config.swa_start_epoch,
+            ema_decay=config.ema_decay, fixed_temperature=fixed[0], fixed_rho=fixed[1],
+            seed=config.seed, verbose=0))
+    trainer.compile(optimizer=keras.optimizers.Adam(config.learning_rate))
+    return trainer, callbacks, notes
+
+
+def run(config: RunConfig, splits: data_lib.DatasetSplits | None = None) -> dict:
+    """Trains one configured run and writes its artifacts into ``config.out``.
+
+    Args:
+        config: the run's settings.
+        splits: the data, when already loaded (else :func:`load_data`).
+
+    Returns:
+        The summary dict also written to ``summary.json``.
+    """
+    config.validate()
+    set_threads(config.threads)
+    start = time.perf_counter()
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
+    backup = out / "backup"
+    # An interrupted run left a BackupAndRestore checkpoint: resume it, keeping its
+    # history; otherwise start afresh.
+    resuming = (backup / "training_metadata.json").is_file() and (out / "history.json").is_file()
+    previous = read_history(out) if resuming else None
+    for stale in ("summary.json",) if resuming else ("summary.json", "history.json",
+                                                       "history.csv"):
+        (out / stale).unlink(missing_ok=True)
+    if splits is None:
+        splits = load_data(config)
+    keras.utils.set_random_seed(config.seed)
+    trainer, label_callbacks, notes = build_trainer(config, splits)
+    _, eval_attack, final_attack = _attacks(config)
+
+    tracker = RobustAccuracyTracker(splits.test, eval_attack, every=config.eval_every,
+                                    name="test_adv_accuracy", clean_name="test_accuracy")
+    recorder = EpochRecorder(out, previous)
+    # Order matters: the teacher/calibration callbacks first (they add T and rho to the
+    # logs and update the teacher), the recorder before the backup, so that an epoch
+    # in the backup always has its history row.
+    callbacks = list(label_callbacks) + [tracker]
+    if config.checkpoint_best:
+        best_so_far = [value for _, value in records(previous or {}, "val_adv_accuracy")]
+        callbacks.append(keras.callbacks.ModelCheckpoint(
+            str(out / "best.keras"), monitor="val_adv_accuracy", mode="max",
+            save_best_only=True, verbose=0,
+            initial_value_threshold=max(best_so_far) if best_so_far else None))
+    callbacks.append(recorder)
+    callbacks.append(keras.callbacks.BackupAndRestore(str(backup), double_checkpoint=True))
+    x_train, y_train = splits.train
+    train_start = time.perf_counter()
+    trainer.fit(x_train, y_train, batch_size=config.batch_size, epochs=config.epochs,
+                validation_data=splits.validation, validation_batch_size=256,
+                callbacks=callbacks, shuffle=True, verbose=config.verbose)
+    train_seconds = time.perf_counter() - train_start
+    trainer.save(out / "model.keras")
+    history = recorder.history()
+    write_history(history, out)
+
+    summary: dict[str, Any] = {"run": out.name, "labels": config.labels}
+    summary.update(summarize_run(history))
+    final_eval = _final_numbers(trainer.model, splits, eval_attack, final_attack, config)
+    summary.update(final_eval)
+    for key in CALIBRATION_KEYS:
+        pairs = records(history, key)
+        if pairs:
+            summary[f"final_{key}"] = pairs[-1][1]
+    if config.checkpoint_best and (out / "best.keras").is_file():
+        summary["best_checkpoint"] = _checkpoint_numbers(out / "best.keras", history, splits,
+                                                         eval_attack, final_attack, config)
+    summary.update(notes)
+    summary["train_seconds"] = train_seconds
+    summary["wall_seconds"] = time.perf_counter() - start
+    summary["epoch_seconds"] = train_seconds / max(len(history.get("epoch", [])), 1)
+    (out / "summary.json").write_text(json.dumps(_json_safe(summary), indent=2))
+    plot_curves(history, out / "curves.png", title=_title(config))
+    return summary
+
+
+def _final_numbers(model, splits, eval_attack, final_attack, config) -> dict:
+    """Training robust accuracy (eval PGD) and PGD-20 (+ extra attacks) on the test split."""
+    numbers: dict[str, Any] = {}
+    train_tracker = RobustAccuracyTracker(splits.train, eval_attack)
+    clean, robust = train_tracker.evaluate(model)
+    numbers["final_train_accuracy"] = clean
+    numbers["final_train_adv_accuracy"] = robust
+    attacks: list[Any] = [(f"pgd-{config.final_steps}", final_attack)]
+    attacks += [name.strip() for name in config.final_attacks.split(",") if name.strip()]
+    result = evaluate_robustness(model, splits.test, config.epsilon, attacks=attacks,
+                                 steps=config.final_attack_steps, seed=config.seed,
+                                 verbose=False)
+    numbers["final_pgd20_test_adv_accuracy"] = result.accuracy_alone[attacks[0][0]]
+    numbers["final_test_clean_accuracy"] = result.clean_accuracy
+    if len(attacks) > 1:
+        numbers["final_attacks"] = result.accuracy_alone
+        numbers["final_worst_case_test_adv_accuracy"] = result.robust_accuracy
+    if result.warnings:
+        numbers["evaluation_warnings"] = list(result.warnings)
+    return numbers
+
+
+def _checkpoint_numbers(path, history, splits, eval_attack, final_attack, config) -> dict:
+    """The early-stopped (best validation) model's numbers: Rice et al.'s baseline."""
+    model = load_classifier(path)
+    val = records(history, "val_adv_accuracy")
+    epoch, value = max(val, key=lambda pair: (pair[1], -pair[0])) if val else (None, None)
+    test_tracker = RobustAccuracyTracker(splits.test, eval_attack)
+    clean, robust = test_tracker.evaluate(model)
+    numbers = {"epoch": None if epoch is None else epoch + 1, "val_adv_accuracy": value,
+               "test_accuracy": clean, "test_adv_accuracy": robust}
+    numbers.update(_final_numbers(model, splits, eval_attack, final_attack, config))
+    return numbers
+
+
+def _title(config: RunConfig) -> str:
+    if config.labels == "hard":
+        kind = "PGD-AT (hard labels)"
+    elif config.labels == "adr":
+        kind = "ADR-style baseline"
+    else:
+        kind = f"calibrated: teacher={config.teacher}, loss={config.loss_form}, rule={config.rule}"
+    return f"{Path(config.out).name}: {kind}"
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, (np.floating, np.integer)):
+        value = value.item()
+    if isinstance(value, float) and (math.isnan(value) or math.isinf(value)):
+        return None
+    return value
+
+
+def read_summary(run_dir: str | os.PathLike) -> dict:
+    """A run's summary: ``summary.json`` when the run finished, else what its
+    ``history.json`` gives so far (``"finished": False``).
+
+    Raises:
+        FileNotFoundError: when the directory holds neither file.
+    """
+    run_dir = Path(run_dir)
+    if (run_dir / "summary.json").is_file():
+        summary = json.loads((run_dir / "summary.json").read_text())
+        summary["finished"] = True
+        return summary
+    if (run_dir / "history.json").is_file():
+        history = read_history(run_dir)
+        summary = {"run": run_dir.name, "finished": False,
+                   "epochs_done": len(history.get("epoch", []))}
+        summary.update(summarize_run(history))
+        return summary
+    raise FileNotFoundError(f"{run_dir} is not a run directory (no summary.json or "
+                            "history.json).")
+
+
+__all__ = ["ADRSchedule", "ADRTrainer", "EpochRecorder", "RUN_LABELS", "RunConfig",
+           "build_model", "build_trainer", "cosine_schedule", "load_classifier", "load_data",
+           "plot_curves", "read_history", "read_summary", "records", "run", "summarize_run",
+           "write_history"]

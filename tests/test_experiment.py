@@ -1,0 +1,205 @@
+"""keras_advcal.experiment: one configured run and its artifacts (tiny digits runs)."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from keras_advcal import experiment
+from keras_advcal.experiment import RunConfig
+
+
+def tiny_config(tmp_path, name, **overrides):
+    """A run of a few seconds: digits, small subsets, a narrow CNN, short attacks."""
+    values = dict(dataset="digits", subset=150, validation_size=120, test_size=60,
+                  width=8, dense=32, epsilon=0.15, train_steps=2, train_step_size=0.1,
+                  eval_steps=2, eval_step_size=0.1, eval_every=1, epochs=2,
+                  batch_size=64, final_steps=2, verbose=0, out=str(tmp_path / name))
+    values.update(overrides)
+    return RunConfig(**values)
+
+
+@pytest.fixture(scope="module")
+def calibrated_run(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("experiment")
+    config = tiny_config(tmp_path, "calibrated", epochs=3)
+    return config, experiment.run(config)
+
+
+def test_defaults_are_the_benchmark_protocol():
+    config = RunConfig()
+    assert (config.dataset, config.subset, config.validation_size, config.test_size) == (
+        "fashion_mnist", 500, 500, 2000)
+    assert (config.width, config.dense, config.batchnorm, config.epsilon) == (32, 256, False, 0.1)
+    assert (config.train_steps, config.train_step_size) == (5, 0.05)
+    assert (config.eval_steps, config.eval_step_size, config.eval_every) == (10, 0.025, 3)
+    assert (config.learning_rate, config.batch_size, config.epochs) == (1e-3, 64, 120)
+    assert (config.labels, config.teacher, config.loss_form, config.rule) == (
+        "calibrated", "best", "kd", "published")
+    assert config.final_steps == 20
+
+
+def test_run_writes_every_artifact(calibrated_run):
+    config, summary = calibrated_run
+    out = experiment.Path(config.out)
+    for name in ("model.keras", "history.csv", "history.json", "curves.png", "config.json",
+                 "summary.json"):
+        assert (out / name).is_file(), name
+    history = experiment.read_history(out)
+    assert history["epoch"] == [0, 1, 2]
+    for key in ("temperature", "rho", "teacher_adv_accuracy", "test_adv_accuracy",
+                "test_accuracy", "val_adv_accuracy", "adv_accuracy", "loss", "time"):
+        assert key in history and len(history[key]) == 3, key
+    assert all(0.0 <= value <= 1.0 for value in history["rho"])
+    header = (out / "history.csv").read_text().splitlines()[0].split(",")
+    assert {"temperature", "rho", "test_adv_accuracy"} <= set(header)
+    assert RunConfig.from_dict(json.loads((out / "config.json").read_text())) == config
+    on_disk = json.loads((out / "summary.json").read_text())
+    for key in ("best_test_adv_accuracy", "best_epoch", "final_test_adv_accuracy", "gap",
+                "smoothed_gap", "early_stopped_test_adv_accuracy", "final_test_clean_accuracy",
+                "final_train_adv_accuracy", "final_pgd20_test_adv_accuracy", "wall_seconds",
+                "final_temperature", "final_rho"):
+        assert on_disk[key] is not None, key
+    assert summary["best_test_adv_accuracy"] >= summary["final_test_adv_accuracy"]
+    assert math.isclose(summary["gap"], summary["best_test_adv_accuracy"]
+                        - summary["final_test_adv_accuracy"])
+    assert summary["n_evaluations"] == 3
+
+
+def test_saved_trainer_loads_with_its_calibration(calibrated_run):
+    import keras
+
+    config, summary = calibrated_run
+    trainer = keras.models.load_model(experiment.Path(config.out) / "model.keras")
+    assert math.isclose(float(trainer.rho.numpy()), summary["final_rho"], rel_tol=1e-6)
+    classifier = experiment.load_classifier(experiment.Path(config.out) / "model.keras")
+    assert classifier.output_shape == (None, 10)
+
+
+def test_summarize_run_numbers():
+    history = {"epoch": list(range(8)),
+               "test_adv_accuracy": [None, 0.30, None, 0.50, None, 0.40, None, 0.35],
+               "test_accuracy": [None, 0.6, None, 0.7, None, 0.75, None, 0.8],
+               "val_adv_accuracy": [0.1, 0.2, 0.9, 0.3, 0.2, 0.6, 0.1, 0.2]}
+    summary = experiment.summarize_run(history, window=2)
+    assert (summary["best_epoch"], summary["final_epoch"]) == (4, 8)
+    assert math.isclose(summary["gap"], 0.15)
+    # Moving averages of 2: 0.40, 0.45, 0.375 -> 0.45 - 0.375.
+    assert math.isclose(summary["smoothed_gap"], 0.075)
+    # Best validation among evaluated epochs (2, 4, 6, 8 from 1) is at epoch 6: 0.6.
+    assert summary["early_stopped_epoch"] == 6
+    assert math.isclose(summary["early_stopped_test_adv_accuracy"], 0.40)
+    assert math.isclose(summary["test_accuracy_at_best"], 0.7)
+    assert math.isclose(summary["final_test_accuracy"], 0.8)
+
+
+def test_hard_run_with_best_checkpoint_and_two_stage_recipe(tmp_path):
+    hard = tiny_config(tmp_path, "pgd_at", labels="hard", checkpoint_best=True)
+    summary = experiment.run(hard)
+    history = experiment.read_history(hard.out)
+    assert "rho" not in history and "test_adv_accuracy" in history
+    checkpoint = summary["best_checkpoint"]
+    assert (experiment.Path(hard.out) / "best.keras").is_file()
+    assert 1 <= checkpoint["epoch"] <= 2
+    assert 0.0 <= checkpoint["final_pgd20_test_adv_accuracy"] <= 1.0
+
+    two_stage = tiny_config(tmp_path, "two_stage", teacher="fixed", epochs=1,
+                            teacher_model=str(experiment.Path(hard.out) / "best.keras"),
+                            surrogate_model=str(experiment.Path(hard.out) / "model.keras"))
+    summary = experiment.run(two_stage)
+    fitted = summary["two_stage_calibration"]
+    assert math.isclose(summary["final_rho"], fitted["rho"], rel_tol=1e-6)
+    assert math.isclose(summary["final_temperature"], fitted["temperature"], rel_tol=1e-6)
+
+
+def test_adr_baseline_anneals_temperature_and_rho(tmp_path):
+    config = tiny_config(tmp_path, "adr", labels="adr", epochs=3, eval_every=3)
+    experiment.run(config)
+    history = experiment.read_history(config.out)
+    np.testing.assert_allclose(history["temperature"], [2.5, 2.25, 2.0], atol=1e-6)
+    np.testing.assert_allclose(history["rho"], [0.7, 0.825, 0.95], atol=1e-6)
+
+
+def test_adr_per_example_ratio_follows_the_teacher():
+    import keras
+    import tensorflow as tf
+
+    from keras_advcal import PGD
+
+    keras.utils.set_random_seed(0)
+    net = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    trainer = experiment.ADRTrainer(net, PGD(0.0, steps=1), labels="calibrated",
+                                    loss_form="soft")
+    trainer.compile(optimizer=keras.optimizers.SGD(0.0))
+    trainer.copy_student_to_teacher()
+    trainer.rho.assign(0.9)
+    trainer.temperature.assign(1.0)
+    x = np.random.default_rng(0).random((6, 4)).astype("float32")
+    logits = net(x).numpy()
+    probs = tf.nn.softmax(logits).numpy()
+    y = np.zeros(6, "int32")
+    rho_i = np.clip(0.9 - (probs.max(1) - probs[:, 0]), 0, 1)
+    target = rho_i[:, None] * probs + (1 - rho_i[:, None]) * np.eye(3)[y]
+    expected = -np.mean(np.sum(target * tf.nn.log_softmax(logits).numpy(), axis=1))
+    logs = trainer.train_on_batch(x, y, return_dict=True)
+    assert math.isclose(logs["loss"], expected, rel_tol=1e-5)
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(epsilon=-0.1), "epsilon"),
+    (dict(teacher="nope"), "teacher"),
+    (dict(labels="soft"), "labels"),
+    (dict(teacher="fixed"), "teacher_model"),
+    (dict(epochs=0), "epochs"),
+    (dict(surrogate_model="x.keras"), "surrogate_model"),
+])
+def test_invalid_configs_are_refused(changes, message):
+    with pytest.raises(ValueError, match=message):
+        RunConfig(**changes).validate()
+
+
+def test_unknown_option_in_a_config_dict():
+    with pytest.raises(ValueError, match="Unknown RunConfig option"):
+        RunConfig.from_dict({"epoch": 3})
+
+
+def test_cosine_schedule_endpoints_and_midpoint():
+    assert experiment.cosine_schedule(2.5, 2.0, 0, 5) == 2.5
+    assert math.isclose(experiment.cosine_schedule(2.5, 2.0, 2, 5), 2.25)
+    assert math.isclose(experiment.cosine_schedule(2.5, 2.0, 4, 5), 2.0)
+    assert experiment.cosine_schedule(0.7, 0.95, 0, 1) == 0.7
+
+
+class _Interrupted(Exception):
+    pass
+
+
+def test_an_interrupted_run_resumes_from_its_backup(tmp_path, monkeypatch):
+    """A run killed after epoch 2 resumes from BackupAndRestore with its history,
+    teacher, T and rho, and ends with every epoch recorded once."""
+    config = tiny_config(tmp_path, "resumed", epochs=4)
+    original = experiment.EpochRecorder.on_epoch_end
+
+    def crash_after_second_epoch(self, epoch, logs=None):
+        original(self, epoch, logs)
+        if epoch == 1:
+            raise _Interrupted()
+
+    monkeypatch.setattr(experiment.EpochRecorder, "on_epoch_end", crash_after_second_epoch)
+    with pytest.raises(_Interrupted):
+        experiment.run(config)
+    out = experiment.Path(config.out)
+    assert (out / "backup" / "training_metadata.json").is_file()
+    before = experiment.read_history(out)
+    assert before["epoch"] == [0, 1]
+
+    monkeypatch.setattr(experiment.EpochRecorder, "on_epoch_end", original)
+    summary = experiment.run(config)
+    history = experiment.read_history(out)
+    assert history["epoch"] == [0, 1, 2, 3]
+    # Epoch 0 was backed up before the crash: its row is the one from the first run.
+    assert history["val_adv_accuracy"][0] == before["val_adv_accuracy"][0]
+    assert history["time"] == sorted(history["time"])
+    assert not (out / "backup" / "training_metadata.json").exists()  # deleted at the end
+    assert summary["final_test_adv_accuracy"] == pytest.approx(history["test_adv_accuracy"][-1])
