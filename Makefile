@@ -14,7 +14,7 @@ PYTHON := $(VENV)/bin/python
 STAMP := $(VENV)/.keras-advcal-installed
 endif
 
-PYTEST_ARGS ?= -q -p no:cacheprovider
+PYTEST_ARGS ?= -q -p no:cacheprovider --durations=30
 
 .PHONY: install demo test bench docs clean
 

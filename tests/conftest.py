@@ -56,3 +56,29 @@ def conv_dense_model(seed: int = 0, first: keras.layers.Layer | None = None) -> 
         keras.layers.Dense(10),
     ]
     return keras.Sequential(layers)
+
+
+def fit_clean(model: keras.Model, x, y, epochs: int = 8) -> keras.Model:
+    """Plain (undefended) training with cross-entropy on logits."""
+    model.compile(keras.optimizers.Adam(3e-3),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(x, y, epochs=epochs, batch_size=64, verbose=0)
+    return model
+
+
+def accuracy(model, x, y) -> float:
+    """Top-1 accuracy of a logits model on (x, y)."""
+    return float(np.mean(np.argmax(model(x, training=False), axis=1) == y))
+
+
+@pytest.fixture(scope="session")
+def digits_200():
+    """digits_holdout(200), shared by the attack and evaluation tests."""
+    return digits_holdout(200)
+
+
+@pytest.fixture(scope="session")
+def undefended_digits_model(digits_200):
+    """conv_dense_model trained without defence on digits_200's training part."""
+    (x, y), _ = digits_200
+    return fit_clean(conv_dense_model(), x, y)

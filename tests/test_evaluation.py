@@ -15,7 +15,7 @@ import tensorflow as tf
 from keras_advcal.evaluation import (APGD, FGSM, PGD, PGDRestarts, RobustAccuracyTracker,
                                      RobustnessResult, Square, build_attack,
                                      evaluate_robustness, summarize_history)
-from tests.conftest import conv_dense_model, digits_holdout
+from tests.conftest import conv_dense_model, fit_clean
 
 N_TEST = 200
 EPSILON = 0.1
@@ -23,21 +23,13 @@ EPSILON = 0.1
 
 # -- fixtures ----------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def digits():
-    return digits_holdout(N_TEST)
-
-
-def _fit(model: keras.Model, x, y, epochs: int = 8) -> keras.Model:
-    model.compile(keras.optimizers.Adam(3e-3),
-                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    model.fit(x, y, epochs=epochs, batch_size=64, verbose=0)
-    return model
+def digits(digits_200):
+    return digits_200
 
 
 @pytest.fixture(scope="module")
-def undefended(digits):
-    (x, y), _ = digits
-    return _fit(conv_dense_model(), x, y)
+def undefended(undefended_digits_model):
+    return undefended_digits_model
 
 
 @pytest.fixture(scope="module")
@@ -149,7 +141,7 @@ def test_undefended_model_is_broken_at_large_radius(digits, undefended):
 
 def test_masked_gradients_trigger_the_warnings(digits):
     (x_train, y_train), (x, y) = digits
-    model = _fit(conv_dense_model(seed=2, first=QuantizeInputs(2)), x_train, y_train, epochs=5)
+    model = fit_clean(conv_dense_model(seed=2, first=QuantizeInputs(2)), x_train, y_train, epochs=5)
     with pytest.warns(RuntimeWarning) as record:
         r = evaluate_robustness(model, (x[:100], y[:100]), 0.3,
                                 attacks=("pgd", "apgd-ce", "square"), steps=5,

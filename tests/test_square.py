@@ -8,28 +8,18 @@ import pytest
 import tensorflow as tf
 
 from keras_advcal.square import Square, _window_mask, _window_side, square_p_schedule
-from tests.conftest import conv_dense_model, digits_holdout
-
-N_TEST = 200
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return digits_holdout(N_TEST)
+from tests.conftest import accuracy as _accuracy
+from tests.conftest import conv_dense_model
 
 
 @pytest.fixture(scope="module")
-def undefended(digits):
-    (x, y), _ = digits
-    model = conv_dense_model()
-    model.compile(keras.optimizers.Adam(3e-3),
-                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    model.fit(x, y, epochs=8, batch_size=64, verbose=0)
-    return model
+def digits(digits_200):
+    return digits_200
 
 
-def _accuracy(model, x, y) -> float:
-    return float(np.mean(np.argmax(model(x, training=False), axis=1) == y))
+@pytest.fixture(scope="module")
+def undefended(undefended_digits_model):
+    return undefended_digits_model
 
 
 def _compiled(attack, model):
