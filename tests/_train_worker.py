@@ -229,7 +229,9 @@ def _mirrored_run(strategy, kind, epochs, out, name, runs):
     else:
         with strategy.scope():
             trainer = make_trainer(seed=3, random_start=False)
-    callback = make_teacher_callback(kind)
+    # Calibrate every epoch (also in snapshot epochs) so that there is a calibration
+    # to compare in each epoch of this short run.
+    callback = make_teacher_callback(kind, recalibrate_on_snapshot=True)
     # Global batch 64: 32 examples per replica under the two-device strategy.
     history = _fit(trainer, epochs, [callback])
     runs[name] = {"history": clean_history(history.history),
