@@ -97,6 +97,9 @@ def make_trainer(labels: str = "calibrated", arch: str = "dense", seed: int = 0,
 
 
 def make_teacher_callback(kind: str = "best", **kwargs) -> CalibratedTeacher:
+    # These short runs improve every epoch: calibrate in snapshot epochs too, so every
+    # epoch has a calibration to check (the default keeps T and rho in those epochs).
+    kwargs.setdefault("recalibrate_on_snapshot", True)
     data = splits()
     return CalibratedTeacher(data["cal_val"], data["cal_train"], kind=kind,
                              swa_start_epoch=kwargs.pop("swa_start_epoch", 0),
@@ -229,9 +232,7 @@ def _mirrored_run(strategy, kind, epochs, out, name, runs):
     else:
         with strategy.scope():
             trainer = make_trainer(seed=3, random_start=False)
-    # Calibrate every epoch (also in snapshot epochs) so that there is a calibration
-    # to compare in each epoch of this short run.
-    callback = make_teacher_callback(kind, recalibrate_on_snapshot=True)
+    callback = make_teacher_callback(kind)
     # Global batch 64: 32 examples per replica under the two-device strategy.
     history = _fit(trainer, epochs, [callback])
     runs[name] = {"history": clean_history(history.history),
