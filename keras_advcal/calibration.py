@@ -12,6 +12,16 @@ stands in for the one-hot label on held-out data):
    training sample;
 3. keep the feasible point with the lowest NLL (ties to the smaller rho).
 
+Step 3 as published (``selection="minimum"``) is unstable online, where the surrogate
+is the student being trained on the targets: the NLL is nearly flat in rho, so rho
+jumps between the floor and 0.01 from epoch to epoch, and the student is pushed back
+to plain one-hot training whenever its own softened predictions win by a hair. The
+default ``selection="one_standard_error"`` applies the one-standard-error rule: among
+feasible points whose NLL exceeds the minimum by at most one standard error of the
+paired per-example NLL difference (i.e. statistically indistinguishable on this
+validation set), take the largest rho (the most weight on the teacher), then the
+lowest NLL over T.
+
 Only the probability of the true label enters the NLL, and a target agrees with its
 label iff ``1 - rho > rho * (max_{j != y} p_j - p_y)``, so the grid is evaluated from
 two ``(T, N)`` tensors per chunk of temperatures and examples: memory stays bounded
@@ -32,12 +42,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import tensorflow as tf
 
 RULES = ("published", "confidence", "fixed")
+SELECTIONS = ("one_standard_error", "minimum")
 DEFAULT_TEMPERATURES = np.geomspace(0.2, 16.0, 100)
 DEFAULT_RHOS = np.linspace(0.01, 1.0, 100)
 # Upper bound on the elements of one (temperatures x rhos x examples) block.
@@ -159,6 +170,78 @@ def _grid_sizes(num_temperatures: int, num_rhos: int, num_examples: int,
     return temperature_chunk, example_chunk
 
 
+def _check_grid_inputs(logits, labels, logits_name: str, labels_name: str,
+                       empty_message: str) -> tuple[tf.Tensor, tf.Tensor]:
+    z = tf.cast(_as_float_tensor(logits, logits_name), _GRID_DTYPE)
+    y = _as_labels(labels, labels_name, z.shape[0], z.shape[1])
+    if int(z.shape[0]) == 0:
+        raise ValueError(empty_message)
+    return z, y
+
+
+def _mean_over_examples(per_example: Callable[[tf.Tensor, int, int], tf.Tensor],
+                        temperatures: np.ndarray, num_rhos: int, count: int,
+                        num_classes: int) -> np.ndarray:
+    """Mean over examples of ``per_example(T_chunk, n0, n1)`` (a ``(t, rhos, n)``
+    block), evaluated in chunks of temperatures and examples so that no block
+    exceeds ``_BLOCK_ELEMENTS``: ``(len(temperatures), num_rhos)`` float64."""
+    t_chunk, n_chunk = _grid_sizes(len(temperatures), num_rhos, count, num_classes)
+    total = np.zeros((len(temperatures), num_rhos), dtype="float64")
+    for t0, t1 in _chunks(len(temperatures), t_chunk):
+        t = tf.constant(temperatures[t0:t1])
+        for n0, n1 in _chunks(count, n_chunk):
+            total[t0:t1] += tf.reduce_sum(per_example(t, n0, n1), axis=-1).numpy()
+    return total / count
+
+
+class _MixtureNLL:
+    """Per-example NLL of ``rho softmax(g/T) + (1 - rho) softmax(s/T')`` (``T' = T``
+    unless the surrogate has its own temperature), as ``(t, rhos, n)`` blocks."""
+
+    def __init__(self, teacher_logits, surrogate_logits, labels, rhos,
+                 surrogate_temperature: float | None):
+        self.g, self.y = _check_grid_inputs(teacher_logits, labels, "teacher_logits", "labels",
+                                            "Calibration needs at least one held-out example.")
+        self.s = tf.cast(_as_float_tensor(surrogate_logits, "surrogate_logits",
+                                          self.g.shape[1]), _GRID_DTYPE)
+        if self.s.shape[0] != self.g.shape[0]:
+            raise ValueError("`teacher_logits` and `surrogate_logits` must have the same "
+                             f"number of examples, got {self.g.shape[0]} and "
+                             f"{self.s.shape[0]}.")
+        self.rhos = tf.constant(np.asarray(rhos, dtype=_GRID_DTYPE))
+        self.surrogate_temperature = surrogate_temperature
+        self.count, self.num_classes = int(self.g.shape[0]), int(self.g.shape[1])
+
+    def __call__(self, t: tf.Tensor, n0: int, n1: int) -> tf.Tensor:
+        y = self.y[n0:n1]
+        p_teacher = _true_class_probabilities(self.g[n0:n1], y, t)  # (t, n)
+        if self.surrogate_temperature is None:
+            p_surrogate = _true_class_probabilities(self.s[n0:n1], y, t)
+        else:
+            own = tf.constant([self.surrogate_temperature], _GRID_DTYPE)
+            p_surrogate = tf.tile(_true_class_probabilities(self.s[n0:n1], y, own),
+                                  [tf.shape(t)[0], 1])
+        rho = self.rhos[None, :, None]
+        mixed = rho * p_teacher[:, None, :] + (1.0 - rho) * p_surrogate[:, None, :]
+        return -tf.math.log(tf.maximum(mixed, _LOG_FLOOR))  # (t, r, n)
+
+    def grid(self, temperatures: np.ndarray) -> np.ndarray:
+        return _mean_over_examples(self, temperatures, int(self.rhos.shape[0]), self.count,
+                                   self.num_classes)
+
+    def squared_difference_grid(self, temperatures: np.ndarray, t_index: int,
+                                r_index: int) -> np.ndarray:
+        """Mean over examples of ``(nll_i(T, rho) - nll_i(T*, rho*))**2``."""
+        reference = self(tf.constant(temperatures[t_index:t_index + 1]), 0,
+                         self.count)[0, r_index]  # (n,)
+
+        def squared(t, n0, n1):
+            return tf.square(self(t, n0, n1) - reference[None, None, n0:n1])
+
+        return _mean_over_examples(squared, temperatures, int(self.rhos.shape[0]),
+                                   self.count, self.num_classes)
+
+
 def nll_grid(teacher_logits, surrogate_logits, labels, temperatures=DEFAULT_TEMPERATURES,
              rhos=DEFAULT_RHOS, surrogate_temperature: float | None = None) -> np.ndarray:
     """Validation NLL of ``rho * softmax(g/T) + (1 - rho) * softmax(s/T)`` on the grid.
@@ -182,35 +265,9 @@ def nll_grid(teacher_logits, surrogate_logits, labels, temperatures=DEFAULT_TEMP
         >>> bool(grid[0, 1] < grid[0, 0])
         True
     """
-    g = tf.cast(_as_float_tensor(teacher_logits, "teacher_logits"), _GRID_DTYPE)
-    s = tf.cast(_as_float_tensor(surrogate_logits, "surrogate_logits", g.shape[1]),
-                _GRID_DTYPE)
-    if s.shape[0] != g.shape[0]:
-        raise ValueError("`teacher_logits` and `surrogate_logits` must have the same "
-                         f"number of examples, got {g.shape[0]} and {s.shape[0]}.")
-    y = _as_labels(labels, "labels", g.shape[0], g.shape[1])
-    temps = np.asarray(temperatures, dtype=_GRID_DTYPE)
-    rho_values = tf.constant(np.asarray(rhos, dtype=_GRID_DTYPE))
-    count, classes = int(g.shape[0]), int(g.shape[1])
-    if count == 0:
-        raise ValueError("Calibration needs at least one held-out example.")
-    t_chunk, n_chunk = _grid_sizes(len(temps), len(rhos), count, classes)
-    total = np.zeros((len(temps), len(rhos)), dtype="float64")
-    for t0, t1 in _chunks(len(temps), t_chunk):
-        t = tf.constant(temps[t0:t1])
-        for n0, n1 in _chunks(count, n_chunk):
-            p_teacher = _true_class_probabilities(g[n0:n1], y[n0:n1], t)  # (t, n)
-            if surrogate_temperature is None:
-                p_surrogate = _true_class_probabilities(s[n0:n1], y[n0:n1], t)
-            else:
-                p_surrogate = tf.tile(_true_class_probabilities(
-                    s[n0:n1], y[n0:n1], tf.constant([surrogate_temperature], _GRID_DTYPE)),
-                    [t1 - t0, 1])
-            mixed = (rho_values[None, :, None] * p_teacher[:, None, :]
-                     + (1.0 - rho_values[None, :, None]) * p_surrogate[:, None, :])
-            nll = -tf.math.log(tf.maximum(mixed, _LOG_FLOOR))  # (t, r, n)
-            total[t0:t1] += tf.reduce_sum(nll, axis=-1).numpy()
-    return total / count
+    mixture = _MixtureNLL(teacher_logits, surrogate_logits, labels, rhos,
+                          surrogate_temperature)
+    return mixture.grid(np.asarray(temperatures, dtype=_GRID_DTYPE))
 
 
 def agreement_grid(train_teacher_logits, train_labels, temperatures=DEFAULT_TEMPERATURES,
@@ -224,22 +281,17 @@ def agreement_grid(train_teacher_logits, train_labels, temperatures=DEFAULT_TEMP
         >>> agreement_grid(g, [0], temperatures=[1.0], rhos=[0.1, 0.9]).tolist()
         [[1.0, 0.0]]
     """
-    g = tf.cast(_as_float_tensor(train_teacher_logits, "train_teacher_logits"), _GRID_DTYPE)
-    y = _as_labels(train_labels, "train_labels", g.shape[0], g.shape[1])
-    temps = np.asarray(temperatures, dtype=_GRID_DTYPE)
-    rho_values = tf.constant(np.asarray(rhos, dtype=_GRID_DTYPE))
-    count, classes = int(g.shape[0]), int(g.shape[1])
-    if count == 0:
-        raise ValueError("The accuracy floor needs at least one training example.")
-    t_chunk, n_chunk = _grid_sizes(len(temps), len(rhos), count, classes)
-    agree = np.zeros((len(temps), len(rhos)), dtype="float64")
-    for t0, t1 in _chunks(len(temps), t_chunk):
-        t = tf.constant(temps[t0:t1])
-        for n0, n1 in _chunks(count, n_chunk):
-            margin = _margins(g[n0:n1], y[n0:n1], t)  # (t, n)
-            ok = (1.0 - rho_values[None, :, None]) > rho_values[None, :, None] * margin[:, None, :]
-            agree[t0:t1] += tf.reduce_sum(tf.cast(ok, "float64"), axis=-1).numpy()
-    return agree / count
+    g, y = _check_grid_inputs(train_teacher_logits, train_labels, "train_teacher_logits",
+                              "train_labels",
+                              "The accuracy floor needs at least one training example.")
+    rho = tf.constant(np.asarray(rhos, dtype=_GRID_DTYPE))[None, :, None]
+
+    def agrees(t, n0, n1):
+        margin = _margins(g[n0:n1], y[n0:n1], t)[:, None, :]  # (t, 1, n)
+        return tf.cast((1.0 - rho) > rho * margin, _GRID_DTYPE)
+
+    return _mean_over_examples(agrees, np.asarray(temperatures, dtype=_GRID_DTYPE),
+                               len(rhos), int(g.shape[0]), int(g.shape[1]))
 
 
 def _select(nll: np.ndarray, feasible: np.ndarray) -> tuple[int, int] | None:
@@ -256,13 +308,28 @@ def _select(nll: np.ndarray, feasible: np.ndarray) -> tuple[int, int] | None:
     return int(t_index), int(r_index)
 
 
+def _select_within_one_standard_error(nll: np.ndarray, feasible: np.ndarray,
+                                      standard_error: np.ndarray,
+                                      best: tuple[int, int]) -> tuple[int, int]:
+    """The largest-rho feasible point whose NLL exceeds the minimum by at most one
+    standard error of the paired per-example difference (the one-standard-error
+    rule, leaning toward the teacher); its lowest-NLL temperature."""
+    excess = nll - nll[best]
+    candidates = feasible & (excess <= standard_error + 1e-12)
+    candidates[best] = True
+    r_index = int(np.max(np.nonzero(candidates.any(axis=0))[0]))
+    column = np.where(candidates[:, r_index], nll[:, r_index], np.inf)
+    return int(np.argmin(column)), r_index
+
+
 def calibrate(teacher_logits, surrogate_logits, labels, train_teacher_logits, train_labels,
               acc_floor: float = 0.9, rule: str = "published",
               temperatures: Sequence[float] = DEFAULT_TEMPERATURES,
               rhos: Sequence[float] = DEFAULT_RHOS,
               teacher_accuracy: float | None = None,
               fixed: tuple[float, float] = (2.0, 0.5),
-              separate_surrogate_temperature: bool = False) -> CalibrationResult:
+              separate_surrogate_temperature: bool = False,
+              selection: str = "one_standard_error") -> CalibrationResult:
     """Fits ``T`` and ``rho`` of the calibrated targets.
 
     Args:
@@ -286,6 +353,9 @@ def calibrate(teacher_logits, surrogate_logits, labels, train_teacher_logits, tr
         separate_surrogate_temperature: scale the surrogate with its own fitted
             temperature rather than the shared ``T`` (a candidate fix for the case in
             DESIGN.md where one shared T favours the overconfident surrogate).
+        selection: ``"one_standard_error"`` (default: the largest rho whose NLL is
+            within one paired standard error of the minimum) or ``"minimum"`` (the
+            literal published rule: the lowest NLL, ties to the smaller rho).
 
     Returns:
         A :class:`CalibrationResult`. If no grid point meets the floor, ``rho`` is 0
@@ -299,6 +369,8 @@ def calibrate(teacher_logits, surrogate_logits, labels, train_teacher_logits, tr
     """
     if rule not in RULES:
         raise ValueError(f"`rule` must be one of {RULES}, got {rule!r}.")
+    if selection not in SELECTIONS:
+        raise ValueError(f"`selection` must be one of {SELECTIONS}, got {selection!r}.")
     if not 0.0 <= acc_floor <= 1.0:
         raise ValueError(f"`acc_floor` must be in [0, 1], got {acc_floor!r}.")
     if rule == "fixed":
@@ -316,8 +388,9 @@ def calibrate(teacher_logits, surrogate_logits, labels, train_teacher_logits, tr
         raise ValueError("`rhos` must be a non-empty 1-D grid of values in [0, 1].")
     surrogate_temperature = (fit_temperature(surrogate_logits, labels)
                              if separate_surrogate_temperature else None)
-    nll = nll_grid(teacher_logits, surrogate_logits, labels, temps, rho_values,
-                   surrogate_temperature)
+    mixture = _MixtureNLL(teacher_logits, surrogate_logits, labels, rho_values,
+                          surrogate_temperature)
+    nll = mixture.grid(temps)
     agreement = agreement_grid(train_teacher_logits, train_labels, temps, rho_values)
     # A small tolerance so that an agreement of exactly the floor counts.
     feasible = agreement >= acc_floor - 1e-9
@@ -330,11 +403,22 @@ def calibrate(teacher_logits, surrogate_logits, labels, train_teacher_logits, tr
             message=(f"no (T, rho) on the grid keeps {acc_floor:.0%} of the training targets "
                      "on their label: rho = 0 (hard labels)"),
             train_agreement=1.0, **common)
+    message = "lowest validation NLL among grid points above the accuracy floor"
+    if selection == "one_standard_error":
+        variance = np.maximum(mixture.squared_difference_grid(temps, *choice)
+                              - (nll - nll[choice]) ** 2, 0.0)
+        standard_error = np.sqrt(variance / mixture.count)
+        minimum = choice
+        choice = _select_within_one_standard_error(nll, feasible, standard_error, minimum)
+        if choice != minimum:
+            message = (f"largest rho within one standard error "
+                       f"({standard_error[choice]:.4f}) of the lowest feasible NLL "
+                       f"{nll[minimum]:.4f} (T={temps[minimum[0]]:.3g}, "
+                       f"rho={rho_values[minimum[1]]:.2f})")
     t_index, r_index = choice
     return CalibrationResult(
         temperature=float(temps[t_index]), rho=float(rho_values[r_index]),
-        nll=float(nll[t_index, r_index]), feasible=True,
-        message="lowest validation NLL among grid points above the accuracy floor",
+        nll=float(nll[t_index, r_index]), feasible=True, message=message,
         train_agreement=float(agreement[t_index, r_index]), **common)
 
 
@@ -422,5 +506,5 @@ def check_calibration_size(count: int, name: str, acc_floor: float = 0.9) -> Non
             "(the NLL over the grid is too noisy below that). Hold out more data.")
 
 
-__all__ = ["CalibrationResult", "agreement_grid", "calibrate", "fit_temperature",
+__all__ = ["SELECTIONS", "CalibrationResult", "agreement_grid", "calibrate", "fit_temperature",
            "minimum_examples", "nll_grid", "check_calibration_size"]

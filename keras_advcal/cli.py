@@ -59,6 +59,9 @@ _TRAIN_HELP: dict[str, str] = {
             "accuracy floor), confidence (temperature scaling + rho from the teacher's "
             "held-out accuracy) or fixed (--fixed-temperature, --fixed-rho).",
     "acc_floor": "Published rule: minimum fraction of training targets that keep their label.",
+    "selection": "Published rule: how the grid point is picked: one_standard_error (the "
+                 "largest rho whose NLL is within one standard error of the minimum) or "
+                 "minimum (the lowest NLL, as published).",
     "fixed_temperature": "T of --rule fixed.",
     "fixed_rho": "rho of --rule fixed.",
     "swa_start_epoch": "First epoch (from 0) averaged into an swa teacher.",
@@ -148,11 +151,12 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     import dataclasses
 
     from keras_advcal import experiment, models, targets
-    from keras_advcal.calibration import RULES
+    from keras_advcal.calibration import RULES, SELECTIONS
     from keras_advcal.teacher import TEACHER_KINDS
 
     choices = {"labels": experiment.RUN_LABELS, "teacher": TEACHER_KINDS,
-               "loss_form": targets.LOSS_FORMS, "rule": RULES, "model": models.available()}
+               "loss_form": targets.LOSS_FORMS, "rule": RULES, "selection": SELECTIONS,
+               "model": models.available()}
     parser.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS,
                         help="JSON file of options (e.g. a run's config.json); flags given "
                              "on the command line override it.")

@@ -50,7 +50,7 @@ from keras_advcal import data as data_lib
 from keras_advcal import models as models_lib
 from keras_advcal import targets as targets_lib
 from keras_advcal.attacks import PGD
-from keras_advcal.calibration import RULES
+from keras_advcal.calibration import RULES, SELECTIONS
 from keras_advcal.evaluation import RobustAccuracyTracker, evaluate_robustness, summarize_history
 from keras_advcal.teacher import TEACHER_KINDS, CalibratedTeacher, calibrate_teacher
 from keras_advcal.trainer import AdvCalTrainer
@@ -88,6 +88,8 @@ class RunConfig:
         loss_form: ``"kd"`` or ``"soft"``.
         rule: calibration rule: published, confidence or fixed.
         acc_floor: accuracy floor of the published rule.
+        selection: how the published rule picks its grid point: one_standard_error
+            (default) or minimum (the literal rule).
         fixed_temperature, fixed_rho: ``T`` and ``rho`` of ``rule="fixed"``.
         swa_start_epoch: first epoch (from 0) averaged into an swa teacher.
         ema_decay: decay of the ema teacher (and of the ADR teacher).
@@ -130,6 +132,7 @@ class RunConfig:
     loss_form: str = "kd"
     rule: str = "published"
     acc_floor: float = 0.9
+    selection: str = "one_standard_error"
     fixed_temperature: float = 2.0
     fixed_rho: float = 0.5
     swa_start_epoch: int = 0
@@ -187,6 +190,8 @@ class RunConfig:
         check(self.loss_form in targets_lib.LOSS_FORMS, f"loss_form must be one of "
               f"{targets_lib.LOSS_FORMS}, got {self.loss_form!r}.")
         check(self.rule in RULES, f"rule must be one of {RULES}, got {self.rule!r}.")
+        check(self.selection in SELECTIONS, f"selection must be one of {SELECTIONS}, got "
+              f"{self.selection!r}.")
         check(self.acc_floor <= 1.0, f"acc_floor must be in [0, 1], got {self.acc_floor}.")
         check(self.fixed_rho <= 1.0, f"fixed_rho must be in [0, 1], got {self.fixed_rho}.")
         check(self.fixed_temperature > 0, "fixed_temperature must be > 0, got "
@@ -607,7 +612,7 @@ def build_trainer(config: RunConfig, splits: data_lib.DatasetSplits):
                 result = calibrate_teacher(teacher_net, surrogate, splits.validation,
                                            splits.train, eval_attack,
                                            acc_floor=config.acc_floor, rule=config.rule,
-                                           seed=config.seed)
+                                           selection=config.selection, seed=config.seed)
                 notes["two_stage_calibration"] = result.to_dict()
                 rule, fixed = "fixed", (result.temperature, result.rho)
             if rule == "fixed":
@@ -617,7 +622,8 @@ def build_trainer(config: RunConfig, splits: data_lib.DatasetSplits):
                                 temperature=temperature, rho=rho, **common)
         callbacks.append(CalibratedTeacher(
             splits.validation, splits.train, kind=config.teacher, rule=rule,
-            acc_floor=config.acc_floor, swa_start_epoch=config.swa_start_epoch,
+            acc_floor=config.acc_floor, selection=config.selection,
+            swa_start_epoch=config.swa_start_epoch,
             ema_decay=config.ema_decay, fixed_temperature=fixed[0], fixed_rho=fixed[1],
             seed=config.seed, verbose=0))
     trainer.compile(optimizer=keras.optimizers.Adam(config.learning_rate))

@@ -249,6 +249,9 @@ class CalibratedTeacher(keras.callbacks.Callback):
         rule: ``"published"``, ``"confidence"`` or ``"fixed"`` (with
             ``fixed_temperature`` and ``fixed_rho``: the fixed-KD baseline).
         acc_floor: the published rule's accuracy floor.
+        selection: how the published rule picks its grid point
+            (``"one_standard_error"`` or ``"minimum"``; see
+            :func:`keras_advcal.calibration.calibrate`).
         attack: attack for the calibration (default: the trainer's validation attack).
         monitor: the log key the ``best`` teacher follows (``val_adv_accuracy``; when
             missing from the logs, the callback measures the student's robust accuracy
@@ -278,6 +281,7 @@ class CalibratedTeacher(keras.callbacks.Callback):
 
     def __init__(self, validation_data: Any, train_sample: Any, kind: str = "best",
                  rule: str = "published", acc_floor: float = 0.9,
+                 selection: str = "one_standard_error",
                  attack: attacks_lib.Attack | None = None, monitor: str = "val_adv_accuracy",
                  swa_start_epoch: int = 0, ema_decay: float = 0.995,
                  fixed_temperature: float = 2.0, fixed_rho: float = 0.5,
@@ -289,6 +293,9 @@ class CalibratedTeacher(keras.callbacks.Callback):
             raise ValueError(f"`kind` must be one of {TEACHER_KINDS}, got {kind!r}.")
         if rule not in calibration.RULES:
             raise ValueError(f"`rule` must be one of {calibration.RULES}, got {rule!r}.")
+        if selection not in calibration.SELECTIONS:
+            raise ValueError(f"`selection` must be one of {calibration.SELECTIONS}, got "
+                             f"{selection!r}.")
         if not 0.0 < ema_decay < 1.0:
             raise ValueError(f"`ema_decay` must be in (0, 1), got {ema_decay!r}.")
         if swa_start_epoch < 0:
@@ -301,6 +308,7 @@ class CalibratedTeacher(keras.callbacks.Callback):
         self.kind = kind
         self.rule = rule
         self.acc_floor = float(acc_floor)
+        self.selection = selection
         self.attack = attack
         self.monitor = monitor
         self.swa_start_epoch = int(swa_start_epoch)
@@ -429,7 +437,8 @@ class CalibratedTeacher(keras.callbacks.Callback):
         result = calibration.calibrate(
             teacher_val, student_val, self.y_val, self._train_cache, self.y_train,
             acc_floor=self.acc_floor, rule=self.rule, teacher_accuracy=teacher_accuracy,
-            fixed=self.fixed, separate_surrogate_temperature=self.separate_surrogate_temperature)
+            fixed=self.fixed, separate_surrogate_temperature=self.separate_surrogate_temperature,
+            selection=self.selection)
         return result, teacher_accuracy
 
 
@@ -437,7 +446,8 @@ class CalibratedTeacher(keras.callbacks.Callback):
 def calibrate_teacher(teacher: keras.Model, surrogate: keras.Model, validation_data: Any,
                       train_sample: Any, attack: attacks_lib.Attack, acc_floor: float = 0.9,
                       rule: str = "published", batch_size: int = 256,
-                      seed: int = 0) -> calibration.CalibrationResult:
+                      seed: int = 0, selection: str = "one_standard_error"
+                      ) -> calibration.CalibrationResult:
     """The paper's recipe, in one call: fit ``T`` and ``rho`` for a trained teacher.
 
     Train PGD-AT, keep the best (early-stopped) model as ``teacher`` and the last one
@@ -455,6 +465,7 @@ def calibrate_teacher(teacher: keras.Model, surrogate: keras.Model, validation_d
         rule: calibration rule (see :func:`keras_advcal.calibration.calibrate`).
         batch_size: batch size of the attack passes.
         seed: seed of the attack's random starts.
+        selection: how the published rule picks its grid point.
 
     Returns:
         The :class:`~keras_advcal.calibration.CalibrationResult`.
@@ -478,5 +489,5 @@ def calibrate_teacher(teacher: keras.Model, surrogate: keras.Model, validation_d
                                         batch_size, seed + 7)
     teacher_accuracy = float(np.mean(teacher_val.argmax(axis=1) == y_val))
     return calibration.calibrate(teacher_val, surrogate_val, y_val, teacher_train, y_train,
-                                 acc_floor=acc_floor, rule=rule,
+                                 acc_floor=acc_floor, rule=rule, selection=selection,
                                  teacher_accuracy=teacher_accuracy)

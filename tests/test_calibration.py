@@ -68,12 +68,69 @@ def test_no_feasible_point_gives_rho_zero():
     assert "rho = 0" in result.message
 
 
-def test_ties_go_to_smaller_rho():
+def test_minimum_selection_sends_ties_to_smaller_rho():
     rng = np.random.default_rng(3)
     z = rng.normal(size=(300, 5))
     y = rng.integers(0, 5, 300)
-    result = calibrate(z, z, y, z, z.argmax(axis=1))  # teacher == surrogate
+    result = calibrate(z, z, y, z, z.argmax(axis=1), selection="minimum")  # teacher == surrogate
     assert result.rho == pytest.approx(calibration.DEFAULT_RHOS[0])
+
+
+def test_one_standard_error_rule_takes_the_teacher_when_the_nll_cannot_tell():
+    rng = np.random.default_rng(3)
+    z = rng.normal(size=(300, 5))
+    y = rng.integers(0, 5, 300)
+    result = calibrate(z, z, y, z, z.argmax(axis=1))  # teacher == surrogate: a flat NLL
+    assert result.rho == pytest.approx(calibration.DEFAULT_RHOS[-1])
+
+
+def _mixture_nll_numpy(g, s, y, temperature, rho):
+    def p_true(logits):
+        scaled = logits / temperature
+        scaled = scaled - scaled.max(axis=1, keepdims=True)
+        probs = np.exp(scaled) / np.exp(scaled).sum(axis=1, keepdims=True)
+        return probs[np.arange(len(y)), y]
+    return -np.log(np.maximum(rho * p_true(g) + (1 - rho) * p_true(s), 1e-12))
+
+
+def test_one_standard_error_rule_matches_a_direct_computation():
+    """Brute force on a small grid: the chosen point is within one paired standard
+    error of the minimum, and every feasible point with a larger rho is not."""
+    rng = np.random.default_rng(11)
+    s = (rng.normal(size=(400, 6)) * 3.0).astype("float32").astype("float64")
+    y = _sample_labels(s, 1.5, rng)
+    # The surrogate holds the true logits, the teacher z a slightly noisy copy: the NLL
+    # prefers the surrogate, by less than its noise (float32 values, as the library casts).
+    z = (s + rng.normal(size=s.shape) * 0.2).astype("float32").astype("float64")
+    temps, rhos = np.geomspace(0.5, 4.0, 7), np.linspace(0.05, 1.0, 20)
+    floor = calibrate(z, s, y, z, y, temperatures=temps, rhos=rhos, acc_floor=0.0)
+    minimum = calibrate(z, s, y, z, y, temperatures=temps, rhos=rhos, acc_floor=0.0,
+                        selection="minimum")
+    feasible = floor.agreement_grid >= 0.0
+    best = _mixture_nll_numpy(z, s, y, minimum.temperature, minimum.rho)
+    assert best.mean() == pytest.approx(minimum.nll, rel=1e-9)
+
+    def within_one_se(t, r):
+        diff = _mixture_nll_numpy(z, s, y, t, r) - best
+        return diff.mean() <= diff.std() / np.sqrt(len(y)) + 1e-12
+
+    assert floor.rho > minimum.rho  # the two selections differ here
+    assert within_one_se(floor.temperature, floor.rho)
+    for i, t in enumerate(temps):
+        for j, r in enumerate(rhos):
+            if r > floor.rho + 1e-12 and feasible[i, j]:
+                assert not within_one_se(t, r)
+    chosen_column = [k for k, t in enumerate(temps)
+                     if feasible[k, np.argmin(np.abs(rhos - floor.rho))]
+                     and within_one_se(t, floor.rho)]
+    column_nll = floor.nll_grid[chosen_column, np.argmin(np.abs(rhos - floor.rho))]
+    assert floor.nll == pytest.approx(column_nll.min())
+
+
+def test_unknown_selection_is_refused():
+    z = np.zeros((200, 3))
+    with pytest.raises(ValueError, match="selection"):
+        calibrate(z, z, np.zeros(200, int), z, np.zeros(200, int), selection="median")
 
 
 def test_grid_shapes_and_json():
