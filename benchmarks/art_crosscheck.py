@@ -47,6 +47,7 @@ import tensorflow as tf  # noqa: E402
 
 from keras_advcal.attacks import PGD  # noqa: E402
 from keras_advcal.evaluation import APGD, evaluate_robustness  # noqa: E402
+from keras_advcal.trainer import AdvCalTrainer  # noqa: E402
 
 DEFAULT_DATA_DIR = "/usr/share/datasets/fashion-mnist"
 RESULTS = ROOT / "benchmarks" / "results" / "art_crosscheck.json"
@@ -99,29 +100,16 @@ def build_model(seed: int) -> keras.Model:
 
 
 def pgd_train(model: keras.Model, x: np.ndarray, y: np.ndarray, epsilon: float,
-              epochs: int, seed: int, batch_size: int = 128, steps: int = 5) -> float:
-    """Madry-style PGD adversarial training; returns the seconds it took."""
-    optimizer = keras.optimizers.Adam(1e-3)
-    optimizer.build(model.trainable_variables)
-    attack = PGD(epsilon, steps=steps, seed=seed)
-    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-
-    @tf.function
-    def train_step(xb, yb):
-        x_adv = attack(model, xb, yb)
-        with tf.GradientTape() as tape:
-            loss = loss_fn(yb, model(x_adv, training=True))
-        optimizer.apply(tape.gradient(loss, model.trainable_variables),
-                        model.trainable_variables)
-        return loss
-
-    dataset = (tf.data.Dataset.from_tensor_slices((x, y))
-               .shuffle(len(x), seed=seed).batch(batch_size))
+              epochs: int, seed: int, batch_size: int = 128, steps: int = 5
+              ) -> tuple[keras.Model, float]:
+    """Madry-style PGD adversarial training: ``AdvCalTrainer(labels="hard")`` fitted
+    with ``fit``. Returns the trained classifier and the seconds training took."""
+    trainer = AdvCalTrainer(model, PGD(epsilon, steps=steps, seed=seed), labels="hard",
+                            track_clean_accuracy=False, seed=seed)
+    trainer.compile(optimizer=keras.optimizers.Adam(1e-3))
     start = time.perf_counter()
-    for epoch in range(epochs):
-        losses = [float(train_step(xb, yb)) for xb, yb in dataset]
-        print(f"PGD-AT epoch {epoch + 1}/{epochs}: loss {np.mean(losses):.4f}", flush=True)
-    return time.perf_counter() - start
+    trainer.fit(x, y, epochs=epochs, batch_size=batch_size, shuffle=True, verbose=2)
+    return trainer.model, time.perf_counter() - start
 
 
 def predict_labels(model: keras.Model, x: np.ndarray, batch_size: int = 500) -> np.ndarray:
@@ -237,8 +225,8 @@ def get_model(args: argparse.Namespace, x_train: np.ndarray, y_train: np.ndarray
     rng = np.random.default_rng(args.seed)
     subset = rng.choice(len(x_train), size=min(args.train_size, len(x_train)), replace=False)
     model = build_model(args.seed)
-    seconds = pgd_train(model, x_train[subset], y_train[subset], args.epsilon, args.epochs,
-                        args.seed)
+    model, seconds = pgd_train(model, x_train[subset], y_train[subset], args.epsilon,
+                               args.epochs, args.seed)
     if args.model:
         model.save(args.model)
     return model, seconds

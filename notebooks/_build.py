@@ -35,6 +35,18 @@ INSTALL_CELL = f'''import sys
 if "google.colab" in sys.modules:  # Colab: install keras-advcal (locally: pip install -e .)
     !pip install -q "keras-advcal @ {INSTALL}"'''
 
+SIZE_SETTING = '''SIZE = os.environ.get("ADVCAL_NOTEBOOK_SIZE", "full")
+assert SIZE in ("small", "full"), SIZE
+SMALL = SIZE == "small"'''
+
+
+def setup_cells(settings: str, comment: str = "") -> list[tuple[str, str]]:
+    """The Colab install cell, then the ``parameters`` cell: ``SIZE`` / ``SMALL`` from
+    ``ADVCAL_NOTEBOOK_SIZE`` (after an optional ``comment`` line), then ``settings``."""
+    lines = ["import os", ""] + ([comment] if comment else []) + [SIZE_SETTING, "", settings]
+    return [("code-skip", INSTALL_CELL), ("code-params", "\n".join(lines))]
+
+
 # ----------------------------------------------------------------------------- 01
 QUICKSTART = [
     ("md", """# Quickstart: adversarial training that does not overfit
@@ -50,18 +62,12 @@ This notebook trains a small CNN on scikit-learn's 8x8 digits with **keras-advca
 
 It runs on a CPU in a few minutes (set `ADVCAL_NOTEBOOK_SIZE=small` for a smoke run in
 seconds)."""),
-    ("code-skip", INSTALL_CELL),
-    ("code-params", '''import os
-
-# "small": a smoke run of a few seconds (what CI executes); "full": the real thing.
-SIZE = os.environ.get("ADVCAL_NOTEBOOK_SIZE", "full")
-assert SIZE in ("small", "full"), SIZE
-SMALL = SIZE == "small"
-
-EPOCHS = 2 if SMALL else 30
+    *setup_cells('''EPOCHS = 2 if SMALL else 30
 TRAIN_SUBSET = 400 if SMALL else None      # None: all 1,078 training digits
 PGD_STEPS = 3 if SMALL else 10
-EPSILON = 0.1                              # L-inf radius, pixels in [0, 1]'''),
+EPSILON = 0.1                              # L-inf radius, pixels in [0, 1]''',
+                 comment='# "small": a smoke run of a few seconds (what CI executes); '
+                         '"full": the real thing.'),
     ("md", """## Data
 
 `keras_advcal.data.load` returns seeded train / validation / test arrays (pixels in
@@ -157,14 +163,7 @@ and records robust test accuracy after every epoch, and the fitted `T` and `rho`
 Fashion-MNIST is read from TensorFlow Datasets, the Keras cache or the Debian package
 `dataset-fashion-mnist`; without any of them the notebook falls back to scikit-learn's
 digits. The full run takes about an hour on a laptop CPU (minutes on a GPU)."""),
-    ("code-skip", INSTALL_CELL),
-    ("code-params", '''import os
-
-SIZE = os.environ.get("ADVCAL_NOTEBOOK_SIZE", "full")
-assert SIZE in ("small", "full"), SIZE
-SMALL = SIZE == "small"
-
-EPOCHS = 2 if SMALL else 60
+    *setup_cells('''EPOCHS = 2 if SMALL else 60
 TRAIN_SUBSET = 200 if SMALL else 500
 VALIDATION_SIZE = 150 if SMALL else 500
 TEST_SIZE = 200 if SMALL else 1000
@@ -258,14 +257,7 @@ objective is robust validation accuracy (`val_adv_accuracy`).
 The calibrated trainer introduces no knob of its own (`T` and `rho` are fitted every
 epoch). A fair comparison gives the baseline its knob too: `search_baseline=True`
 searches the label smoothing of PGD-AT."""),
-    ("code-skip", INSTALL_CELL),
-    ("code-params", '''import os
-
-SIZE = os.environ.get("ADVCAL_NOTEBOOK_SIZE", "full")
-assert SIZE in ("small", "full"), SIZE
-SMALL = SIZE == "small"
-
-TRAIN_SUBSET = 400 if SMALL else None      # None: all 1,078 training digits
+    *setup_cells('''TRAIN_SUBSET = 400 if SMALL else None      # None: all 1,078 training digits
 MAX_TRIALS = 2 if SMALL else 10
 BASELINE_TRIALS = 1 if SMALL else 10
 EPOCHS = 1 if SMALL else 15

@@ -14,16 +14,6 @@ from tests.conftest import accuracy as _accuracy
 from tests.conftest import conv_dense_model
 
 
-@pytest.fixture(scope="module")
-def digits(digits_200):
-    return digits_200
-
-
-@pytest.fixture(scope="module")
-def undefended(undefended_digits_model):
-    return undefended_digits_model
-
-
 def _assert_inside(x_adv, x, epsilon, norm, bounds):
     x_adv, x = np.asarray(x_adv), np.asarray(x)
     delta = (x_adv - x).reshape(len(x), -1)
@@ -98,41 +88,47 @@ def test_outputs_stay_in_ball_and_bounds(name, norm, epsilon, bounds):
 
 
 # -- strength ----------------------------------------------------------------------
-def test_epsilon_zero_gives_clean_accuracy_and_accuracy_falls_with_epsilon(digits, undefended):
-    _, (x, y) = digits
+def test_epsilon_zero_gives_clean_accuracy_and_accuracy_falls_with_epsilon(
+        digits_200, undefended_digits_model):
+    _, (x, y) = digits_200
     x, y = x[:100], y[:100]
-    clean = _accuracy(undefended, x, y)
+    clean = _accuracy(undefended_digits_model, x, y)
     for name, make in ATTACKS.items():
-        accuracies = [_accuracy(undefended, make(eps, "linf", (0.0, 1.0))(undefended, x, y), y)
+        accuracies = [_accuracy(undefended_digits_model,
+                                make(eps, "linf", (0.0, 1.0))(undefended_digits_model, x, y), y)
                       for eps in (0.0, 0.05, 0.15)]
         assert accuracies[0] == clean, name
         assert all(b <= a for a, b in zip(accuracies, accuracies[1:])), (name, accuracies)
         assert accuracies[-1] < clean, name
 
 
-def test_apgd_ce_at_least_as_strong_as_pgd10_on_undefended_model(digits, undefended):
-    _, (x, y) = digits
-    assert _accuracy(undefended, x, y) > 0.85
+def test_apgd_ce_at_least_as_strong_as_pgd10_on_undefended_model(
+        digits_200, undefended_digits_model):
+    _, (x, y) = digits_200
+    assert _accuracy(undefended_digits_model, x, y) > 0.85
     for epsilon, ceiling in ((0.1, 1.0), (0.3, 0.05)):
-        pgd = _accuracy(undefended, PGD(epsilon, steps=10, seed=0)(undefended, x, y), y)
-        apgd = _accuracy(undefended, APGD(epsilon, steps=10, seed=0)(undefended, x, y), y)
+        pgd = _accuracy(undefended_digits_model,
+                        PGD(epsilon, steps=10, seed=0)(undefended_digits_model, x, y), y)
+        apgd = _accuracy(undefended_digits_model,
+                         APGD(epsilon, steps=10, seed=0)(undefended_digits_model, x, y), y)
         assert apgd <= pgd + 1.0 / len(y), (epsilon, apgd, pgd)
         assert apgd <= ceiling and pgd <= ceiling, (epsilon, apgd, pgd)
 
 
-def test_targeted_apgd_reaches_a_chosen_target(digits, undefended):
-    _, (x, y) = digits
+def test_targeted_apgd_reaches_a_chosen_target(digits_200, undefended_digits_model):
+    _, (x, y) = digits_200
     x, y = x[:50], y[:50]
     attack = APGD(0.3, steps=10, loss="dlr", targeted=True, n_target_classes=9, seed=0)
-    assert _accuracy(undefended, attack(undefended, x, y), y) <= 0.05
+    assert _accuracy(undefended_digits_model, attack(undefended_digits_model, x, y), y) <= 0.05
 
 
-def test_restarts_keep_the_worst_case(digits, undefended):
-    _, (x, y) = digits
-    one = PGDRestarts(0.05, steps=5, restarts=1, seed=0)(undefended, x, y)
-    many = PGDRestarts(0.05, steps=5, restarts=4, seed=0)(undefended, x, y)
+def test_restarts_keep_the_worst_case(digits_200, undefended_digits_model):
+    _, (x, y) = digits_200
+    one = PGDRestarts(0.05, steps=5, restarts=1, seed=0)(undefended_digits_model, x, y)
+    many = PGDRestarts(0.05, steps=5, restarts=4, seed=0)(undefended_digits_model, x, y)
     # The first restart of both draws the same start, so more restarts never help the model.
-    assert _accuracy(undefended, many, y) <= _accuracy(undefended, one, y)
+    assert (_accuracy(undefended_digits_model, many, y)
+            <= _accuracy(undefended_digits_model, one, y))
 
 
 @keras.saving.register_keras_serializable(package="keras_advcal_tests")

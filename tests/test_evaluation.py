@@ -23,19 +23,9 @@ EPSILON = 0.1
 
 # -- fixtures ----------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def digits(digits_200):
-    return digits_200
-
-
-@pytest.fixture(scope="module")
-def undefended(undefended_digits_model):
-    return undefended_digits_model
-
-
-@pytest.fixture(scope="module")
-def pgd_trained(digits):
+def pgd_trained(digits_200):
     """Madry-style PGD adversarial training, hand-written (10 epochs, PGD-5)."""
-    (x, y), _ = digits
+    (x, y), _ = digits_200
     model = conv_dense_model(seed=1)
     optimizer = keras.optimizers.Adam(3e-3)
     optimizer.build(model.trainable_variables)
@@ -58,8 +48,8 @@ def pgd_trained(digits):
 
 
 @pytest.fixture(scope="module")
-def pgd_result(digits, pgd_trained):
-    _, (x, y) = digits
+def pgd_result(digits_200, pgd_trained):
+    _, (x, y) = digits_200
     return evaluate_robustness(pgd_trained, (x, y), EPSILON, steps=10, n_queries=200,
                                batch_size=100, seed=0, verbose=False)
 
@@ -120,27 +110,27 @@ def test_result_json_round_trip_and_table(pgd_result):
     assert f"{100 * pgd_result.robust_accuracy:.2f}%" in table
 
 
-def test_epsilon_zero_every_attack_gives_clean_accuracy(digits, undefended):
-    _, (x, y) = digits
+def test_epsilon_zero_every_attack_gives_clean_accuracy(digits_200, undefended_digits_model):
+    _, (x, y) = digits_200
     names = ("pgd", "cw", "apgd-ce", "apgd-dlr", "apgd-t", "square", "fgsm")
-    r = evaluate_robustness(undefended, (x[:100], y[:100]), 0.0, attacks=names, steps=3,
-                            n_queries=10, verbose=False)
+    r = evaluate_robustness(undefended_digits_model, (x[:100], y[:100]), 0.0, attacks=names,
+                            steps=3, n_queries=10, verbose=False)
     assert r.attacks == list(names)
     for name in names:
         assert r.accuracy_alone[name] == r.clean_accuracy
     assert r.robust_accuracy == r.clean_accuracy
 
 
-def test_undefended_model_is_broken_at_large_radius(digits, undefended):
-    _, (x, y) = digits
-    r = evaluate_robustness(undefended, (x, y), 0.3, attacks=("pgd", "apgd-ce"), steps=10,
-                            verbose=False)
+def test_undefended_model_is_broken_at_large_radius(digits_200, undefended_digits_model):
+    _, (x, y) = digits_200
+    r = evaluate_robustness(undefended_digits_model, (x, y), 0.3, attacks=("pgd", "apgd-ce"),
+                            steps=10, verbose=False)
     assert r.clean_accuracy > 0.85
     assert r.accuracy_alone["apgd-ce"] <= r.accuracy_alone["pgd"] <= 0.05
 
 
-def test_masked_gradients_trigger_the_warnings(digits):
-    (x_train, y_train), (x, y) = digits
+def test_masked_gradients_trigger_the_warnings(digits_200):
+    (x_train, y_train), (x, y) = digits_200
     model = fit_clean(conv_dense_model(seed=2, first=QuantizeInputs(2)), x_train, y_train, epochs=5)
     with pytest.warns(RuntimeWarning) as record:
         r = evaluate_robustness(model, (x[:100], y[:100]), 0.3,
@@ -152,9 +142,10 @@ def test_masked_gradients_trigger_the_warnings(digits):
     assert r.accuracy_alone["square"] < r.accuracy_alone["apgd-ce"]
 
 
-def test_softmax_output_is_flagged_and_from_logits_false_accepted(digits, undefended):
-    _, (x, y) = digits
-    probabilities = keras.Sequential([undefended, keras.layers.Softmax()])
+def test_softmax_output_is_flagged_and_from_logits_false_accepted(
+        digits_200, undefended_digits_model):
+    _, (x, y) = digits_200
+    probabilities = keras.Sequential([undefended_digits_model, keras.layers.Softmax()])
     data = (x[:50], y[:50])
     with pytest.warns(RuntimeWarning, match="probabilities"):
         flagged = evaluate_robustness(probabilities, data, EPSILON, attacks=("fgsm",),
@@ -162,32 +153,35 @@ def test_softmax_output_is_flagged_and_from_logits_false_accepted(digits, undefe
     assert any("probabilities" in w for w in flagged.warnings)
     fixed = evaluate_robustness(probabilities, data, EPSILON, attacks=("fgsm",),
                                 from_logits=False, verbose=False)
-    logits = evaluate_robustness(undefended, data, EPSILON, attacks=("fgsm",), verbose=False)
+    logits = evaluate_robustness(undefended_digits_model, data, EPSILON, attacks=("fgsm",),
+                                 verbose=False)
     assert not any("probabilities" in w for w in fixed.warnings)
     # log-softmax differs from the logits by a per-example constant: same attack.
     assert fixed.accuracy_alone["fgsm"] == logits.accuracy_alone["fgsm"]
 
 
-def test_tf_data_with_one_hot_labels_equals_arrays(digits, undefended):
-    _, (x, y) = digits
+def test_tf_data_with_one_hot_labels_equals_arrays(digits_200, undefended_digits_model):
+    _, (x, y) = digits_200
     x, y = x[:60], y[:60]
     dataset = tf.data.Dataset.from_tensor_slices((x, tf.one_hot(y, 10))).batch(16)
     attacks = ("fgsm", PGDRestarts(EPSILON, steps=3, random_start=False))
-    from_arrays = evaluate_robustness(undefended, (x, y), EPSILON, attacks=attacks,
+    from_arrays = evaluate_robustness(undefended_digits_model, (x, y), EPSILON, attacks=attacks,
                                       verbose=False)
-    from_dataset = evaluate_robustness(undefended, dataset, EPSILON, attacks=attacks,
+    from_dataset = evaluate_robustness(undefended_digits_model, dataset, EPSILON, attacks=attacks,
                                        verbose=False)
     assert from_arrays.attacks == ["fgsm", "pgdrestarts"]
     assert from_arrays.accuracy_cumulative == from_dataset.accuracy_cumulative
     assert from_arrays.n_examples == from_dataset.n_examples == 60
 
 
-def test_cascade_without_individual_runs_gives_the_same_worst_case(digits, undefended):
-    _, (x, y) = digits
+def test_cascade_without_individual_runs_gives_the_same_worst_case(
+        digits_200, undefended_digits_model):
+    _, (x, y) = digits_200
     attacks = {"fgsm": FGSM(EPSILON), "pgd-det": PGDRestarts(EPSILON, steps=4,
                                                              random_start=False)}
-    both = evaluate_robustness(undefended, (x, y), EPSILON, attacks=attacks, verbose=False)
-    cascade = evaluate_robustness(undefended, (x, y), EPSILON, attacks=attacks,
+    both = evaluate_robustness(undefended_digits_model, (x, y), EPSILON, attacks=attacks,
+                               verbose=False)
+    cascade = evaluate_robustness(undefended_digits_model, (x, y), EPSILON, attacks=attacks,
                                   individual=False, verbose=False)
     assert cascade.accuracy_alone == {"fgsm": None, "pgd-det": None}
     assert cascade.accuracy_cumulative == both.accuracy_cumulative
@@ -195,21 +189,21 @@ def test_cascade_without_individual_runs_gives_the_same_worst_case(digits, undef
     assert "pgd-det  " in cascade.table() and " - " in cascade.table()
 
 
-def test_l2_skips_square_with_a_warning(digits, undefended):
-    _, (x, y) = digits
+def test_l2_skips_square_with_a_warning(digits_200, undefended_digits_model):
+    _, (x, y) = digits_200
     with pytest.warns(RuntimeWarning, match="square skipped"):
-        r = evaluate_robustness(undefended, (x[:40], y[:40]), 0.5, norm="l2",
+        r = evaluate_robustness(undefended_digits_model, (x[:40], y[:40]), 0.5, norm="l2",
                                 attacks=("apgd-ce", "square"), steps=3, verbose=False)
     assert r.attacks == ["apgd-ce"] and r.norm == "l2"
 
 
-def test_rejects_attacks_outside_the_threat_model(digits, undefended):
-    _, (x, y) = digits
+def test_rejects_attacks_outside_the_threat_model(digits_200, undefended_digits_model):
+    _, (x, y) = digits_200
     with pytest.raises(ValueError, match="larger than the evaluated epsilon"):
-        evaluate_robustness(undefended, (x[:10], y[:10]), 0.1, attacks=[APGD(0.2)],
+        evaluate_robustness(undefended_digits_model, (x[:10], y[:10]), 0.1, attacks=[APGD(0.2)],
                             verbose=False)
     with pytest.raises(ValueError, match="Unknown attack"):
-        evaluate_robustness(undefended, (x[:10], y[:10]), 0.1, attacks=["autoattack"],
+        evaluate_robustness(undefended_digits_model, (x[:10], y[:10]), 0.1, attacks=["autoattack"],
                             verbose=False)
 
 
@@ -222,8 +216,8 @@ def test_build_attack_names():
 
 
 # -- RobustAccuracyTracker ---------------------------------------------------------
-def test_tracker_writes_the_key_at_the_right_epochs(digits):
-    (x_train, y_train), (x, y) = digits
+def test_tracker_writes_the_key_at_the_right_epochs(digits_200):
+    (x_train, y_train), (x, y) = digits_200
     model = conv_dense_model(seed=3)
     model.compile(keras.optimizers.Adam(3e-3),
                   keras.losses.SparseCategoricalCrossentropy(from_logits=True))
@@ -256,8 +250,8 @@ class WrapperModel(keras.Model):
         return self.inner(inputs, training=training)
 
 
-def test_tracker_on_a_wrapper_model_feeds_csv_logger(digits, tmp_path):
-    (x_train, y_train), (x, y) = digits
+def test_tracker_on_a_wrapper_model_feeds_csv_logger(digits_200, tmp_path):
+    (x_train, y_train), (x, y) = digits_200
     model = WrapperModel(conv_dense_model(seed=4))
     model.compile(keras.optimizers.Adam(3e-3),
                   keras.losses.SparseCategoricalCrossentropy(from_logits=True))

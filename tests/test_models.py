@@ -57,25 +57,25 @@ def test_models_are_pure_functional_without_lambda(small_model):
     assert not any(isinstance(l, keras.layers.Lambda) for l in small_model.layers)
 
 
-def test_clone_gives_identical_predictions(small_model):
-    clone = keras.models.clone_model(small_model)
-    clone.set_weights(small_model.get_weights())
-    x = _images(small_model, seed=1)
-    np.testing.assert_allclose(
-        keras.ops.convert_to_numpy(clone(x, training=False)),
-        keras.ops.convert_to_numpy(small_model(x, training=False)),
-        rtol=1e-5,
-        atol=1e-5,
-    )
+def _clone(model: keras.Model, tmp_path) -> keras.Model:
+    clone = keras.models.clone_model(model)
+    clone.set_weights(model.get_weights())
+    return clone
 
 
-def test_save_and_safe_load_round_trip(small_model, tmp_path):
+def _save_and_safe_load(model: keras.Model, tmp_path) -> keras.Model:
     path = tmp_path / "model.keras"
-    small_model.save(path)
-    loaded = keras.models.load_model(path, safe_mode=True)
-    x = _images(small_model, seed=2)
+    model.save(path)
+    return keras.models.load_model(path, safe_mode=True)
+
+
+@pytest.mark.parametrize("copy,seed", [(_clone, 1), (_save_and_safe_load, 2)],
+                         ids=["clone", "save_and_safe_load"])
+def test_copies_give_identical_predictions(small_model, tmp_path, copy, seed):
+    copied = copy(small_model, tmp_path)
+    x = _images(small_model, seed=seed)
     np.testing.assert_allclose(
-        keras.ops.convert_to_numpy(loaded(x, training=False)),
+        keras.ops.convert_to_numpy(copied(x, training=False)),
         keras.ops.convert_to_numpy(small_model(x, training=False)),
         rtol=1e-5,
         atol=1e-5,

@@ -12,16 +12,6 @@ from tests.conftest import accuracy as _accuracy
 from tests.conftest import conv_dense_model
 
 
-@pytest.fixture(scope="module")
-def digits(digits_200):
-    return digits_200
-
-
-@pytest.fixture(scope="module")
-def undefended(undefended_digits_model):
-    return undefended_digits_model
-
-
 def _compiled(attack, model):
     return tf.function(lambda a, b: attack(model, a, b))
 
@@ -75,41 +65,43 @@ def test_rejects_non_image_inputs():
         Square(0.1, n_queries=5)(model, np.zeros((2, 5), "float32"), [0, 1])
 
 
-def test_epsilon_zero_gives_clean_accuracy_and_accuracy_falls_with_epsilon(digits, undefended):
-    _, (x, y) = digits
-    clean = _accuracy(undefended, x, y)
+def test_epsilon_zero_gives_clean_accuracy_and_accuracy_falls_with_epsilon(
+        digits_200, undefended_digits_model):
+    _, (x, y) = digits_200
+    clean = _accuracy(undefended_digits_model, x, y)
     accuracies = []
     for epsilon in (0.0, 0.05, 0.15, 0.3):
         attack = Square(epsilon, n_queries=200, seed=0)
-        accuracies.append(_accuracy(undefended, _compiled(attack, undefended)(x, y), y))
+        accuracies.append(_accuracy(undefended_digits_model,
+                                    _compiled(attack, undefended_digits_model)(x, y), y))
     assert accuracies[0] == clean
     assert all(b <= a for a, b in zip(accuracies, accuracies[1:])), accuracies
     assert accuracies[-1] <= 0.1, accuracies
 
 
-def test_only_correctly_classified_examples_are_queried(digits, undefended):
-    _, (x, y) = digits
+def test_only_correctly_classified_examples_are_queried(digits_200, undefended_digits_model):
+    _, (x, y) = digits_200
     x, y = x[:40], y[:40].copy()
     y[:20] = (y[:20] + 1) % 10  # wrong labels: misclassified before any query
     calls = []
 
     def counting_model(inputs, training=False):
         calls.append(int(tf.shape(inputs)[0]))
-        return undefended(inputs, training=training)
+        return undefended_digits_model(inputs, training=training)
 
     Square(0.05, n_queries=25, seed=0)(counting_model, x, y)
-    initial_correct = int(np.sum(np.argmax(undefended(x), axis=1) == y))
+    initial_correct = int(np.sum(np.argmax(undefended_digits_model(x), axis=1) == y))
     assert calls[0] == 40  # the initial stripes are scored on the whole batch
     assert len(calls) <= 25
     assert all(size <= initial_correct for size in calls[1:]), (calls, initial_correct)
     assert all(b <= a for a, b in zip(calls[1:], calls[2:]))  # the active set only shrinks
 
 
-def test_same_seed_same_result(digits, undefended):
-    _, (x, y) = digits
+def test_same_seed_same_result(digits_200, undefended_digits_model):
+    _, (x, y) = digits_200
     x, y = x[:30], y[:30]
-    first = Square(0.1, n_queries=40, seed=5)(undefended, x, y).numpy()
-    second = Square(0.1, n_queries=40, seed=5)(undefended, x, y).numpy()
+    first = Square(0.1, n_queries=40, seed=5)(undefended_digits_model, x, y).numpy()
+    second = Square(0.1, n_queries=40, seed=5)(undefended_digits_model, x, y).numpy()
     np.testing.assert_array_equal(first, second)
 
 
