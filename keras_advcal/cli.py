@@ -182,11 +182,13 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
 
 # ------------------------------------------------------------------------- the parser
 def build_parser() -> argparse.ArgumentParser:
-    """The ``advcal`` argument parser (subcommands train, compare, evaluate, demo)."""
+    """The ``advcal`` argument parser (subcommands train, compare, evaluate, analyze,
+    demo)."""
     parser = argparse.ArgumentParser(
         prog="advcal",
         description="Adversarial training with calibrated soft labels (keras-advcal): "
-                    "train a run, compare runs, evaluate a saved model, or run the demo.",
+                    "train a run, compare runs, evaluate a saved model, measure label noise, or "
+                    "run the demo.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Run 'advcal COMMAND --help' for the options of a command.")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -243,6 +245,43 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--data-seed", type=int, default=0,
                           help="seed of the data splits (default: 0)")
     evaluate.add_argument("--json", metavar="FILE", help="write the result as JSON")
+
+    analyze = commands.add_parser(
+        "analyze", help="label noise of PGD examples (how far one-hot labels are from "
+                        "a calibrated estimate of the true label distribution)",
+        description="Makes PGD examples of a split of --dataset against --model (default: "
+                    "the reference) and compares their one-hot labels with the "
+                    "temperature-scaled prediction of the REFERENCE model, its temperature "
+                    "fitted on PGD examples of the held-out validation split: mean total "
+                    "variation, mean KL, and the fraction whose estimated true label "
+                    "differs; the same on clean inputs. Writes label_noise.json and "
+                    "label_noise.png into --out.")
+    analyze.add_argument("reference", metavar="REFERENCE.keras",
+                         help="a robust model (a saved trainer or a logits classifier), "
+                              "e.g. the early-stopped best.keras of a PGD-AT run")
+    analyze.add_argument("--model", metavar="MODEL.keras",
+                         help="the model the examples are made against (default: the "
+                              "reference)")
+    analyze.add_argument("--dataset", required=True, help="dataset (as for 'advcal train')")
+    analyze.add_argument("--epsilon", required=True, type=_number(float, 0),
+                         help="L-inf radius on [0, 1] pixels")
+    analyze.add_argument("--steps", type=_number(int, 1), default=10,
+                         help="PGD steps (default: 10)")
+    analyze.add_argument("--step-size", type=_number(float, 0, optional=("default",)),
+                         default=None, help="PGD step size (default: 2.5 * epsilon / steps)")
+    analyze.add_argument("--split", choices=("train", "test"), default="train",
+                         help="split whose labels are measured (default: train)")
+    from keras_advcal.experiment import RunConfig
+
+    for flag in ("subset", "validation_size", "label_noise", "data_seed"):
+        default = getattr(RunConfig, flag)
+        analyze.add_argument("--" + flag.replace("_", "-"), type=_ARG_TYPES[flag],
+                             default=default, help=f"{_TRAIN_HELP[flag]} (default: {default})")
+    analyze.add_argument("--batch-size", type=_number(int, 1), default=256,
+                         help="examples per attack batch (default: 256)")
+    analyze.add_argument("--seed", type=int, default=0, help="attack seed (default: 0)")
+    analyze.add_argument("--out", default="runs/label_noise",
+                         help="output directory (default: runs/label_noise)")
 
     demo = commands.add_parser(
         "demo", help="PGD-AT vs the calibrated trainer on digits (a few minutes)",
@@ -444,9 +483,37 @@ def _compare(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     return 0
 
 
-def _evaluate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+def _load_splits(parser: argparse.ArgumentParser, name: str, **options: Any):
+    """``data.load(name, **options)``, a parser error when it cannot be had."""
     from keras_advcal import data as data_lib
+
+    try:
+        return data_lib.load(name, **options)
+    except data_lib.DatasetNotAvailableError as error:
+        parser.error(f"dataset {name!r} is not available.\n{error}")
+    except ValueError as error:
+        parser.error(str(error))
+
+
+def _load_model(parser: argparse.ArgumentParser, path: str, input_shape: tuple, dataset: str,
+                command: str):
+    """A classifier from ``path`` whose inputs match the dataset's images, or ``None``
+    (after printing why) when the file cannot be loaded."""
     from keras_advcal import experiment
+
+    try:
+        model = experiment.load_classifier(path)
+    except Exception as error:  # noqa: BLE001 - any loading failure is reported plainly
+        print(f"advcal {command}: error: cannot load {path}: {error}", file=sys.stderr)
+        return None
+    expected = tuple(getattr(model, "input_shape", (None,) + tuple(input_shape))[1:])
+    if None not in expected and expected != tuple(input_shape):
+        parser.error(f"the model {path} takes inputs of shape {expected} but {dataset} "
+                     f"images have shape {tuple(input_shape)}")
+    return model
+
+
+def _evaluate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from keras_advcal.evaluation import ATTACK_NAMES, evaluate_robustness
 
     if not Path(args.model).is_file():
@@ -456,21 +523,10 @@ def _evaluate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if not attacks or unknown:
         parser.error(f"unknown attack(s) {', '.join(unknown) or '(none given)'}; choose "
                      f"from {', '.join(ATTACK_NAMES)}")
-    try:
-        splits = data_lib.load(args.dataset, test_size=args.n, seed=args.data_seed)
-    except data_lib.DatasetNotAvailableError as error:
-        parser.error(f"dataset {args.dataset!r} is not available.\n{error}")
-    except ValueError as error:
-        parser.error(str(error))
-    try:
-        model = experiment.load_classifier(args.model)
-    except Exception as error:  # noqa: BLE001 - any loading failure is reported plainly
-        print(f"advcal evaluate: error: cannot load {args.model}: {error}", file=sys.stderr)
+    splits = _load_splits(parser, args.dataset, test_size=args.n, seed=args.data_seed)
+    model = _load_model(parser, args.model, splits.input_shape, args.dataset, "evaluate")
+    if model is None:
         return 1
-    expected = tuple(getattr(model, "input_shape", (None,) + splits.input_shape)[1:])
-    if None not in expected and expected != tuple(splits.input_shape):
-        parser.error(f"the model takes inputs of shape {expected} but {args.dataset} images "
-                     f"have shape {tuple(splits.input_shape)}")
     print(f"advcal evaluate: {args.model} on {len(splits.test[1])} {args.dataset} test "
           f"images, epsilon={args.epsilon:g}", flush=True)
     result = evaluate_robustness(model, splits.test, args.epsilon, attacks=attacks,
@@ -481,6 +537,40 @@ def _evaluate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if args.json:
         Path(args.json).write_text(result.to_json())
         print(f"wrote {args.json}")
+    return 0
+
+
+def _analyze(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from keras_advcal.analysis import measure_label_noise
+    from keras_advcal.attacks import PGD
+
+    for path in (args.reference, args.model):
+        if path is not None and not Path(path).is_file():
+            parser.error(f"model file not found: {path}")
+    splits = _load_splits(parser, args.dataset, subset=args.subset,
+                          validation_size=args.validation_size, seed=args.data_seed,
+                          label_noise=args.label_noise)
+    models = [_load_model(parser, path, splits.input_shape, args.dataset, "analyze")
+              if path is not None else None for path in (args.reference, args.model)]
+    if models[0] is None or (args.model is not None and models[1] is None):
+        return 1
+    attack = PGD(args.epsilon, steps=args.steps, step_size=args.step_size)
+    data = splits.split(args.split)
+    print(f"advcal analyze: {len(data[1])} {args.dataset} {args.split} images, PGD-"
+          f"{args.steps} epsilon={args.epsilon:g}, reference {args.reference}", flush=True)
+    report = measure_label_noise(models[0], data, splits.validation, attack, model=models[1],
+                                 batch_size=args.batch_size, seed=args.seed)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "label_noise.json").write_text(json.dumps(
+        dict(report.to_dict(), dataset=args.dataset, split=args.split,
+             reference=args.reference, model=args.model or args.reference,
+             steps=args.steps, label_noise=args.label_noise), indent=2))
+    report.plot_histogram(out / "label_noise.png",
+                          title=f"{args.dataset} {args.split}, epsilon {args.epsilon:g}")
+    print(report.table())
+    print(f"\nTV = 1 - p(label); KL = -log p(label); p = the reference's calibrated "
+          f"prediction.\nwrote {out}/label_noise.json, {out}/label_noise.png")
     return 0
 
 
@@ -525,7 +615,8 @@ def _demo(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     return 0
 
 
-_COMMANDS = {"train": _train, "compare": _compare, "evaluate": _evaluate, "demo": _demo}
+_COMMANDS = {"train": _train, "compare": _compare, "evaluate": _evaluate,
+             "analyze": _analyze, "demo": _demo}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

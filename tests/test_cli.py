@@ -85,6 +85,24 @@ def test_evaluate_prints_accuracies(two_runs, capsys, tmp_path):
     assert result["n_examples"] == 40 and result["attacks"] == ["pgd", "fgsm"]
 
 
+def test_analyze_writes_the_label_noise_report(two_runs, capsys, tmp_path):
+    _, calibrated, hard = two_runs
+    out = tmp_path / "noise"
+    assert cli.main(["analyze", str(hard / "model.keras"), "--model",
+                     str(calibrated / "model.keras"), "--dataset", "digits", "--epsilon",
+                     "0.15", "--steps", "2", "--subset", "150", "--validation-size", "120",
+                     "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "| PGD |" in printed and "| clean |" in printed
+    report = json.loads((out / "label_noise.json").read_text())
+    assert report["adversarial"]["count"] == 150 and report["epsilon"] == 0.15
+    assert report["model"].endswith("calibrated/model.keras")
+    for part in ("adversarial", "clean"):
+        assert 0.0 <= report[part]["total_variation"] <= 1.0
+        assert 0.0 <= report[part]["disagreement"] <= 1.0
+    assert (out / "label_noise.png").stat().st_size > 0
+
+
 @pytest.mark.parametrize("argv, message", [
     (["train", "--epsilon", "-0.1"], "--epsilon"),
     (["train", "--teacher", "oracle"], "--teacher"),
@@ -96,6 +114,10 @@ def test_evaluate_prints_accuracies(two_runs, capsys, tmp_path):
     (["evaluate", "/no/such/model.keras", "--dataset", "digits", "--epsilon", "0.1"],
      "not found"),
     (["evaluate", "x.keras", "--dataset", "digits"], "--epsilon"),
+    (["analyze", "/no/such/best.keras", "--dataset", "digits", "--epsilon", "0.1"],
+     "not found"),
+    (["analyze", "x.keras", "--dataset", "digits", "--epsilon", "0.1", "--split", "val"],
+     "--split"),
     (["frobnicate"], "invalid choice"),
 ])
 def test_bad_options_exit_with_status_2(argv, message, capsys):
@@ -118,7 +140,8 @@ def test_help_of_every_command(capsys):
     assert cli.main(["--help"]) == 0
     assert "train" in capsys.readouterr().out
     for command, expected in (("train", "--acc-floor"), ("compare", "RUN_DIR"),
-                              ("evaluate", "--attacks"), ("demo", "--epochs")):
+                              ("evaluate", "--attacks"), ("analyze", "REFERENCE.keras"),
+                              ("demo", "--epochs")):
         assert cli.main([command, "--help"]) == 0
         assert expected in capsys.readouterr().out
 
