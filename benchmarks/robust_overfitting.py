@@ -545,16 +545,16 @@ def report(results: Path, results_md: Path | None, figures: Path, epochs: int,
     return section
 
 
-def update_section(path: Path, section: str) -> None:
-    """Replaces this benchmark's ``## `` section of ``path`` (or appends it), leaving the
-    other sections as they are."""
+def update_section(path: Path, section: str, heading: str = SECTION) -> None:
+    """Replaces the ``## `` section titled ``heading`` (default: this benchmark's) of
+    ``path`` (or appends it), leaving the other sections as they are."""
     if path.is_file():
         lines = path.read_text().splitlines(keepends=True)
     else:
         lines = ["# Benchmark results\n", "\n",
                  "Every number here is produced by a script in `benchmarks/`; each section "
                  "says which and how to re-run it.\n", "\n"]
-    start = next((i for i, line in enumerate(lines) if line.rstrip() == SECTION), None)
+    start = next((i for i, line in enumerate(lines) if line.rstrip() == heading), None)
     if start is None:
         if lines and lines[-1].strip():
             lines.append("\n")
