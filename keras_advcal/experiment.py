@@ -647,15 +647,25 @@ def run(config: RunConfig, splits: data_lib.DatasetSplits | None = None) -> dict
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
     backup = out / "backup"
+    trained = _finished_training(out, config)
     # An interrupted run left a BackupAndRestore checkpoint: resume it, keeping its
-    # history; otherwise start afresh.
+    # history; a run interrupted after training (during the final evaluation) keeps
+    # its trained model; otherwise start afresh.
     resuming = (backup / "training_metadata.json").is_file() and (out / "history.json").is_file()
     previous = read_history(out) if resuming else None
-    for stale in ("summary.json",) if resuming else ("summary.json", "history.json",
-                                                       "history.csv"):
-        (out / stale).unlink(missing_ok=True)
+    keep = ("history.json", "history.csv", "model.keras", TRAINED_MARKER) if trained else ()
+    keep += ("history.json", "history.csv") if resuming else ()
+    for stale in ("summary.json", "history.json", "history.csv", TRAINED_MARKER):
+        if stale not in keep:
+            (out / stale).unlink(missing_ok=True)
     if splits is None:
         splits = load_data(config)
+    if trained is not None:
+        trainer = keras.models.load_model(out / "model.keras")
+        _, eval_attack, final_attack = _attacks(config)
+        return _finish(config, out, trainer, read_history(out), splits, eval_attack,
+                       final_attack, dict(trained["notes"], resumed_after_training=True),
+                       trained["train_seconds"], start)
     keras.utils.set_random_seed(config.seed)
     trainer, label_callbacks, notes = build_trainer(config, splits)
     _, eval_attack, final_attack = _attacks(config)
@@ -684,7 +694,44 @@ def run(config: RunConfig, splits: data_lib.DatasetSplits | None = None) -> dict
     trainer.save(out / "model.keras")
     history = recorder.history()
     write_history(history, out)
+    (out / TRAINED_MARKER).write_text(json.dumps(_json_safe(
+        {"config": _training_settings(config), "train_seconds": train_seconds,
+         "notes": notes}), indent=2))
+    return _finish(config, out, trainer, history, splits, eval_attack, final_attack, notes,
+                   train_seconds, start)
 
+
+# Written once training has ended (model.keras and the history saved): a run
+# interrupted afterwards, during its final evaluation, restarts from there.
+TRAINED_MARKER = "training_done.json"
+
+
+def _training_settings(config: RunConfig) -> dict:
+    """The settings that determine the trained model (not how it is reported)."""
+    values = config.to_dict()
+    for key in ("verbose", "threads", "final_steps", "final_step_size", "final_attacks",
+                "final_attack_steps"):
+        values.pop(key, None)
+    return values
+
+
+def _finished_training(out: Path, config: RunConfig) -> dict | None:
+    """The marker of a finished training of this very configuration, if there is one."""
+    marker = out / TRAINED_MARKER
+    if not (marker.is_file() and (out / "model.keras").is_file()
+            and (out / "history.json").is_file()):
+        return None
+    try:
+        done = json.loads(marker.read_text())
+    except json.JSONDecodeError:
+        return None
+    return done if done.get("config") == json.loads(json.dumps(_json_safe(
+        _training_settings(config)))) else None
+
+
+def _finish(config: RunConfig, out: Path, trainer, history: dict, splits, eval_attack,
+            final_attack, notes: dict, train_seconds: float, start: float) -> dict:
+    """The final evaluation and the summary of a trained run."""
     summary: dict[str, Any] = {"run": out.name, "labels": config.labels}
     summary.update(summarize_run(history))
     final_eval = _final_numbers(trainer.model, splits, eval_attack, final_attack, config)

@@ -203,3 +203,33 @@ def test_an_interrupted_run_resumes_from_its_backup(tmp_path, monkeypatch):
     assert history["time"] == sorted(history["time"])
     assert not (out / "backup" / "training_metadata.json").exists()  # deleted at the end
     assert summary["final_test_adv_accuracy"] == pytest.approx(history["test_adv_accuracy"][-1])
+
+
+def test_a_run_killed_during_its_final_evaluation_does_not_train_again(tmp_path, monkeypatch):
+    """After training, model.keras, the history and a marker are on disk: a restart
+    (summary.json missing) goes straight to the final evaluation with the same numbers;
+    a changed training setting trains afresh."""
+    config = tiny_config(tmp_path, "evaluated", epochs=2, labels="hard")
+    first = experiment.run(config)
+    out = experiment.Path(config.out)
+    assert (out / experiment.TRAINED_MARKER).is_file()
+    (out / "summary.json").unlink()  # as if killed during the final evaluation
+    model_written = (out / "model.keras").stat().st_mtime_ns
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("fit() must not run again")
+
+    monkeypatch.setattr(experiment.AdvCalTrainer, "fit", no_training)
+    again = experiment.run(config)
+    assert again["resumed_after_training"] is True
+    assert (out / "model.keras").stat().st_mtime_ns == model_written
+    # (final_train_adv_accuracy is left out: that PGD's random start is not seeded.)
+    for key in ("final_test_adv_accuracy", "final_pgd20_test_adv_accuracy",
+                "final_test_clean_accuracy", "final_train_accuracy", "best_epoch",
+                "train_seconds"):
+        assert again[key] == pytest.approx(first[key]), key
+    # Another training setting (more epochs) is a new run: it must train.
+    longer = tiny_config(tmp_path, "evaluated", epochs=3, labels="hard")
+    with pytest.raises(AssertionError, match="must not run again"):
+        experiment.run(longer)
+    assert not (out / experiment.TRAINED_MARKER).exists()
