@@ -14,6 +14,7 @@ Example:
 """
 
 from keras_advcal import data, evaluation, models
+from keras_advcal.analysis import LabelNoiseReport, measure_label_noise
 from keras_advcal.attacks import FGSM, PGD, Attack
 from keras_advcal.calibration import CalibrationResult, calibrate, fit_temperature
 from keras_advcal.checks import InputError
@@ -37,6 +38,8 @@ __all__ = [
     "FGSM",
     "fit_temperature",
     "InputError",
+    "LabelNoiseReport",
+    "measure_label_noise",
     "models",
     "PGD",
     "RobustAccuracyTracker",

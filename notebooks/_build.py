@@ -323,10 +323,186 @@ print(f"PGD-AT + label smoothing: best val_adv_accuracy {best_score(baseline_tun
 calibration."""),
 ]
 
+# ----------------------------------------------------------------------------- 04
+LABEL_NOISE = [
+    ("md", """# Label noise of adversarial examples
+
+{badge}
+
+Adversarial training gives each PGD example `x'` the one-hot label `y` of its clean
+input, but the perturbation moves `x'` towards other classes, so its true label
+distribution is no longer one-hot. `keras_advcal.analysis.measure_label_noise`
+estimates that distribution with the temperature-scaled prediction `p` of a robust
+*reference* model (its temperature `T` fitted on held-out PGD examples) and reports
+how far the assigned labels are from it:
+
+* mean total variation `TV = 1 - p_y`,
+* mean `KL = -log p_y`,
+* the fraction of examples whose estimated true label `argmax p` differs from `y`,
+
+for the PGD examples and, as the reference point, for the clean inputs.
+
+This notebook trains a small PGD-AT model on scikit-learn's 8x8 digits, measures the
+label noise at several radii, shows its distribution and the effect of flipped
+labels, then goes through the three predictions of the label-noise view of robust
+overfitting with the figures of the benchmark `benchmarks/label_noise.py`. It runs
+offline on a CPU (set `ADVCAL_NOTEBOOK_SIZE=small` for a smoke run in seconds)."""),
+    *setup_cells('''EPOCHS = 10 if SMALL else 30
+TRAIN_SUBSET = 300 if SMALL else None      # None: all 1,078 training digits
+PGD_STEPS = 3 if SMALL else 10             # training attack
+MEASURE_STEPS = 3 if SMALL else 10         # attack of the measurement
+EPSILON = 0.1                              # training radius, pixels in [0, 1]
+EPSILONS = (0.0, 0.05, 0.1, 0.2)           # radii of the measurement (0: clean inputs)
+FLIP_RATES = (0.0, 0.2, 0.4)               # fractions of training labels flipped
+SEED = 0''', comment='# "small": a smoke run of a few seconds (what CI executes); '
+                      '"full": the real thing.'),
+    ("md", """## Data and a reference model
+
+The reference is a PGD-AT model: `AdvCalTrainer(labels="hard")`, one-hot labels.
+In the benchmark it is the early-stopped checkpoint of a PGD-AT run; here a short run
+stands in for it. The validation split is held out from training: the temperature of
+the reference is fitted on PGD examples of it."""),
+    ("code", '''import keras
+import matplotlib.pyplot as plt
+import numpy as np
+
+from keras_advcal import PGD, AdvCalTrainer, data, models
+from keras_advcal.analysis import measure_label_noise
+
+keras.utils.set_random_seed(SEED)
+splits = data.load("digits", subset=TRAIN_SUBSET, seed=SEED)
+x_train, y_train = splits.train
+print(splits.input_shape, splits.num_classes, [len(y) for _, y in
+      (splits.train, splits.validation, splits.test)])
+
+model = models.small_cnn(splits.input_shape, splits.num_classes,
+                         width=16 if SMALL else 32, dense=64 if SMALL else 128)
+attack = PGD(epsilon=EPSILON, step_size=2.5 * EPSILON / PGD_STEPS, steps=PGD_STEPS)
+trainer = AdvCalTrainer(model, attack, labels="hard", seed=SEED)
+trainer.compile(optimizer=keras.optimizers.Adam(3e-3))
+trainer.fit(x_train, y_train, validation_data=splits.validation, epochs=EPOCHS,
+            batch_size=32, verbose=0)
+print(trainer.evaluate(*splits.test, return_dict=True, verbose=0))'''),
+    ("md", """## Measuring the label noise at several radii
+
+`measure_label_noise(reference, data, calibration_data, attack)` makes PGD examples of
+`data` against the reference (or against `model=`, the model whose training the
+labels feed), fits `T` on PGD examples of `calibration_data` made the same way, and
+returns a `LabelNoiseReport`. At radius 0 the PGD examples are the clean inputs."""),
+    ("code", '''reports = {}
+for eps in EPSILONS:
+    measure_attack = PGD(epsilon=eps, step_size=2.5 * eps / MEASURE_STEPS,
+                         steps=MEASURE_STEPS)
+    reports[eps] = measure_label_noise(model, splits.train, splits.validation,
+                                       measure_attack, seed=SEED)
+    print(f"epsilon = {eps:g}")
+    print(reports[eps].table(), end="\\n\\n")'''),
+    ("code", '''fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.5))
+noise = [reports[eps].adversarial for eps in EPSILONS]
+ax1.plot(EPSILONS, [s.total_variation for s in noise], "o-", label="mean TV")
+ax1.plot(EPSILONS, [s.disagreement for s in noise], "s--",
+         label="label != estimated true label")
+ax1.set_xlabel("epsilon"); ax1.set_title("label noise of PGD examples"); ax1.legend()
+ax2.plot(EPSILONS, [s.kl for s in noise], "o-")
+ax2.set_xlabel("epsilon"); ax2.set_title("mean KL = -log p_y")
+plt.tight_layout()
+plt.show()'''),
+    ("md", """## The distribution of the noise
+
+The report keeps the per-example total variation (`adversarial_tv`, `clean_tv`). For a
+well-trained reference the clean inputs concentrate near 0; the PGD examples spread
+towards 1.
+`report.plot_histogram("label_noise.png")` writes the same histogram to a file (it is
+what `advcal analyze` writes)."""),
+    ("code", '''report = reports[EPSILON]
+bins = np.linspace(0.0, 1.0, 41)
+plt.figure(figsize=(6, 3.6))
+plt.hist(report.clean_tv, bins=bins, alpha=0.6,
+         label=f"clean (mean {report.clean.total_variation:.3f})")
+plt.hist(report.adversarial_tv, bins=bins, alpha=0.6,
+         label=f"PGD (mean {report.adversarial.total_variation:.3f})")
+plt.xlabel("TV between one-hot label and estimated distribution")
+plt.ylabel("training examples"); plt.title(f"label noise at epsilon {EPSILON:g}")
+plt.legend(); plt.tight_layout()
+plt.show()'''),
+    ("md", """## Flipped labels add to it
+
+Poorer data means noisier labels. `data.flip_labels` flips a fraction of the training
+labels to another class (`data.load(..., label_noise=0.2)` does the same when
+loading). The reference still estimates the true distribution, so the flipped
+examples get a large TV, on clean inputs and on PGD examples alike."""),
+    ("code", '''attack_at_eps = PGD(epsilon=EPSILON, step_size=2.5 * EPSILON / MEASURE_STEPS,
+                    steps=MEASURE_STEPS)
+print(f"{'flipped':>8}{'clean TV':>10}{'PGD TV':>9}{'PGD TV, flipped':>17}"
+      f"{'PGD TV, kept':>14}")
+for rate in FLIP_RATES:
+    noisy, flipped = data.flip_labels(y_train, rate, splits.num_classes, seed=SEED)
+    r = measure_label_noise(model, (x_train, noisy), splits.validation, attack_at_eps,
+                            seed=SEED)
+    on_flipped = f"{r.adversarial_tv[flipped].mean():.3f}" if flipped.any() else "-"
+    print(f"{rate:>8.0%}{r.clean.total_variation:>10.3f}{r.adversarial.total_variation:>9.3f}"
+          f"{on_flipped:>17}{r.adversarial_tv[~flipped].mean():>14.3f}")'''),
+    ("md", """## Three predictions
+
+If robust overfitting is the network fitting the noisy labels of its adversarial
+examples, three things follow. The benchmark `benchmarks/label_noise.py` tests them on
+Fashion-MNIST (PGD-AT against the default calibrated trainer) and writes the section
+"Label noise (issue 7)" of
+[`benchmarks/RESULTS.md`](https://github.com/keras-advcal/keras-advcal/blob/main/benchmarks/RESULTS.md)
+and the figures below. The cells show them when the benchmark has been run in this
+checkout (paths relative to `notebooks/`)."""),
+    ("code", '''from pathlib import Path
+
+from IPython.display import Image, display
+
+FIGURE_FOLDERS = [Path("..") / "benchmarks" / "figures", Path("benchmarks") / "figures"]
+
+
+def show_benchmark_figure(name):
+    """Displays benchmarks/figures/NAME if it exists, else says how to make it."""
+    for folder in FIGURE_FOLDERS:
+        if (folder / name).is_file():
+            display(Image(filename=str(folder / name)))
+            return
+    print(f"benchmarks/figures/{name} is not there yet: "
+          "run `python benchmarks/label_noise.py` from the repository root.")'''),
+    ("md", """### Prediction 1: the radius
+
+A larger `epsilon` moves PGD examples further from their clean input, so their labels
+are noisier (the measurement above), and there is more noise to fit: PGD-AT's robust
+overfitting (best minus final robust test accuracy) should grow with the radius, while
+calibrated targets, which follow the estimated distribution instead of the one-hot
+label, should keep it small. Left: the measured noise per radius; right: the gap of
+both trainers. Then the histogram of the training set's noise at the benchmark's
+main radius."""),
+    ("code", '''show_benchmark_figure("label_noise_epsilon.png")
+show_benchmark_figure("label_noise_histogram.png")'''),
+    ("md", """### Prediction 2: data quality
+
+Flipped training labels add noise on top of the adversarial one (the table above), so
+PGD-AT should overfit more as the flipped fraction grows, at a fixed radius; the
+calibrated trainer's targets put less weight on a label the reference disagrees
+with."""),
+    ("code", '''show_benchmark_figure("label_noise_flips.png")'''),
+    ("md", """### Prediction 3: epoch-wise double descent
+
+In standard training with label noise, test error falls, rises while the network
+memorises the noisy labels, and can fall again with much longer training (epoch-wise
+double descent). The label-noise view predicts the same shape for the robust test
+error of adversarial training. The benchmark reads the longest runs made for it (the
+robust-overfitting benchmark's) and says in `RESULTS.md` whether a second descent
+shows; it claims none beyond what those runs show."""),
+    ("code", '''show_benchmark_figure("label_noise_double_descent.png")'''),
+    ("md", """To measure a saved model from the command line:
+`advcal analyze REFERENCE.keras --dataset fashion_mnist --epsilon 0.1 --out runs/noise`
+writes `label_noise.json` and the histogram `label_noise.png`."""),
+]
+
 NOTEBOOKS = {
     "01_quickstart.ipynb": QUICKSTART,
     "02_robust_overfitting.ipynb": OVERFITTING,
     "03_keras_tuner.ipynb": TUNER,
+    "04_label_noise.ipynb": LABEL_NOISE,
 }
 
 

@@ -31,6 +31,7 @@ PAGES = [
     ("tutorial-quickstart/", "Tutorial: quickstart"),
     ("method/", "The method"),
     ("notebooks/01_quickstart/", "Quickstart: adversarial training that does not overfit"),
+    ("label_noise/", "Label noise of adversarial examples"),
     ("api/trainer/", "Trainer and targets"),
     ("api/tuning/", "Tuning"),
 ]
@@ -83,7 +84,8 @@ def test_site_has_every_page(site):
     _, site_dir = site
     for path, _ in PAGES:
         assert (site_dir / path / "index.html").is_file(), path
-    for name in ("01_quickstart", "02_robust_overfitting", "03_keras_tuner"):
+    for name in ("01_quickstart", "02_robust_overfitting", "03_keras_tuner",
+                 "04_label_noise"):
         page = site_dir / "notebooks" / name / "index.html"
         assert page.is_file(), name
         # mkdocs-jupyter copies the notebook next to its page for download.
@@ -92,6 +94,7 @@ def test_site_has_every_page(site):
     assert not (site_dir / "hooks").exists()
     api = (site_dir / "api" / "tuning" / "index.html").read_text()
     assert "AdvCalHyperModel" in api
+    assert "measure_label_noise" in (site_dir / "api" / "analysis" / "index.html").read_text()
 
 
 def _is_local(url: str) -> bool:

@@ -28,7 +28,7 @@ def _ids(paths):
 def test_there_are_notebooks():
     names = {path.name for path in NOTEBOOKS}
     assert {"01_quickstart.ipynb", "02_robust_overfitting.ipynb",
-            "03_keras_tuner.ipynb"} <= names
+            "03_keras_tuner.ipynb", "04_label_noise.ipynb"} <= names
 
 
 @pytest.fixture(scope="module")
