@@ -85,8 +85,9 @@ def point_dir(results: Path, kind: str, eps: float, flip: float, labels: str) ->
 
 def plan(results: Path, quick: bool, epochs: int) -> list[ro.Job]:
     jobs = []
-    # Both methods of a point together; the epsilon of the main benchmark first.
-    points = sorted(sweep(), key=lambda p: (p[0] != "eps" or p[1] != BASE_EPSILON))
+    # Both methods of a point together: the epsilon of the main benchmark first, then
+    # the other radii, then the flip rates from the largest (the strongest effect).
+    points = sorted(sweep(), key=lambda p: (p[0] == "flip", p[1] != BASE_EPSILON, -p[2]))
     for kind, eps, flip in points:
         for labels in LABELS:
             run_dir = point_dir(results, kind, eps, flip, labels)
