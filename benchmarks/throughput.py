@@ -91,10 +91,22 @@ def _dataset(x, y, batch_size, seed):
 
 
 class _EpochTimer:
-    """Collects the wall time of each epoch (set by the caller)."""
+    """Collects the wall time and the process CPU time of each epoch.
+
+    With one TensorFlow thread (``--threads 1``) the CPU time measures the work done
+    whatever else the machine runs; the wall time is the throughput a user sees and
+    is only comparable between methods on a quiet machine."""
 
     def __init__(self):
         self.seconds: list[float] = []
+        self.cpu_seconds: list[float] = []
+
+    def begin(self):
+        self._start = (time.perf_counter(), time.process_time())
+
+    def end(self):
+        self.seconds.append(time.perf_counter() - self._start[0])
+        self.cpu_seconds.append(time.process_time() - self._start[1])
 
 
 def _run_minimal(model, dataset, epochs, timer):
@@ -126,11 +138,11 @@ def _run_minimal(model, dataset, epochs, timer):
         return loss
 
     for _ in range(epochs):
-        start = time.perf_counter()
+        timer.begin()
         for x, y in dataset:
             loss = step(x, y)
         float(loss)  # wait for the last step
-        timer.seconds.append(time.perf_counter() - start)
+        timer.end()
     return {"final_loss": float(loss)}
 
 
@@ -141,18 +153,20 @@ def _run_trainer(model, dataset, epochs, timer, kind, splits, args):
 
     class Timer(keras.callbacks.Callback):
         def on_epoch_begin(self, epoch, logs=None):
-            self.start = time.perf_counter()
+            timer.begin()
 
         def on_epoch_end(self, epoch, logs=None):  # last in the list: after calibration
-            timer.seconds.append(time.perf_counter() - self.start)
+            timer.end()
 
     calibration_seconds: list[float] = []
+    calibration_cpu_seconds: list[float] = []
 
     class TimedTeacher(CalibratedTeacher):
         def on_epoch_end(self, epoch, logs=None):
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             super().on_epoch_end(epoch, logs)
             calibration_seconds.append(time.perf_counter() - start)
+            calibration_cpu_seconds.append(time.process_time() - cpu_start)
 
     attack = PGD(EPSILON, steps=STEPS, seed=1)
     labels = "hard" if kind is None else "calibrated"
@@ -169,6 +183,7 @@ def _run_trainer(model, dataset, epochs, timer, kind, splits, args):
     out = {"final_loss": float(history.history["loss"][-1])}
     if kind is not None:
         out["calibration_seconds"] = calibration_seconds
+        out["calibration_cpu_seconds"] = calibration_cpu_seconds
         out["final_temperature"] = float(history.history["temperature"][-1])
         out["final_rho"] = float(history.history["rho"][-1])
     return out
@@ -198,9 +213,9 @@ def _run_art(model, splits, epochs, timer, batch_size):
                                          num_random_init=1)
     np.random.seed(0)
     for _ in range(epochs):
-        start = time.perf_counter()
+        timer.begin()
         trainer.fit(x[:n], y[:n], nb_epochs=1, batch_size=batch_size)
-        timer.seconds.append(time.perf_counter() - start)
+        timer.end()
     return {"art_version": art.__version__}
 
 
@@ -227,16 +242,22 @@ def child(spec: dict) -> dict:
                              timer, kind, splits, args)
     examples = (len(x) // spec["batch_size"]) * spec["batch_size"]
     steady = timer.seconds[1:] or timer.seconds
+    steady_cpu = timer.cpu_seconds[1:] or timer.cpu_seconds
     result = dict(spec, dataset=splits.name, train_examples_per_epoch=examples,
                   validation_examples=len(splits.validation[1]),
                   epoch_seconds=timer.seconds, first_epoch_seconds=timer.seconds[0],
                   examples_per_second=examples * len(steady) / sum(steady),
+                  epoch_cpu_seconds=timer.cpu_seconds,
+                  examples_per_cpu_second=examples * len(steady_cpu) / sum(steady_cpu),
                   rss_before_model_mb=rss_before, peak_rss_mb=_rss_mb(),
                   parameters=int(model.count_params()), tensorflow=tf.__version__,
                   keras=keras.__version__, **extra)
     if "calibration_seconds" in extra:
         calibration = extra["calibration_seconds"][1:] or extra["calibration_seconds"]
         result["calibration_seconds_per_epoch"] = sum(calibration) / len(calibration)
+        cpu = extra["calibration_cpu_seconds"][1:] or extra["calibration_cpu_seconds"]
+        result["calibration_cpu_fraction"] = (sum(cpu) / len(cpu)) / (
+            sum(steady_cpu) / len(steady_cpu))
         result["calibration_fraction"] = result["calibration_seconds_per_epoch"] / (
             sum(steady) / len(steady))
     return result
@@ -250,6 +271,10 @@ def _art_available() -> bool:
 
 def _measure(spec: dict, timeout: float) -> dict:
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(ROOT))
+    if spec.get("threads"):
+        env.update(TF_NUM_INTRAOP_THREADS=str(spec["threads"]),
+                   TF_NUM_INTEROP_THREADS=str(spec["threads"]),
+                   OMP_NUM_THREADS=str(spec["threads"]))
     completed = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)],
                                capture_output=True, text=True, env=env, timeout=timeout)
     for line in completed.stdout.splitlines():
@@ -259,22 +284,27 @@ def _measure(spec: dict, timeout: float) -> dict:
 
 
 def markdown(results: list[dict]) -> str:
-    lines = ["| method | batch | width | val | examples/s | ratio to minimal | first epoch s "
-             "| calibration s/epoch (share) | peak RSS MB |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines = ["| method | batch | width | val | examples/s | ratio to minimal | examples/CPU-s "
+             "| CPU ratio to minimal | first epoch s | calibration s/epoch (share) "
+             "| peak RSS MB |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in results:
         if "error" in r:
             lines.append(f"| {r['method']} | {r['batch_size']} | {r['width']} | "
                          f"{r['val_size']} | failed: {r['error'].splitlines()[-1][:80]} "
-                         "| | | | |")
+                         "| | | | | | |")
             continue
         calibration = ""
         if "calibration_seconds_per_epoch" in r:
             calibration = (f"{r['calibration_seconds_per_epoch']:.2f} "
-                           f"({100 * r['calibration_fraction']:.0f}%)")
+                           f"({100 * r['calibration_fraction']:.0f}%; CPU "
+                           f"{100 * r['calibration_cpu_fraction']:.0f}%)")
         ratio = f"{r['ratio_to_minimal']:.2f}" if r.get("ratio_to_minimal") else ""
+        cpu_ratio = (f"{r['cpu_ratio_to_minimal']:.2f}" if r.get("cpu_ratio_to_minimal")
+                     else "")
         lines.append(f"| {r['method']} | {r['batch_size']} | {r['width']} | "
                      f"{r['validation_examples']} | {r['examples_per_second']:.0f} | {ratio} "
+                     f"| {r['examples_per_cpu_second']:.0f} | {cpu_ratio} "
                      f"| {r['first_epoch_seconds']:.1f} | {calibration} | "
                      f"{r['peak_rss_mb']:.0f} |")
     return "\n".join(lines)
@@ -299,6 +329,9 @@ def main(argv=None) -> None:
     parser.add_argument("--jit-compile", action="store_true",
                         help="compile the trainer's step with XLA (the minimal loop stays "
                              "in graph mode)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="TensorFlow threads per run (0: TensorFlow's default); with 1, "
+                             "the CPU-time columns measure work independently of the load")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds per run")
     parser.add_argument("--out", type=Path, default=None)
@@ -328,7 +361,7 @@ def main(argv=None) -> None:
                     specs.append(dict(method=method, batch_size=batch_size, width=width,
                                       val_size=val_size, train_size=train_size, epochs=epochs,
                                       train_sample=train_sample, seed=args.seed,
-                                      jit_compile=args.jit_compile))
+                                      jit_compile=args.jit_compile, threads=args.threads))
     results = []
     for spec in specs:
         print(f"running {spec['method']} batch={spec['batch_size']} width={spec['width']} "
@@ -342,6 +375,8 @@ def main(argv=None) -> None:
                 and m["batch_size"] == r["batch_size"] and m["width"] == r["width"]]
         if base and "error" not in r:
             r["ratio_to_minimal"] = r["examples_per_second"] / base[0]["examples_per_second"]
+            r["cpu_ratio_to_minimal"] = (r["examples_per_cpu_second"]
+                                         / base[0]["examples_per_cpu_second"])
     report = {
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
