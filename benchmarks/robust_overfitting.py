@@ -369,7 +369,8 @@ def acceptance(runs: dict) -> str:
                 "the same seed.")
     lines = [
         "Criterion (issue 4, point 4), per seed: the default configuration (`calibrated`: "
-        "best teacher, kd loss, published rule) must (a) end at a final robust test "
+        "best teacher, kd loss, published rule with the one-standard-error selection) "
+        "must (a) end at a final robust test "
         "accuracy at least PGD-AT's best one (the peak of its PGD-10 curve; its early-"
         "stopped value is also shown), (b) with a smoothed gap of at most "
         f"{100 * MAX_SMOOTHED_GAP:.0f} point, (c) while PGD-AT's smoothed gap is several "
