@@ -356,8 +356,10 @@ def report(results: Path, results_md: Path, figures: Path, quick: bool) -> str:
         "No run longer than the 120 epochs of the robust-overfitting benchmark was made on "
         "this machine; what those runs show (3-evaluation moving average of the robust "
         "test error, PGD-10 on 2,000 images):", "", dd_text, "",
-        "Not claimed: a double descent would need far longer runs (the literature's "
-        "appear after hundreds of epochs).", "",
+        "The prediction concerns PGD-AT (one-hot labels): neither PGD-AT run shows a "
+        "second descent. A fall-rise-fall in a calibrated run is another thing: it "
+        "follows rho (the robust-overfitting section's T and rho figure shows the same "
+        "epochs). Not claimed: an epoch-wise double descent would need far longer runs.", "",
     ] + [f"![{name}](figures/{name})" for name in written] + [""])
     if not quick:
         ro.update_section(results_md, section, SECTION)
