@@ -403,11 +403,7 @@ def main(argv=None) -> int:
         status = ro.execute(jobs, args.jobs, code_dir)
         print(f"training done in {(time.time() - started) / 60:.1f} min", flush=True)
     print(report(results, results_md, figures, args.quick))
-    failed = [name for name, code in status.items() if code != 0]
-    if failed:
-        print(f"failed runs: {', '.join(failed)}", file=sys.stderr)
-        return 1
-    return 0
+    return ro.exit_status(status)
 
 
 if __name__ == "__main__":

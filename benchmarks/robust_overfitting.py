@@ -546,6 +546,15 @@ def report(results: Path, results_md: Path | None, figures: Path, epochs: int,
     return section
 
 
+def exit_status(status: dict[str, int]) -> int:
+    """1 (naming them on stderr) when any run failed or was skipped, else 0."""
+    failed = [name for name, code in status.items() if code != 0]
+    if failed:
+        print(f"failed or skipped runs: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def update_section(path: Path, section: str, heading: str = SECTION) -> None:
     """Replaces the ``## `` section titled ``heading`` (default: this benchmark's) of
     ``path`` (or appends it), leaving the other sections as they are."""
@@ -628,11 +637,7 @@ def main(argv=None) -> int:
     section = report(results, results_md, figures, epochs, args.quick)
     print(section)
     print(f"report: {results_md}; figures: {figures}")
-    failed = [name for name, code in status.items() if code != 0]
-    if failed:
-        print(f"failed or skipped runs: {', '.join(failed)}", file=sys.stderr)
-        return 1
-    return 0
+    return exit_status(status)
 
 
 if __name__ == "__main__":
