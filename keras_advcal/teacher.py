@@ -91,6 +91,8 @@ class AdversarialLogits:
         source: the model (callable returning logits) the examples are made against.
         models: the models (callables returning logits) evaluated on them.
         batch_size: examples per batch.
+        return_examples: also return the adversarial examples, first in the list (to
+            evaluate other models on them later, see :class:`BatchedLogits`).
 
     Example:
 
@@ -98,14 +100,20 @@ class AdversarialLogits:
         >>> run = AdversarialLogits(attacks_lib.PGD(0.1, steps=2), net, [net])
         >>> run(np.zeros((5, 2), "float32"), np.zeros(5, "int32"))[0].shape
         (5, 3)
+        >>> run = AdversarialLogits(attacks_lib.PGD(0.1, steps=2), net, [net],
+        ...                         return_examples=True)
+        >>> [a.shape for a in run(np.zeros((5, 2), "float32"), np.zeros(5, "int32"))]
+        [(5, 2), (5, 3)]
     """
 
     def __init__(self, attack: attacks_lib.Attack, source: Callable,
-                 models: list[Callable], batch_size: int = 256):
+                 models: list[Callable], batch_size: int = 256,
+                 return_examples: bool = False):
         self.attack = attack
         self.source = source
         self.models = list(models)
         self.batch_size = int(batch_size)
+        self.return_examples = bool(return_examples)
         self._generator = keras.random.SeedGenerator(0)
         # No AutoGraph: the loops are explicit, and it would re-read source files.
         self._step = tf.function(self._logits_on_batch, reduce_retracing=True,
@@ -113,18 +121,51 @@ class AdversarialLogits:
 
     def _logits_on_batch(self, x, y):
         x_adv = self.attack(self.source, x, y, seed=self._generator)
-        return [tf.cast(model(x_adv, training=False), "float32") for model in self.models]
+        logits = [tf.cast(model(x_adv, training=False), "float32") for model in self.models]
+        return [x_adv] + logits if self.return_examples else logits
 
     def __call__(self, x: np.ndarray, y: np.ndarray, seed: int = 0) -> list[np.ndarray]:
         state = self._generator.state
         state.assign(tf.cast([seed, 0], state.dtype))
-        outputs: list[list[np.ndarray]] = [[] for _ in self.models]
+        outputs: list[list[np.ndarray]] = []
         for start in range(0, len(x), self.batch_size):
             results = self._step(tf.constant(x[start:start + self.batch_size]),
                                  tf.constant(y[start:start + self.batch_size]))
+            if not outputs:
+                outputs = [[] for _ in results]
             for store, result in zip(outputs, results):
                 store.append(result.numpy())
         return [np.concatenate(store) for store in outputs]
+
+
+class BatchedLogits:
+    """The logits of ``model`` (inference mode) on an array, batch by batch, with one
+    compiled function reused across calls.
+
+    Args:
+        model: a callable returning logits.
+        batch_size: examples per batch.
+
+    Example:
+
+        >>> net = keras.Sequential([keras.Input((2,)), keras.layers.Dense(3)])
+        >>> BatchedLogits(net, batch_size=2)(np.zeros((5, 2), "float32")).shape
+        (5, 3)
+    """
+
+    def __init__(self, model: Callable, batch_size: int = 256):
+        self.model = model
+        self.batch_size = int(batch_size)
+        self._step = tf.function(self._logits_on_batch, reduce_retracing=True,
+                                 autograph=False)
+
+    def _logits_on_batch(self, x):
+        return tf.cast(self.model(x, training=False), "float32")
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return np.concatenate([
+            self._step(tf.constant(x[start:start + self.batch_size])).numpy()
+            for start in range(0, len(x), self.batch_size)])
 
 
 def adversarial_logits(attack: attacks_lib.Attack, source: Callable, models: list[Callable],
@@ -228,9 +269,10 @@ class CalibratedTeacher(keras.callbacks.Callback):
     at the end of every epoch.
 
     Each epoch end: update the teacher (per ``kind``); then, once a teacher exists,
-    make PGD examples of the validation data against the teacher, collect teacher and
-    student logits on them, make PGD examples of the training sample against the
-    teacher (only when the teacher changed), call
+    make PGD examples of the validation data against the teacher (only when the teacher
+    changed, with ``reuse_validation_examples``), collect teacher and student logits on
+    them, make PGD examples of the training sample against the teacher (only when the
+    teacher changed), call
     :func:`keras_advcal.calibration.calibrate` with the student as the surrogate, and
     write ``T`` and ``rho`` into the trainer. Adds ``temperature``, ``rho``,
     ``calibration_nll``, ``train_agreement`` and ``teacher_adv_accuracy`` to the epoch
@@ -270,6 +312,14 @@ class CalibratedTeacher(keras.callbacks.Callback):
             in that epoch: teacher and surrogate are then the same model, the NLL does
             not depend on ``rho``, and the tie-break would reset ``rho`` to its minimum
             (``rho`` flips between its fitted value and 0.01 from epoch to epoch).
+        reuse_validation_examples: make the validation PGD examples (and the teacher's
+            logits on them) once per teacher and reuse them while the teacher stays the
+            same (``best`` between snapshots, ``fixed``): such an epoch's calibration
+            costs one forward pass of the student on the kept examples, plus the grid.
+            The examples are seeded independently of the epoch, so a run resumed from
+            ``BackupAndRestore`` rebuilds the same ones. ``False`` makes new examples
+            every epoch (seeded per epoch). ``swa`` and ``ema`` teachers change every
+            epoch, so the flag changes nothing for them.
 
     Example:
 
@@ -287,7 +337,8 @@ class CalibratedTeacher(keras.callbacks.Callback):
                  fixed_temperature: float = 2.0, fixed_rho: float = 0.5,
                  batch_size: int = 256, seed: int = 0, verbose: int = 0,
                  separate_surrogate_temperature: bool = False,
-                 recalibrate_on_snapshot: bool = False):
+                 recalibrate_on_snapshot: bool = False,
+                 reuse_validation_examples: bool = True):
         super().__init__()
         if kind not in TEACHER_KINDS:
             raise ValueError(f"`kind` must be one of {TEACHER_KINDS}, got {kind!r}.")
@@ -319,8 +370,10 @@ class CalibratedTeacher(keras.callbacks.Callback):
         self.verbose = verbose
         self.separate_surrogate_temperature = bool(separate_surrogate_temperature)
         self.recalibrate_on_snapshot = bool(recalibrate_on_snapshot)
+        self.reuse_validation_examples = bool(reuse_validation_examples)
         self.results: list[calibration.CalibrationResult] = []
         self._train_cache: np.ndarray | None = None
+        self._val_cache: tuple[np.ndarray, np.ndarray] | None = None
 
     # ---------------------------------------------------------------- lifecycle
     @property
@@ -346,10 +399,12 @@ class CalibratedTeacher(keras.callbacks.Callback):
         else:
             trainer.ema_decay.assign(0.0)
         self._train_cache = None
+        self._val_cache = None
         attack = self._attack()
         teacher, student = trainer.teacher_logits, trainer.student_logits
-        self._val_logits = AdversarialLogits(attack, teacher, [teacher, student],
-                                             self.batch_size)
+        self._val_examples = AdversarialLogits(attack, teacher, [teacher], self.batch_size,
+                                               return_examples=True)
+        self._student_logits = BatchedLogits(student, self.batch_size)
         self._train_logits = AdversarialLogits(attack, teacher, [teacher], self.batch_size)
         self._student_val_logits = AdversarialLogits(attack, student, [student],
                                                      self.batch_size)
@@ -374,6 +429,7 @@ class CalibratedTeacher(keras.callbacks.Callback):
             # fall to the smallest rho by the tie-break. Keep the current T and rho
             # (0 before the first calibration) until the two differ again.
             self._train_cache = None
+            self._val_cache = None
             logs.update(temperature=float(trainer.temperature.numpy()),
                         rho=float(trainer.rho.numpy()), calibration_nll=float("nan"),
                         train_agreement=float("nan"), teacher_adv_accuracy=float("nan"))
@@ -423,9 +479,24 @@ class CalibratedTeacher(keras.callbacks.Callback):
     def _attack(self) -> attacks_lib.Attack:
         return self.attack if self.attack is not None else self.model.validation_attack
 
+    def _validation_logits(self, epoch: int, teacher_changed: bool
+                           ) -> tuple[np.ndarray, np.ndarray]:
+        """Teacher and student logits on PGD examples of the validation data made
+        against the teacher: the kept examples while the teacher stays the same (seeded
+        independently of the epoch, like the training-sample pass), else new ones."""
+        teacher_stays = self.kind in ("best", "fixed")  # swa and ema move every epoch
+        if not (self.reuse_validation_examples and teacher_stays):
+            x_adv, teacher_val = self._val_examples(self.x_val, self.y_val,
+                                                    self.seed * 100_003 + epoch)
+        else:
+            if teacher_changed or self._val_cache is None:
+                self._val_cache = tuple(self._val_examples(
+                    self.x_val, self.y_val, self.seed * 100_003 + 100_001))
+            x_adv, teacher_val = self._val_cache
+        return teacher_val, self._student_logits(x_adv)
+
     def _calibrate(self, epoch: int, teacher_changed: bool):
-        seed = self.seed * 100_003 + epoch
-        teacher_val, student_val = self._val_logits(self.x_val, self.y_val, seed)
+        teacher_val, student_val = self._validation_logits(epoch, teacher_changed)
         if teacher_changed or self._train_cache is None:
             # The training-sample pass is seeded independently of the epoch (the last
             # seed of this callback's block, never an epoch's): a cache rebuilt after a

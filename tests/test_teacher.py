@@ -21,12 +21,17 @@ class WeightRecorder(keras.callbacks.Callback):
         self.logs.append(dict(logs))
 
 
+def _calibration_data(digits):
+    """(validation data, training sample) of the callback: 200 held-out, 200 trained."""
+    x_train, y_train, x_test, y_test = digits
+    return (x_test[:200], y_test[:200]), (x_train[:200], y_train[:200])
+
+
 def _fit(digits, kind, epochs=4, batchnorm=False, **kwargs):
     x_train, y_train, x_test, y_test = digits
     trainer = AdvCalTrainer(tiny_cnn(0, batchnorm=batchnorm), PGD(0.15, 0.05, 3), seed=0)
     trainer.compile(keras.optimizers.Adam(2e-3))
-    callback = CalibratedTeacher((x_test[:200], y_test[:200]), (x_train[:200], y_train[:200]),
-                                 kind=kind, **kwargs)
+    callback = CalibratedTeacher(*_calibration_data(digits), kind=kind, **kwargs)
     recorder = WeightRecorder()
     history = trainer.fit(x_train[:600], y_train[:600], validation_data=(x_test[:200],
                           y_test[:200]), epochs=epochs, batch_size=64, verbose=0,
@@ -185,3 +190,55 @@ def test_reestimate_batchnorm_exact_mean():
     np.testing.assert_allclose(bn.moving_mean.numpy(), data.mean(axis=0), atol=1e-4)
     batch_vars = np.mean([data[i:i + 100].var(axis=0) for i in range(0, 1000, 100)], axis=0)
     np.testing.assert_allclose(bn.moving_variance.numpy(), batch_vars, rtol=1e-3)
+
+
+class CountingCalls:
+    """Wraps a callable and counts its calls."""
+
+    def __init__(self, function):
+        self.function, self.calls = function, 0
+
+    def __call__(self, *args, **kwargs):
+        self.calls += 1
+        return self.function(*args, **kwargs)
+
+
+def test_best_teacher_reuses_validation_examples_until_it_changes(digits):
+    """Between snapshots the validation PGD examples are made once and reused (one
+    attack pass for two epochs); a snapshot drops them; a fresh callback seeded the
+    same way computes the same calibration from scratch."""
+    trainer, callback, _, _ = _fit(digits, "best", epochs=1)
+    assert callback.reuse_validation_examples
+    no_improvement = {"val_adv_accuracy": -1.0}
+    counter = CountingCalls(callback._val_examples)
+    callback._val_examples = counter
+    callback.on_epoch_end(1, dict(no_improvement))
+    callback.on_epoch_end(2, dict(no_improvement))
+    assert counter.calls == 1
+    first, second = callback.results[-2:]
+    assert first.to_dict() == second.to_dict()  # same examples, same student
+
+    fresh = CalibratedTeacher(*_calibration_data(digits), kind="best")
+    fresh.set_model(trainer)
+    fresh.on_train_begin()
+    fresh.on_epoch_end(2, dict(no_improvement))
+    assert fresh.results[-1].to_dict() == second.to_dict()
+    np.testing.assert_array_equal(fresh._val_cache[0], callback._val_cache[0])
+
+    callback.on_epoch_end(3, {"val_adv_accuracy": 2.0})  # a new snapshot
+    assert callback._val_cache is None
+    callback.on_epoch_end(4, dict(no_improvement))
+    assert counter.calls == 2
+    x_adv = callback._val_cache[0]
+    x_val = callback.x_val
+    assert np.max(np.abs(x_adv - x_val)) <= 0.15 + 1e-6
+    assert x_adv.min() >= 0.0 and x_adv.max() <= 1.0
+
+
+def test_validation_examples_are_remade_every_epoch_without_reuse(digits):
+    trainer, callback, _, _ = _fit(digits, "best", epochs=1, reuse_validation_examples=False)
+    counter = CountingCalls(callback._val_examples)
+    callback._val_examples = counter
+    for epoch in (1, 2):
+        callback.on_epoch_end(epoch, {"val_adv_accuracy": -1.0})
+    assert counter.calls == 2 and callback._val_cache is None

@@ -101,6 +101,6 @@ def test_no_retracing_when_t_rho_or_teacher_change(runs, jit):
     assert run["per_epoch"][0] == run["per_epoch"][-1] == run["traces"]
     assert run["traces"]["test"] == 1
     assert run["traces"]["train"] <= 2
-    for name in ("_val_logits", "_train_logits"):
+    for name in ("_val_examples", "_student_logits", "_train_logits"):
         step = getattr(run["callback"], name)._step
         assert step.experimental_get_tracing_count() == 1, name
