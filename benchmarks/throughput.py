@@ -7,11 +7,23 @@ batch and attack (L-inf PGD-5, eps 0.1, random start), it measures:
 * ``minimal``: a hand-written ``tf.function`` PGD-AT step (PGD unrolled in the graph,
   cross-entropy, ``optimizer.apply``) in a Python loop over the ``tf.data`` batches;
 * ``hard``: ``AdvCalTrainer(labels="hard")`` through ``fit``;
+* ``hard-validated``: the same with ``fit(validation_data=...)``: the per-epoch robust
+  validation accuracy that early-stopped PGD-AT (Rice et al.) needs, and that the
+  ``best`` teacher reads. It is the reference of the calibrated rows, which do the
+  same validation pass;
 * ``calibrated-best``, ``calibrated-swa``, ``calibrated-ema``:
   ``AdvCalTrainer(labels="calibrated")`` with a ``CalibratedTeacher`` of that kind,
-  through ``fit``, over whole epochs, so the per-epoch calibration (PGD on the
-  validation split and the training sample, the 100 x 100 grid) is included; its own
-  time is reported too;
+  through ``fit(validation_data=...)``, over whole epochs, so the per-epoch
+  calibration (PGD on the validation split and the training sample, the 100 x 100
+  grid) is included; its own time is reported too. A ``best`` teacher costs three
+  kinds of epoch: one that takes a snapshot keeps T and rho (no calibration), the
+  next makes new validation and training-sample PGD examples against the new
+  teacher, and every later epoch until the next snapshot reuses them (one forward
+  pass of the student). Its row measures the steady state between snapshots: the
+  snapshot taken at the end of the first epoch is kept for the rest of the run
+  (``teacher_score`` set out of reach), the second epoch's calibration (both attacks)
+  is reported apart as *after a snapshot*, and examples/s come from the epochs after
+  it;
 * ``art``: the Adversarial Robustness Toolbox's ``AdversarialTrainerMadryPGD`` on a
   ``TensorFlowV2Classifier`` of the same model, when ``art`` imports. ART is not a
   dependency of keras-advcal; to include it::
@@ -50,7 +62,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = ROOT / "benchmarks" / "results"
-METHODS = ("minimal", "hard", "calibrated-best", "calibrated-swa", "calibrated-ema", "art")
+METHODS = ("minimal", "hard", "hard-validated", "calibrated-best", "calibrated-swa",
+           "calibrated-ema", "art")
+SECTION = "## Throughput (issue 8)"
 EPSILON, STEPS = 0.1, 5
 STEP_SIZE = 2.5 * EPSILON / STEPS  # the PGD default, written out for the minimal loop
 
@@ -146,7 +160,7 @@ def _run_minimal(model, dataset, epochs, timer):
     return {"final_loss": float(loss)}
 
 
-def _run_trainer(model, dataset, epochs, timer, kind, splits, args):
+def _run_trainer(model, dataset, epochs, timer, kind, splits, args, validate=True):
     import keras
 
     from keras_advcal import PGD, AdvCalTrainer, CalibratedTeacher
@@ -167,6 +181,10 @@ def _run_trainer(model, dataset, epochs, timer, kind, splits, args):
             super().on_epoch_end(epoch, logs)
             calibration_seconds.append(time.perf_counter() - start)
             calibration_cpu_seconds.append(time.process_time() - cpu_start)
+            if self.kind == "best" and epoch == 0:
+                # Keep the first snapshot: the later epochs measure the regime between
+                # snapshots (see the module docstring).
+                self.model.teacher_score.assign(float("inf"))
 
     attack = PGD(EPSILON, steps=STEPS, seed=1)
     labels = "hard" if kind is None else "calibrated"
@@ -179,7 +197,9 @@ def _run_trainer(model, dataset, epochs, timer, kind, splits, args):
         sample = min(len(y_train), args.train_sample)
         callbacks.append(TimedTeacher(splits.validation, (x_train[:sample], y_train[:sample]),
                                       kind=kind, batch_size=256))
-    history = trainer.fit(dataset, epochs=epochs, verbose=0, callbacks=callbacks + [Timer()])
+    validation = (splits.validation if validate else None)
+    history = trainer.fit(dataset, epochs=epochs, verbose=0, validation_data=validation,
+                          validation_batch_size=256, callbacks=callbacks + [Timer()])
     out = {"final_loss": float(history.history["loss"][-1])}
     if kind is not None:
         out["calibration_seconds"] = calibration_seconds
@@ -237,12 +257,15 @@ def child(spec: dict) -> dict:
     elif method == "art":
         extra = _run_art(model, splits, epochs, timer, spec["batch_size"])
     else:
-        kind = None if method == "hard" else method.split("-", 1)[1]
+        kind = None if method.startswith("hard") else method.split("-", 1)[1]
         extra = _run_trainer(model, _dataset(x, y, spec["batch_size"], spec["seed"]), epochs,
-                             timer, kind, splits, args)
+                             timer, kind, splits, args, validate=method != "hard")
     examples = (len(x) // spec["batch_size"]) * spec["batch_size"]
-    steady = timer.seconds[1:] or timer.seconds
-    steady_cpu = timer.cpu_seconds[1:] or timer.cpu_seconds
+    # Steady state: after the first (tracing) epoch; for the best teacher also after the
+    # epoch that rebuilt the examples for the kept snapshot.
+    skip = 2 if method == "calibrated-best" and epochs > 2 else 1
+    steady = timer.seconds[skip:] or timer.seconds
+    steady_cpu = timer.cpu_seconds[skip:] or timer.cpu_seconds
     result = dict(spec, dataset=splits.name, train_examples_per_epoch=examples,
                   validation_examples=len(splits.validation[1]),
                   epoch_seconds=timer.seconds, first_epoch_seconds=timer.seconds[0],
@@ -253,11 +276,18 @@ def child(spec: dict) -> dict:
                   parameters=int(model.count_params()), tensorflow=tf.__version__,
                   keras=keras.__version__, **extra)
     if "calibration_seconds" in extra:
-        calibration = extra["calibration_seconds"][1:] or extra["calibration_seconds"]
+        calibration = extra["calibration_seconds"][skip:] or extra["calibration_seconds"]
         result["calibration_seconds_per_epoch"] = sum(calibration) / len(calibration)
-        cpu = extra["calibration_cpu_seconds"][1:] or extra["calibration_cpu_seconds"]
-        result["calibration_cpu_fraction"] = (sum(cpu) / len(cpu)) / (
-            sum(steady_cpu) / len(steady_cpu))
+        cpu = extra["calibration_cpu_seconds"][skip:] or extra["calibration_cpu_seconds"]
+        epoch_cpu = sum(steady_cpu) / len(steady_cpu)
+        result["calibration_cpu_fraction"] = (sum(cpu) / len(cpu)) / epoch_cpu
+        if skip == 2:
+            # The epoch after the snapshot: both attacks, against the new teacher. Its
+            # share is of a steady epoch's training CPU plus this calibration.
+            after = extra["calibration_cpu_seconds"][1]
+            training_cpu = epoch_cpu - sum(cpu) / len(cpu)
+            result["calibration_cpu_seconds_after_snapshot"] = after
+            result["calibration_cpu_fraction_after_snapshot"] = after / (training_cpu + after)
         result["calibration_fraction"] = result["calibration_seconds_per_epoch"] / (
             sum(steady) / len(steady))
     return result
@@ -285,16 +315,21 @@ def _measure(spec: dict, timeout: float) -> dict:
 
 def markdown(results: list[dict]) -> str:
     lines = ["| method | batch | width | val | examples/s | ratio to minimal | examples/CPU-s "
-             "| CPU ratio to minimal | first epoch s | calibration s/epoch (share) "
-             "| peak RSS MB |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "| CPU ratio to minimal | CPU ratio to hard-validated | first epoch s "
+             "| calibration s/epoch (share; CPU share) | calibration CPU share after a "
+             "snapshot | peak RSS MB |",
+             "|" + " --- |" + " ---: |" * 12]
     for r in results:
         if "error" in r:
             lines.append(f"| {r['method']} | {r['batch_size']} | {r['width']} | "
                          f"{r['val_size']} | failed: {r['error'].splitlines()[-1][:80]} "
-                         "| | | | | | |")
+                         "| | | | | | | | |")
             continue
         calibration = ""
+        after = (f"{100 * r['calibration_cpu_fraction_after_snapshot']:.0f}%"
+                 if "calibration_cpu_fraction_after_snapshot" in r else "")
+        reference = (f"{r['cpu_ratio_to_hard_validated']:.2f}"
+                     if "cpu_ratio_to_hard_validated" in r else "")
         if "calibration_seconds_per_epoch" in r:
             calibration = (f"{r['calibration_seconds_per_epoch']:.2f} "
                            f"({100 * r['calibration_fraction']:.0f}%; CPU "
@@ -304,10 +339,135 @@ def markdown(results: list[dict]) -> str:
                      else "")
         lines.append(f"| {r['method']} | {r['batch_size']} | {r['width']} | "
                      f"{r['validation_examples']} | {r['examples_per_second']:.0f} | {ratio} "
-                     f"| {r['examples_per_cpu_second']:.0f} | {cpu_ratio} "
-                     f"| {r['first_epoch_seconds']:.1f} | {calibration} | "
+                     f"| {r['examples_per_cpu_second']:.0f} | {cpu_ratio} | {reference} "
+                     f"| {r['first_epoch_seconds']:.1f} | {calibration} | {after} | "
                      f"{r['peak_rss_mb']:.0f} |")
     return "\n".join(lines)
+
+
+# ================================================================ report: RESULTS.md
+def _rows(results: list[dict], method: str) -> list[dict]:
+    return [r for r in results if r["method"] == method and "error" not in r]
+
+
+def findings(results: list[dict]) -> list[str]:
+    """Sentences with the ratios the issue's targets are about, from one results list."""
+    lines = []
+    for r in _rows(results, "hard"):
+        if "cpu_ratio_to_minimal" in r:
+            lines.append(f"`hard` / `minimal` (batch {r['batch_size']}, width {r['width']}): "
+                         f"{r['cpu_ratio_to_minimal']:.2f} (target >= 0.95: "
+                         f"{'met' if r['cpu_ratio_to_minimal'] >= 0.95 else 'missed'}).")
+    for method in ("calibrated-best", "calibrated-swa", "calibrated-ema"):
+        for r in _rows(results, method):
+            if "cpu_ratio_to_hard_validated" not in r:
+                continue
+            ratio = r["cpu_ratio_to_hard_validated"]
+            text = (f"`{method}` / `hard-validated` (batch {r['batch_size']}, width "
+                    f"{r['width']}, {r['validation_examples']} validation images): "
+                    f"{ratio:.2f} (target >= 0.90: {'met' if ratio >= 0.90 else 'missed'}); "
+                    f"calibration {100 * r['calibration_cpu_fraction']:.0f}% of the epoch's CPU")
+            if "calibration_cpu_fraction_after_snapshot" in r:
+                text += (" between snapshots, "
+                         f"{100 * r['calibration_cpu_fraction_after_snapshot']:.0f}% in the "
+                         "epoch right after one")
+            lines.append(text + ".")
+    art, minimal = _rows(results, "art"), _rows(results, "minimal")
+    hard = _rows(results, "hard")
+    if art and hard and minimal:
+        lines.append(f"ART `AdversarialTrainerMadryPGD`: {art[0]['cpu_ratio_to_minimal']:.2f} "
+                     f"of `minimal`; the hard-label trainer does "
+                     f"{hard[0]['examples_per_cpu_second'] / art[0]['examples_per_cpu_second']:.1f}"
+                     "x ART's examples per CPU-second.")
+    return lines
+
+
+def epoch_regimes(history: dict) -> dict[str, int]:
+    """Counts the three kinds of ``best``-teacher epoch in a run's history: no teacher
+    or a snapshot (no calibration: ``calibration_nll`` is NaN), right after a snapshot
+    (new examples), and between snapshots (reused examples)."""
+    nll = history.get("calibration_nll", [])
+    skipped = [value is None or value != value for value in nll]  # NaN or missing
+    counts = {"no calibration": 0, "after a snapshot": 0, "between snapshots": 0}
+    for epoch, skip in enumerate(skipped):
+        if skip:
+            counts["no calibration"] += 1
+        elif epoch > 0 and skipped[epoch - 1]:
+            counts["after a snapshot"] += 1
+        else:
+            counts["between snapshots"] += 1
+    return counts
+
+
+def regime_estimate(results: list[dict], runs_dir: Path) -> list[str]:
+    """The average calibration share over the default's 120-epoch benchmark runs,
+    estimated from their epoch regimes and this table's measured shares."""
+    rows = [r for r in _rows(results, "calibrated-best")
+            if "calibration_cpu_fraction_after_snapshot" in r]
+    if not rows:
+        return []
+    row = min(rows, key=lambda r: r["val_size"])
+    lines = []
+    for history_file in sorted(runs_dir.glob("calibrated_s*/history.json")):
+        history = json.loads(history_file.read_text())
+        counts = epoch_regimes(history)
+        total = sum(counts.values())
+        share = (counts["between snapshots"] * row["calibration_cpu_fraction"]
+                 + counts["after a snapshot"] * row["calibration_cpu_fraction_after_snapshot"]
+                 ) / max(total, 1)
+        lines.append(f"`{history_file.parent.name}` ({total} epochs): "
+                     + ", ".join(f"{n} {k}" for k, n in counts.items())
+                     + f"; estimated average calibration share {100 * share:.0f}% "
+                     f"(an estimate from the shares measured at {row['val_size']} "
+                     "validation images, not a measurement).")
+    return lines
+
+
+def section(reports: list[dict], runs_dir: Path) -> str:
+    """The "## Throughput (issue 8)" section of RESULTS.md from result files."""
+    parts = [f"{SECTION}\n",
+             "Made by `python benchmarks/throughput.py` (results in `benchmarks/results/"
+             "throughput*.json`; `--report-only` rebuilds this section). Same model "
+             "(`small_cnn`), data (Fashion-MNIST training images), batch and attack "
+             "(L-inf PGD-5, eps 0.1, step 0.05, random start) for every row; each row is its "
+             "own process. The validation pass of `fit` and the calibration use PGD-10.",
+             "",
+             "**Read the CPU columns.** With `--threads 1` each run uses one TensorFlow "
+             "thread, so its process CPU time per example measures the work it does, "
+             "whatever else the machine runs; *CPU ratio* is examples per CPU-second over "
+             "the reference's. Wall-clock examples/s depend on the machine's load at the "
+             "time (given per file) and are comparable between rows only on a quiet "
+             "machine. The targets: `hard` within 5% of `minimal`; the calibrated trainer "
+             "within 10% of `hard-validated` (the same training and validation pass, "
+             "without the teacher and the calibration).", ""]
+    for report in reports:
+        machine = report.get("machine", {})
+        parts += [f"Command: `python benchmarks/{report['command']}` ({report['created']}; "
+                  f"{machine.get('platform', '?')}, {machine.get('cpus', '?')} CPUs, load "
+                  f"average at start {machine.get('load_average_at_start', ['?'])[0]:.1f}; "
+                  f"{report['results'][0].get('train_size', '?')} training images, "
+                  f"{report['results'][0].get('epochs', '?')} epochs per run):", "",
+                  markdown(report["results"]), ""]
+        found = findings(report["results"])
+        if found:
+            parts += ["What it says:", ""] + [f"- {line}" for line in found] + [""]
+        estimate = regime_estimate(report["results"], runs_dir)
+        if estimate:
+            parts += ["Over the default's 120-epoch benchmark runs (`benchmarks/results/"
+                      "robust_overfitting/`), the `best` teacher's epochs were:", ""]
+            parts += [f"- {line}" for line in estimate] + [""]
+    return "\n".join(parts).rstrip() + "\n"
+
+
+def write_section(paths: list[Path], results_md: Path, runs_dir: Path) -> None:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import robust_overfitting  # the section writer all benchmarks share
+
+    reports = [json.loads(path.read_text()) for path in paths if path.is_file()]
+    if not reports:
+        raise SystemExit(f"no result files among {[str(p) for p in paths]}")
+    robust_overfitting.update_section(results_md, section(reports, runs_dir), SECTION)
+    print(f"wrote the throughput section of {results_md}")
 
 
 def main(argv=None) -> None:
@@ -335,10 +495,22 @@ def main(argv=None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds per run")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--report-only", action="store_true",
+                        help="no measurement: rewrite the throughput section of "
+                             "benchmarks/RESULTS.md from --reports")
+    parser.add_argument("--reports", nargs="+", type=Path,
+                        default=[RESULTS_DIR / "throughput.json",
+                                 RESULTS_DIR / "throughput_scaling.json"],
+                        help="result files the section is made of (default: throughput.json "
+                             "and throughput_scaling.json)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         print("RESULT " + json.dumps(child(json.loads(args.child))), flush=True)
+        return
+    if args.report_only:
+        write_section(args.reports, ROOT / "benchmarks" / "RESULTS.md",
+                      RESULTS_DIR / "robust_overfitting")
         return
 
     quick = args.quick
@@ -357,7 +529,8 @@ def main(argv=None) -> None:
     for batch_size in batch_sizes:
         for width in widths:
             for method in methods:
-                for val_size in (val_sizes if method == "calibrated-best" else val_sizes[:1]):
+                scaled = method in ("calibrated-best", "hard-validated")
+                for val_size in (val_sizes if scaled else val_sizes[:1]):
                     specs.append(dict(method=method, batch_size=batch_size, width=width,
                                       val_size=val_size, train_size=train_size, epochs=epochs,
                                       train_sample=train_sample, seed=args.seed,
@@ -377,6 +550,12 @@ def main(argv=None) -> None:
             r["ratio_to_minimal"] = r["examples_per_second"] / base[0]["examples_per_second"]
             r["cpu_ratio_to_minimal"] = (r["examples_per_cpu_second"]
                                          / base[0]["examples_per_cpu_second"])
+        reference = [m for m in results if m["method"] == "hard-validated"
+                     and "error" not in m and m["batch_size"] == r["batch_size"]
+                     and m["width"] == r["width"] and m["val_size"] == r["val_size"]]
+        if reference and "error" not in r and r["method"].startswith("calibrated"):
+            r["cpu_ratio_to_hard_validated"] = (r["examples_per_cpu_second"]
+                                                / reference[0]["examples_per_cpu_second"])
     report = {
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
