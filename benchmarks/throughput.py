@@ -400,7 +400,7 @@ def epoch_regimes(history: dict) -> dict[str, int]:
 
 
 def regime_estimate(results: list[dict], runs_dir: Path) -> list[str]:
-    """The average calibration share over the default's 120-epoch benchmark runs,
+    """The average calibration share over the ``best`` teacher's benchmark runs,
     estimated from their epoch regimes and this table's measured shares."""
     rows = [r for r in _rows(results, "calibrated-best")
             if "calibration_cpu_fraction_after_snapshot" in r]
@@ -408,7 +408,9 @@ def regime_estimate(results: list[dict], runs_dir: Path) -> list[str]:
         return []
     row = min(rows, key=lambda r: r["val_size"])
     lines = []
-    for history_file in sorted(runs_dir.glob("calibrated_s*/history.json")):
+    best_runs = [path for path in sorted(runs_dir.glob("calibrated_s*/history.json"))
+                 if path.parent.name[len("calibrated_s"):].isdigit()]  # not calibrated_swa_*
+    for history_file in best_runs:
         history = json.loads(history_file.read_text())
         counts = epoch_regimes(history)
         total = sum(counts.values())
@@ -453,8 +455,9 @@ def section(reports: list[dict], runs_dir: Path) -> str:
             parts += ["What it says:", ""] + [f"- {line}" for line in found] + [""]
         estimate = regime_estimate(report["results"], runs_dir)
         if estimate:
-            parts += ["Over the default's 120-epoch benchmark runs (`benchmarks/results/"
-                      "robust_overfitting/`), the `best` teacher's epochs were:", ""]
+            parts += ["In the robust-overfitting benchmark's runs with the `best` teacher "
+                      "(`benchmarks/results/robust_overfitting/calibrated_s*`), its epochs "
+                      "were:", ""]
             parts += [f"- {line}" for line in estimate] + [""]
     return "\n".join(parts).rstrip() + "\n"
 
