@@ -50,9 +50,9 @@ _TRAIN_HELP: dict[str, str] = {
     "labels": "Targets: 'hard' (PGD-AT, one-hot labels), 'calibrated' (soft targets from a "
               "teacher with fitted T and rho) or 'adr' (ADR-style baseline: EMA teacher on "
               "the clean input, cosine-annealed T and rho, per-example rho).",
-    "teacher": "Teacher of the calibrated trainer: best (snapshot at the best validation "
-               "robust accuracy), swa (weight average per epoch), ema (moving average per "
-               "step), fixed (a trained model: --teacher-model).",
+    "teacher": "Teacher of the calibrated trainer: swa (weight average per epoch; the "
+               "default), best (snapshot at the best validation robust accuracy), ema "
+               "(moving average per step), fixed (a trained model: --teacher-model).",
     "loss_form": "Calibrated loss: kd ((1-rho) CE(f,y) + rho T^2 H(p_T(g), p_T(f))) or soft "
                  "(CE with the soft target).",
     "rule": "How T and rho are fitted each epoch: published (validation NLL grid under the "
@@ -594,7 +594,7 @@ def _demo(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
           f"epsilon={args.epsilon:g}, {args.epochs} epochs each, seed {args.seed}", flush=True)
     rows = []
     for name, labels, title in (("pgd_at", "hard", "PGD-AT (hard labels)"),
-                                ("calibrated", "calibrated", "calibrated (best teacher)")):
+                                ("calibrated", "calibrated", "calibrated (swa teacher)")):
         config = demo_config(name, labels, args.epochs, args.epsilon, args.seed, args.out,
                              args.verbose)
         print(f"training {title} ...", flush=True)

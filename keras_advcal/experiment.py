@@ -128,7 +128,7 @@ class RunConfig:
     eval_step_size: float = 0.025
     eval_every: int = 3
     labels: str = "calibrated"
-    teacher: str = "best"
+    teacher: str = "swa"
     loss_form: str = "kd"
     rule: str = "published"
     acc_floor: float = 0.9

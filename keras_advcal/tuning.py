@@ -139,8 +139,8 @@ class AdvCalHyperModel(keras_tuner.HyperModel):
         train_sample: ``(x, y)`` sample of the training data for the accuracy floor
             (calibrated mode). Default: up to 1,000 seeded random training examples
             (the first 1,000 a ``tf.data`` input yields).
-        teacher_kind: the teacher of ``CalibratedTeacher`` (``"best"``, ``"swa"``,
-            ``"ema"``).
+        teacher_kind: the teacher of ``CalibratedTeacher`` (``"swa"``, the default,
+            ``"best"`` or ``"ema"``).
         loss_form: ``"kd"`` or ``"soft"`` (see :class:`~keras_advcal.AdvCalTrainer`).
         acc_floor: accuracy floor of the published calibration rule.
         batch_sizes: candidate batch sizes; ``None`` leaves the batch size to
@@ -163,7 +163,7 @@ class AdvCalHyperModel(keras_tuner.HyperModel):
                  eval_attack: Any = None, labels: str = "calibrated",
                  model_builder: ModelBuilder | None = None, search_baseline: bool = False,
                  calibration_data: Any = None, train_sample: Any = None,
-                 teacher_kind: str = "best", loss_form: str = "kd", acc_floor: float = 0.9,
+                 teacher_kind: str = "swa", loss_form: str = "kd", acc_floor: float = 0.9,
                  batch_sizes: Sequence[int] | None = DEFAULT_BATCH_SIZES,
                  seed: int | None = None, name: str | None = None, tunable: bool = True):
         super().__init__(name=name, tunable=tunable)

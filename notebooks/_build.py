@@ -98,7 +98,7 @@ trainer.compile(optimizer=keras.optimizers.Adam(1e-3))'''),
     ("md", """## Fit with calibration
 
 `CalibratedTeacher` goes **first** in the callbacks. At the end of every epoch it
-updates the teacher (by default the best model so far on validation robust accuracy)
+updates the teacher (by default an average of the student's weights, one per epoch: SWA)
 and fits `T` and `rho` by the published rule; they are logged with the other metrics."""),
     ("code", '''teacher = CalibratedTeacher(validation_data=(x_val, y_val),
                             train_sample=(x_train[:500], y_train[:500]), verbose=1)
@@ -446,7 +446,7 @@ for rate in FLIP_RATES:
 
 If robust overfitting is the network fitting the noisy labels of its adversarial
 examples, three things follow. The benchmark `benchmarks/label_noise.py` tests them on
-Fashion-MNIST (PGD-AT against the default calibrated trainer) and writes the section
+Fashion-MNIST (PGD-AT against the calibrated trainer with the `best` teacher) and writes the section
 "Label noise (issue 7)" of
 [`benchmarks/RESULTS.md`](https://github.com/keras-advcal/keras-advcal/blob/main/benchmarks/RESULTS.md)
 and the figures below. The cells show them when the benchmark has been run in this

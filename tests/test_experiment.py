@@ -36,7 +36,7 @@ def test_defaults_are_the_benchmark_protocol():
     assert (config.eval_steps, config.eval_step_size, config.eval_every) == (10, 0.025, 3)
     assert (config.learning_rate, config.batch_size, config.epochs) == (1e-3, 64, 120)
     assert (config.labels, config.teacher, config.loss_form, config.rule) == (
-        "calibrated", "best", "kd", "published")
+        "calibrated", "swa", "kd", "published")
     assert config.final_steps == 20
 
 
