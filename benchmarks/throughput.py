@@ -382,6 +382,27 @@ def findings(results: list[dict]) -> list[str]:
     return lines
 
 
+def inconsistencies(results: list[dict]) -> list[str]:
+    """Rows that contradict the work they do: a method that does strictly more work
+    than another in the same configuration but measured more examples per CPU-second.
+    Seen when the machine runs more processes than it has cores: the CPU time of one
+    process then stops measuring its work."""
+    more_work = [("hard", "minimal"), ("hard-validated", "hard")]
+    found = []
+    for heavier, lighter in more_work:
+        for h in _rows(results, heavier):
+            for light in _rows(results, lighter):
+                same = all(h[k] == light[k] for k in ("batch_size", "width"))
+                if same and h["examples_per_cpu_second"] > 1.05 * light[
+                        "examples_per_cpu_second"]:
+                    found.append(
+                        f"`{heavier}` (batch {h['batch_size']}, width {h['width']}) measured "
+                        f"{h['examples_per_cpu_second']:.0f} examples per CPU-second, more than "
+                        f"`{lighter}` ({light['examples_per_cpu_second']:.0f}), although it "
+                        "does the same work and more.")
+    return found
+
+
 def epoch_regimes(history: dict) -> dict[str, int]:
     """Counts the three kinds of ``best``-teacher epoch in a run's history: no teacher
     or a snapshot (no calibration: ``calibration_nll`` is NaN), right after a snapshot
@@ -450,10 +471,17 @@ def section(reports: list[dict], runs_dir: Path) -> str:
                   f"{report['results'][0].get('train_size', '?')} training images, "
                   f"{report['results'][0].get('epochs', '?')} epochs per run):", "",
                   markdown(report["results"]), ""]
+        contradictions = inconsistencies(report["results"])
+        if contradictions:
+            parts += ["**Not reliable: the rows contradict the work they do**, so the CPU "
+                      "time of a process did not measure its work during this run (the "
+                      "machine ran more processes than it has cores). Its ratios are not "
+                      "used for any conclusion:", ""]
+            parts += [f"- {line}" for line in contradictions] + [""]
         found = findings(report["results"])
-        if found:
+        if found and not contradictions:
             parts += ["What it says:", ""] + [f"- {line}" for line in found] + [""]
-        estimate = regime_estimate(report["results"], runs_dir)
+        estimate = [] if contradictions else regime_estimate(report["results"], runs_dir)
         if estimate:
             parts += ["In the robust-overfitting benchmark's runs with the `best` teacher "
                       "(`benchmarks/results/robust_overfitting/calibrated_s*`), its epochs "
