@@ -387,12 +387,13 @@ def inconsistencies(results: list[dict]) -> list[str]:
     than another in the same configuration but measured more examples per CPU-second.
     Seen when the machine runs more processes than it has cores: the CPU time of one
     process then stops measuring its work."""
-    more_work = [("hard", "minimal"), ("hard-validated", "hard")]
+    more_work = [("hard", "minimal"), ("hard-validated", "hard"),
+                 ("calibrated-best", "hard-validated")]
     found = []
     for heavier, lighter in more_work:
         for h in _rows(results, heavier):
             for light in _rows(results, lighter):
-                same = all(h[k] == light[k] for k in ("batch_size", "width"))
+                same = all(h[k] == light[k] for k in ("batch_size", "width", "val_size"))
                 if same and h["examples_per_cpu_second"] > 1.05 * light[
                         "examples_per_cpu_second"]:
                     found.append(
