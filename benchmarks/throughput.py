@@ -45,6 +45,9 @@ Examples::
     python benchmarks/throughput.py                     # the full table (much longer)
     python benchmarks/throughput.py --batch-sizes 64 128 256 --widths 16 32 \\
         --val-sizes 500 2000 8000 --train-size 10000 --epochs 3
+    python benchmarks/throughput.py --methods hard-validated calibrated-swa \\
+        --val-sizes 1000 --train-size 16384 --epochs 3 --threads 1 \\
+        --out benchmarks/results/throughput_swa_16k.json   # swa cost, larger training set
 """
 
 from __future__ import annotations
@@ -533,9 +536,11 @@ def main(argv=None) -> None:
                              "benchmarks/RESULTS.md from --reports")
     parser.add_argument("--reports", nargs="+", type=Path,
                         default=[RESULTS_DIR / "throughput.json",
-                                 RESULTS_DIR / "throughput_scaling.json"],
-                        help="result files the section is made of (default: throughput.json "
-                             "and throughput_scaling.json)")
+                                 RESULTS_DIR / "throughput_scaling.json",
+                                 RESULTS_DIR / "throughput_swa_16k.json"],
+                        help="result files the section is made of (default: throughput.json, "
+                             "throughput_scaling.json and throughput_swa_16k.json; missing "
+                             "ones are left out)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
