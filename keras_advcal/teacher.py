@@ -374,9 +374,14 @@ class CalibratedTeacher(keras.callbacks.Callback):
         self.separate_surrogate_temperature = bool(separate_surrogate_temperature)
         self.recalibrate_on_snapshot = bool(recalibrate_on_snapshot)
         self.reuse_validation_examples = bool(reuse_validation_examples)
+        # swa and ema teachers move every epoch: nothing of theirs is worth keeping.
+        self._keeps_validation_examples = (self.reuse_validation_examples
+                                           and kind in ("best", "fixed"))
         self.results: list[calibration.CalibrationResult] = []
-        self._train_cache: np.ndarray | None = None
-        self._val_cache: tuple[np.ndarray, np.ndarray] | None = None
+        # What depends only on the current teacher ("train": its logits on PGD examples
+        # of the training sample; "val": PGD examples of the validation data and its
+        # logits on them). Emptied whenever the teacher changes.
+        self._teacher_cache: dict[str, Any] = {}
 
     # ---------------------------------------------------------------- lifecycle
     @property
@@ -401,8 +406,7 @@ class CalibratedTeacher(keras.callbacks.Callback):
             trainer.ema_decay.assign(self.ema_decay)
         else:
             trainer.ema_decay.assign(0.0)
-        self._train_cache = None
-        self._val_cache = None
+        self._teacher_cache = {}
         attack = self._attack()
         teacher, student = trainer.teacher_logits, trainer.student_logits
         self._val_examples = AdversarialLogits(attack, teacher, [teacher], self.batch_size,
@@ -431,8 +435,7 @@ class CalibratedTeacher(keras.callbacks.Callback):
             # are the same model: the validation NLL is flat in rho and the rule would
             # fall to the smallest rho by the tie-break. Keep the current T and rho
             # (0 before the first calibration) until the two differ again.
-            self._train_cache = None
-            self._val_cache = None
+            self._teacher_cache = {}
             logs.update(temperature=float(trainer.temperature.numpy()),
                         rho=float(trainer.rho.numpy()), calibration_nll=float("nan"),
                         train_agreement=float("nan"), teacher_adv_accuracy=float("nan"))
@@ -476,40 +479,33 @@ class CalibratedTeacher(keras.callbacks.Callback):
             reestimate_batchnorm(trainer.teacher, self.x_train, self.batch_size)
             trainer.teacher_ready.assign(1.0)
             return True
-        return self.kind == "ema" or self._train_cache is None
+        return self.kind == "ema" or not self._teacher_cache
 
     # --------------------------------------------------------- the calibration
     def _attack(self) -> attacks_lib.Attack:
         return self.attack if self.attack is not None else self.model.validation_attack
 
-    def _validation_logits(self, epoch: int, teacher_changed: bool
-                           ) -> tuple[np.ndarray, np.ndarray]:
-        """Teacher and student logits on PGD examples of the validation data made
-        against the teacher: the kept examples while the teacher stays the same (seeded
-        independently of the epoch, like the training-sample pass), else new ones."""
-        teacher_stays = self.kind in ("best", "fixed")  # swa and ema move every epoch
-        if not (self.reuse_validation_examples and teacher_stays):
+    def _calibrate(self, epoch: int, teacher_changed: bool):
+        # The passes kept per teacher are seeded independently of the epoch (the last
+        # seeds of this callback's block, never an epoch's): a cache rebuilt after a
+        # restart (BackupAndRestore) must equal the one an uninterrupted run computed
+        # when the teacher last changed.
+        cache = self._teacher_cache = {} if teacher_changed else self._teacher_cache
+        if "train" not in cache:
+            cache["train"], = self._train_logits(self.x_train, self.y_train,
+                                                 self.seed * 100_003 + 100_002)
+        if not self._keeps_validation_examples:
             x_adv, teacher_val = self._val_examples(self.x_val, self.y_val,
                                                     self.seed * 100_003 + epoch)
         else:
-            if teacher_changed or self._val_cache is None:
-                self._val_cache = tuple(self._val_examples(
-                    self.x_val, self.y_val, self.seed * 100_003 + 100_001))
-            x_adv, teacher_val = self._val_cache
-        return teacher_val, self._student_logits(x_adv)
-
-    def _calibrate(self, epoch: int, teacher_changed: bool):
-        teacher_val, student_val = self._validation_logits(epoch, teacher_changed)
-        if teacher_changed or self._train_cache is None:
-            # The training-sample pass is seeded independently of the epoch (the last
-            # seed of this callback's block, never an epoch's): a cache rebuilt after a
-            # restart (BackupAndRestore) must equal the one an uninterrupted run
-            # computed when the teacher last changed.
-            self._train_cache, = self._train_logits(self.x_train, self.y_train,
-                                                    self.seed * 100_003 + 100_002)
+            if "val" not in cache:
+                cache["val"] = tuple(self._val_examples(self.x_val, self.y_val,
+                                                        self.seed * 100_003 + 100_001))
+            x_adv, teacher_val = cache["val"]
+        student_val = self._student_logits(x_adv)
         teacher_accuracy = float(np.mean(teacher_val.argmax(axis=1) == self.y_val))
         result = calibration.calibrate(
-            teacher_val, student_val, self.y_val, self._train_cache, self.y_train,
+            teacher_val, student_val, self.y_val, cache["train"], self.y_train,
             acc_floor=self.acc_floor, rule=self.rule, teacher_accuracy=teacher_accuracy,
             fixed=self.fixed, separate_surrogate_temperature=self.separate_surrogate_temperature,
             selection=self.selection)

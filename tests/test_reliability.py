@@ -314,7 +314,8 @@ def test_restarted_teacher_callback_reuses_the_same_training_sample_examples(dat
     restarted.set_model(trainer)
     restarted.on_train_begin()
     restarted.on_epoch_end(1, dict(no_improvement))  # rebuilds it
-    np.testing.assert_array_equal(restarted._train_cache, running._train_cache)
+    np.testing.assert_array_equal(restarted._teacher_cache["train"],
+                                  running._teacher_cache["train"])
     assert restarted.results[-1].to_dict() == running.results[-1].to_dict()
 
 

@@ -223,13 +223,14 @@ def test_best_teacher_reuses_validation_examples_until_it_changes(digits):
     fresh.on_train_begin()
     fresh.on_epoch_end(2, dict(no_improvement))
     assert fresh.results[-1].to_dict() == second.to_dict()
-    np.testing.assert_array_equal(fresh._val_cache[0], callback._val_cache[0])
+    np.testing.assert_array_equal(fresh._teacher_cache["val"][0],
+                                  callback._teacher_cache["val"][0])
 
     callback.on_epoch_end(3, {"val_adv_accuracy": 2.0})  # a new snapshot
-    assert callback._val_cache is None
+    assert "val" not in callback._teacher_cache
     callback.on_epoch_end(4, dict(no_improvement))
     assert counter.calls == 2
-    x_adv = callback._val_cache[0]
+    x_adv = callback._teacher_cache["val"][0]
     x_val = callback.x_val
     assert np.max(np.abs(x_adv - x_val)) <= 0.15 + 1e-6
     assert x_adv.min() >= 0.0 and x_adv.max() <= 1.0
@@ -241,4 +242,4 @@ def test_validation_examples_are_remade_every_epoch_without_reuse(digits):
     callback._val_examples = counter
     for epoch in (1, 2):
         callback.on_epoch_end(epoch, {"val_adv_accuracy": -1.0})
-    assert counter.calls == 2 and callback._val_cache is None
+    assert counter.calls == 2 and "val" not in callback._teacher_cache
