@@ -415,9 +415,8 @@ def acceptance(runs: dict) -> str:
     """Issue 4, point 4, computed per seed for the default configuration, then for
     every other finished configuration."""
     default = BY_NAME[DEFAULT_METHOD]
-    seeds = sorted({seed for (name, seed) in runs if name == DEFAULT_METHOD}
-                   & {seed for (name, seed) in runs if name == "pgd_at"})
-    if not seeds:
+    pairs = _finished_pairs(runs, DEFAULT_METHOD)
+    if not pairs:
         return (f"Not evaluated yet: it needs finished `pgd_at` and `{DEFAULT_METHOD}` runs "
                 "with the same seed.")
     lines = [
@@ -431,12 +430,7 @@ def acceptance(runs: dict) -> str:
         f"accuracy no more than {100 * MAX_CLEAN_DROP:.0f} point below PGD-AT's clean "
         "accuracy at PGD-AT's best epoch.", ""]
     verdicts = []
-    for seed in seeds:
-        cal, _ = runs[(DEFAULT_METHOD, seed)]
-        pgd, _ = runs[("pgd_at", seed)]
-        if not (cal.get("finished") and pgd.get("finished")):
-            lines.append(f"- seed {seed}: not finished yet.")
-            continue
+    for seed, cal, pgd in pairs:
         checks = criterion(cal, pgd)
         ok = all(passed for passed, _ in checks.values())
         verdicts.append(ok)
@@ -446,17 +440,16 @@ def acceptance(runs: dict) -> str:
         lines.append(f"- seed {seed}: **{'meets' if ok else 'does not meet'}** the "
                      f"criterion{'' if ok else ' (fails ' + ', '.join(failed) + ')'}: "
                      f"{detail}.")
-    if verdicts:
-        lines.append("")
-        if all(verdicts) and len(verdicts) >= 2:
-            lines.append(f"**Verdict: the default configuration meets the acceptance "
-                         f"criterion on all {len(verdicts)} seeds.**")
-        elif all(verdicts):
-            lines.append("**Verdict so far: met on the finished seed; at least 2 seeds are "
-                         "required.**")
-        else:
-            lines.append(f"**Verdict: the default configuration does not meet the acceptance "
-                         f"criterion on {verdicts.count(False)} of {len(verdicts)} seed(s).**")
+    lines.append("")
+    if all(verdicts) and len(verdicts) >= 2:
+        lines.append(f"**Verdict: the default configuration meets the acceptance "
+                     f"criterion on all {len(verdicts)} seeds.**")
+    elif all(verdicts):
+        lines.append("**Verdict so far: met on the finished seed; at least 2 seeds are "
+                     "required.**")
+    else:
+        lines.append(f"**Verdict: the default configuration does not meet the acceptance "
+                     f"criterion on {verdicts.count(False)} of {len(verdicts)} seed(s).**")
     lines += ["", "Every finished configuration against the same checks (the second-last "
               "column reads (a) against PGD-AT's early-stopped model instead of the peak of "
               "its test curve, which is chosen on the test set):", ""]
