@@ -178,9 +178,17 @@ def _run_trainer(model, dataset, epochs, timer, kind, splits, args, validate=Tru
 
     from keras_advcal import PGD, AdvCalTrainer, CalibratedTeacher
 
+    validation_cpu_seconds: list[float] = []
+
     class Timer(keras.callbacks.Callback):
         def on_epoch_begin(self, epoch, logs=None):
             timer.begin()
+
+        def on_test_begin(self, logs=None):  # fit's validation pass
+            self._validation_start = time.process_time()
+
+        def on_test_end(self, logs=None):
+            validation_cpu_seconds.append(time.process_time() - self._validation_start)
 
         def on_epoch_end(self, epoch, logs=None):  # last in the list: after calibration
             timer.end()
@@ -214,6 +222,8 @@ def _run_trainer(model, dataset, epochs, timer, kind, splits, args, validate=Tru
     history = trainer.fit(dataset, epochs=epochs, verbose=0, validation_data=validation,
                           validation_batch_size=256, callbacks=callbacks + [Timer()])
     out = {"final_loss": float(history.history["loss"][-1])}
+    if validation_cpu_seconds:
+        out["validation_cpu_seconds"] = validation_cpu_seconds
     if kind is not None:
         out["calibration_seconds"] = calibration_seconds
         out["calibration_cpu_seconds"] = calibration_cpu_seconds
@@ -288,6 +298,15 @@ def child(spec: dict) -> dict:
                   rss_before_model_mb=rss_before, peak_rss_mb=_rss_mb(),
                   parameters=int(model.count_params()), tensorflow=tf.__version__,
                   keras=keras.__version__, **extra)
+    steps_cpu = sum(steady_cpu) / len(steady_cpu)  # the training steps' share, below
+    if "validation_cpu_seconds" in extra:
+        validation = extra["validation_cpu_seconds"][skip:] or extra["validation_cpu_seconds"]
+        result["validation_cpu_seconds_per_epoch"] = sum(validation) / len(validation)
+        steps_cpu -= result["validation_cpu_seconds_per_epoch"]
+    if "calibration_cpu_seconds" in extra:
+        cpu = extra["calibration_cpu_seconds"][skip:] or extra["calibration_cpu_seconds"]
+        steps_cpu -= sum(cpu) / len(cpu)
+    result["training_steps_cpu_seconds_per_epoch"] = steps_cpu
     if "calibration_seconds" in extra:
         calibration = extra["calibration_seconds"][skip:] or extra["calibration_seconds"]
         result["calibration_seconds_per_epoch"] = sum(calibration) / len(calibration)

@@ -1,10 +1,12 @@
 """Projected gradient attacks (PGD, FGSM) in pure TensorFlow.
 
 Every attack is a callable ``attack(model, x, y) -> x_adv`` with ``x`` a batch of
-images in ``bounds`` and ``y`` integer labels. The loop is a ``tf.while_loop``, so
-one attack traces to a small graph that runs inside a compiled ``train_step``,
-under XLA (``jit_compile=True``) and under a ``tf.distribute`` strategy. The model
-is always called in inference mode (``training=False``).
+images in ``bounds`` and ``y`` integer labels. An attack of at most
+:data:`MAX_UNROLLED_STEPS` steps (the training attacks) is unrolled into the graph;
+a longer one (evaluation) runs as a ``tf.while_loop``, so its graph stays small.
+Either way it runs inside a compiled ``train_step``, under XLA
+(``jit_compile=True``) and under a ``tf.distribute`` strategy. The model is always
+called in inference mode (``training=False``).
 
 Example:
 
@@ -29,6 +31,15 @@ import tensorflow as tf
 _NORMS = ("linf", "l2")
 _LOSSES = ("ce", "cw")
 _TINY = 1e-12
+
+#: Attacks with at most this many steps are unrolled into the graph instead of a
+#: ``tf.while_loop``. On CPU with TensorFlow's oneDNN kernels (the x86 default), a PGD
+#: training step built around the loop ran about 1.5 times slower than the same step
+#: unrolled in roughly half of the processes measured (which half varied from process
+#: to process; see ``benchmarks/throughput.py``); unrolled, the graph grows by one
+#: forward and backward pass of the model per step, which is cheap for the few steps
+#: of training attacks.
+MAX_UNROLLED_STEPS = 20
 
 
 def margin_loss(logits: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
@@ -288,14 +299,18 @@ class PGD(Attack):
         x_adv = _random_start(x, self.epsilon, self.norm, seed) if self.random_start else x
         x_adv = project(x_adv, x, self.epsilon, self.norm, self.bounds)
 
-        def body(i, x_adv):
+        def step(x_adv):
             gradient = self._gradient(model, x_adv, y)
             x_next = project(self._step(x_adv, gradient), x, self.epsilon, self.norm, self.bounds)
-            return i + 1, tf.stop_gradient(x_next)
+            return tf.stop_gradient(x_next)
 
+        if self.steps <= MAX_UNROLLED_STEPS:
+            for _ in range(self.steps):
+                x_adv = step(x_adv)
+            return x_adv
         _, x_adv = tf.while_loop(
-            lambda i, _: i < self.steps, body, (tf.constant(0), x_adv),
-            maximum_iterations=self.steps)
+            lambda i, _: i < self.steps, lambda i, x_adv: (i + 1, step(x_adv)),
+            (tf.constant(0), x_adv), maximum_iterations=self.steps)
         return x_adv
 
 

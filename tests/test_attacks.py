@@ -92,16 +92,35 @@ def test_attack_runs_in_tf_function_and_xla(random_model):
         assert _linf(x_adv, x.numpy()).max() <= 0.1 + 1e-5
 
 
-def test_loop_is_not_unrolled(random_model):
-    """The graph of a 50-step PGD is about as big as that of a 2-step one."""
+def _graph(attack, model):
     x = tf.TensorSpec((None, 6, 6, 3)); y = tf.TensorSpec((None,), tf.int32)
+    fn = tf.function(lambda x, y: attack(model, x, y))
+    return fn.get_concrete_function(x, y).graph.as_graph_def()
 
-    def graph_size(steps):
-        attack = PGD(0.1, 0.01, steps)
-        fn = tf.function(lambda x, y: attack(random_model, x, y))
-        return len(fn.get_concrete_function(x, y).graph.as_graph_def().node)
 
-    assert graph_size(50) == graph_size(2)
+def _has_loop(graph_def):
+    return any(node.op in ("While", "StatelessWhile") for node in graph_def.node)
+
+
+def test_short_attacks_unroll_and_long_ones_loop(random_model):
+    """Training attacks (few steps) are unrolled; a long attack is a while loop whose
+    graph does not grow with the number of steps."""
+    short, longest = 2, attacks.MAX_UNROLLED_STEPS
+    assert not _has_loop(_graph(PGD(0.1, 0.01, longest), random_model))
+    assert (len(_graph(PGD(0.1, 0.01, short + 1), random_model).node)
+            > len(_graph(PGD(0.1, 0.01, short), random_model).node))
+    looped = _graph(PGD(0.1, 0.01, longest + 1), random_model)
+    assert _has_loop(looped)
+    assert len(_graph(PGD(0.1, 0.01, 50), random_model).node) == len(looped.node)
+
+
+def test_unrolled_and_looped_attacks_agree(random_model, monkeypatch):
+    x = np.random.default_rng(0).uniform(0, 1, (8, 6, 6, 3)).astype("float32")
+    y = np.arange(8) % 5
+    unrolled = PGD(0.1, 0.03, 5, seed=3)(random_model, x, y).numpy()
+    monkeypatch.setattr(attacks, "MAX_UNROLLED_STEPS", 0)
+    looped = PGD(0.1, 0.03, 5, seed=3)(random_model, x, y).numpy()
+    np.testing.assert_allclose(unrolled, looped, atol=1e-6)
 
 
 def test_attack_strength_undefended_vs_adversarially_trained(digits):
