@@ -78,6 +78,23 @@ RESULTS_DIR = ROOT / "benchmarks" / "results"
 METHODS = ("minimal", "hard", "hard-validated", "calibrated-best", "calibrated-swa",
            "calibrated-ema", "art")
 SECTION = "## Throughput (issue 8)"
+# What a result file's table cannot say about itself.
+_BEFORE_UNROLLING = (
+    "Measured before the training attacks were unrolled (commit 691f95c), one "
+    "measurement per row: each run's training steps then ran in one of two speeds about "
+    "1.5x apart (see the while-loop rows above), so this ratio carries that noise.")
+REPORT_NOTES = {"throughput_while_loop.json": (
+                    "`--max-unrolled-steps 0` puts the trainer's PGD back in a "
+                    "`tf.while_loop`, as before commit 691f95c; the next table is the same "
+                    "command with the attacks unrolled (the default). The whole grids "
+                    "measured before that commit show the same two speeds in their last "
+                    "column: `benchmarks/results/throughput_before_unrolling.json` and "
+                    "`throughput_scaling_before_unrolling.json` (made as "
+                    "`throughput_scaling.json`, 8,192 training images, 3 rounds)."),
+                "throughput_swa_16k.json": _BEFORE_UNROLLING,
+                "throughput_swa_59k.json": _BEFORE_UNROLLING}
+REPORT_FILES = ("throughput.json", "throughput_scaling.json", "throughput_while_loop.json",
+                "throughput_unrolled.json", "throughput_swa_16k.json", "throughput_swa_59k.json")
 EPSILON, STEPS = 0.1, 5
 STEP_SIZE = 2.5 * EPSILON / STEPS  # the PGD default, written out for the minimal loop
 
@@ -265,6 +282,11 @@ def _run_art(model, splits, epochs, timer, batch_size):
 def child(spec: dict) -> dict:
     import keras
     import tensorflow as tf
+
+    from keras_advcal import attacks
+
+    if spec.get("max_unrolled_steps") is not None:  # 0: every attack is a tf.while_loop
+        attacks.MAX_UNROLLED_STEPS = spec["max_unrolled_steps"]
 
     splits = _load_data(spec["train_size"], spec["val_size"], spec["seed"])
     rss_before = _rss_mb()
@@ -621,6 +643,8 @@ def section(reports: list[dict], runs_dir: Path) -> str:
                   f"{report['results'][0].get('epochs', '?')} epochs per run; "
                   f"{_measurements(report)}):", "",
                   markdown(report["results"]), ""]
+        if report.get("file") in REPORT_NOTES:
+            parts += [REPORT_NOTES[report["file"]], ""]
         contradictions = inconsistencies(report["results"], report.get("runs"))
         if contradictions:
             parts += ["**Not reliable: the rows contradict the work they do**, so the CPU "
@@ -644,7 +668,8 @@ def write_section(paths: list[Path], results_md: Path, runs_dir: Path) -> None:
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import robust_overfitting  # the section writer all benchmarks share
 
-    reports = [json.loads(path.read_text()) for path in paths if path.is_file()]
+    reports = [dict(json.loads(path.read_text()), file=path.name)
+               for path in paths if path.is_file()]
     if not reports:
         raise SystemExit(f"no result files among {[str(p) for p in paths]}")
     robust_overfitting.update_section(results_md, section(reports, runs_dir), SECTION)
@@ -680,6 +705,10 @@ def main(argv=None) -> None:
     parser.add_argument("--cpus", nargs="+", type=int, default=None,
                         help="pin every run to these CPU cores (os.sched_setaffinity), "
                              "e.g. one core left to the runs while other work uses the rest")
+    parser.add_argument("--max-unrolled-steps", type=int, default=None,
+                        help="set keras_advcal.attacks.MAX_UNROLLED_STEPS in every run (0: "
+                             "the trainer's attacks run as a tf.while_loop; the minimal "
+                             "loop is always unrolled)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds per run")
     parser.add_argument("--out", type=Path, default=None)
@@ -687,12 +716,9 @@ def main(argv=None) -> None:
                         help="no measurement: rewrite the throughput section of "
                              "benchmarks/RESULTS.md from --reports")
     parser.add_argument("--reports", nargs="+", type=Path,
-                        default=[RESULTS_DIR / "throughput.json",
-                                 RESULTS_DIR / "throughput_scaling.json",
-                                 RESULTS_DIR / "throughput_swa_16k.json"],
-                        help="result files the section is made of (default: throughput.json, "
-                             "throughput_scaling.json and throughput_swa_16k.json; missing "
-                             "ones are left out)")
+                        default=[RESULTS_DIR / name for name in REPORT_FILES],
+                        help="result files the section is made of (default: "
+                             f"{', '.join(REPORT_FILES)}; missing ones are left out)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.repeats < 1:
@@ -727,7 +753,8 @@ def main(argv=None) -> None:
                                       val_size=val_size, train_size=train_size, epochs=epochs,
                                       train_sample=train_sample, seed=args.seed,
                                       jit_compile=args.jit_compile, threads=args.threads,
-                                      cpus=args.cpus))
+                                      cpus=args.cpus,
+                                      max_unrolled_steps=args.max_unrolled_steps))
     runs = []
     for round_index in range(args.repeats):
         for spec in specs:
