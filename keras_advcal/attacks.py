@@ -33,12 +33,13 @@ _LOSSES = ("ce", "cw")
 _TINY = 1e-12
 
 #: Attacks with at most this many steps are unrolled into the graph instead of a
-#: ``tf.while_loop``. On CPU with TensorFlow's oneDNN kernels (the x86 default), a PGD
-#: training step built around the loop ran about 1.5 times slower than the same step
-#: unrolled in roughly half of the processes measured (which half varied from process
-#: to process; see ``benchmarks/throughput.py``); unrolled, the graph grows by one
-#: forward and backward pass of the model per step, which is cheap for the few steps
-#: of training attacks.
+#: ``tf.while_loop``. On CPU with TensorFlow's oneDNN kernels (the x86 default), PGD
+#: training through ``fit`` with the loop ran at 0.62-0.77 of the speed of a bare
+#: unrolled loop in 13 of the 19 processes measured, which ones varying from process
+#: to process; with the attack unrolled, all 14 processes measured ran at 0.91-1.09
+#: (``benchmarks/RESULTS.md``, Throughput). Unrolled, the graph grows by one forward
+#: and backward pass of the model per step, cheap for the few steps of a training
+#: attack.
 MAX_UNROLLED_STEPS = 20
 
 
