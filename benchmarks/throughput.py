@@ -56,8 +56,8 @@ Examples::
         --out benchmarks/results/throughput_swa_16k.json   # swa cost, larger training set
     python benchmarks/throughput.py --methods minimal hard hard-validated \\
         calibrated-best --batch-sizes 64 256 --widths 16 32 --val-sizes 1000 \\
-        --train-size 8192 --epochs 4 --threads 1 --repeats 3 --cpus 1 \\
-        --out benchmarks/results/throughput_scaling.json   # scaling, 3 rounds, core 1
+        --train-size 4096 --epochs 4 --threads 1 --repeats 2 --cpus 1 \\
+        --out benchmarks/results/throughput_scaling.json   # scaling, 2 rounds, core 1
 """
 
 from __future__ import annotations
@@ -79,10 +79,6 @@ METHODS = ("minimal", "hard", "hard-validated", "calibrated-best", "calibrated-s
            "calibrated-ema", "art")
 SECTION = "## Throughput (issue 8)"
 # What a result file's table cannot say about itself.
-_BEFORE_UNROLLING = (
-    "Measured before the training attacks were unrolled (commit 691f95c), one "
-    "measurement per row: each run's training steps then ran in one of two speeds about "
-    "1.5x apart (see the while-loop rows above), so this ratio carries that noise.")
 REPORT_NOTES = {"throughput_while_loop.json": (
                     "`--max-unrolled-steps 0` puts the trainer's PGD back in a "
                     "`tf.while_loop`, as before commit 691f95c; the next table is the same "
@@ -94,9 +90,7 @@ REPORT_NOTES = {"throughput_while_loop.json": (
                     "`throughput_scaling_before_unrolling.json`, made as "
                     "`throughput_scaling.json` with 8,192 training images and 3 rounds) 12 "
                     "of 15 at 0.62-0.77. Unrolled, none of the 14 `hard` runs of this "
-                    "section's tables fell below 0.91."),
-                "throughput_swa_16k.json": _BEFORE_UNROLLING,
-                "throughput_swa_59k.json": _BEFORE_UNROLLING}
+                    "section's tables fell below 0.91.")}
 REPORT_FILES = ("throughput.json", "throughput_scaling.json", "throughput_while_loop.json",
                 "throughput_unrolled.json", "throughput_swa_16k.json", "throughput_swa_59k.json")
 EPSILON, STEPS = 0.1, 5
