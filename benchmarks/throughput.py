@@ -67,6 +67,7 @@ import datetime
 import json
 import os
 import platform
+import statistics
 import resource
 import subprocess
 import sys
@@ -318,30 +319,30 @@ def child(spec: dict) -> dict:
                   rss_before_model_mb=rss_before, peak_rss_mb=_rss_mb(),
                   parameters=int(model.count_params()), tensorflow=tf.__version__,
                   keras=keras.__version__, **extra)
-    steps_cpu = sum(steady_cpu) / len(steady_cpu)  # the training steps' share, below
+    def steady_mean(values: list[float]) -> float:
+        values = values[skip:] or values
+        return sum(values) / len(values)
+
+    epoch_cpu = steady_mean(timer.cpu_seconds)
+    steps_cpu = epoch_cpu  # less the validation pass and the calibration, below
     if "validation_cpu_seconds" in extra:
-        validation = extra["validation_cpu_seconds"][skip:] or extra["validation_cpu_seconds"]
-        result["validation_cpu_seconds_per_epoch"] = sum(validation) / len(validation)
+        result["validation_cpu_seconds_per_epoch"] = steady_mean(extra["validation_cpu_seconds"])
         steps_cpu -= result["validation_cpu_seconds_per_epoch"]
-    if "calibration_cpu_seconds" in extra:
-        cpu = extra["calibration_cpu_seconds"][skip:] or extra["calibration_cpu_seconds"]
-        steps_cpu -= sum(cpu) / len(cpu)
-    result["training_steps_cpu_seconds_per_epoch"] = steps_cpu
     if "calibration_seconds" in extra:
-        calibration = extra["calibration_seconds"][skip:] or extra["calibration_seconds"]
-        result["calibration_seconds_per_epoch"] = sum(calibration) / len(calibration)
-        cpu = extra["calibration_cpu_seconds"][skip:] or extra["calibration_cpu_seconds"]
-        epoch_cpu = sum(steady_cpu) / len(steady_cpu)
-        result["calibration_cpu_fraction"] = (sum(cpu) / len(cpu)) / epoch_cpu
+        calibration_cpu = steady_mean(extra["calibration_cpu_seconds"])
+        steps_cpu -= calibration_cpu
+        result["calibration_seconds_per_epoch"] = steady_mean(extra["calibration_seconds"])
+        result["calibration_cpu_fraction"] = calibration_cpu / epoch_cpu
         if skip == 2:
             # The epoch after the snapshot: both attacks, against the new teacher. Its
             # share is of a steady epoch's training CPU plus this calibration.
             after = extra["calibration_cpu_seconds"][1]
-            training_cpu = epoch_cpu - sum(cpu) / len(cpu)
             result["calibration_cpu_seconds_after_snapshot"] = after
-            result["calibration_cpu_fraction_after_snapshot"] = after / (training_cpu + after)
-        result["calibration_fraction"] = result["calibration_seconds_per_epoch"] / (
-            sum(steady) / len(steady))
+            result["calibration_cpu_fraction_after_snapshot"] = after / (
+                epoch_cpu - calibration_cpu + after)
+        result["calibration_fraction"] = (result["calibration_seconds_per_epoch"]
+                                          / steady_mean(timer.seconds))
+    result["training_steps_cpu_seconds_per_epoch"] = steps_cpu
     return result
 
 
@@ -369,13 +370,6 @@ def _measure(spec: dict, timeout: float) -> dict:
 
 
 KEY = ("method", "batch_size", "width", "val_size")
-
-
-def _median(values: list[float]) -> float:
-    ordered = sorted(values)
-    middle = len(ordered) // 2
-    return (ordered[middle] if len(ordered) % 2
-            else (ordered[middle - 1] + ordered[middle]) / 2)
 
 
 def _paired_ratios(runs: list[dict], row: dict, reference: str, same: tuple[str, ...],
@@ -427,10 +421,10 @@ def combine(runs: list[dict]) -> list[dict]:
             cpu = _paired_ratios(runs, row, reference, same, "examples_per_cpu_second")
             wall = _paired_ratios(runs, row, reference, same, "examples_per_second")
             if cpu:
-                row[f"cpu_ratio_to_{suffix}"] = _median(cpu)
+                row[f"cpu_ratio_to_{suffix}"] = statistics.median(cpu)
                 row[f"cpu_ratio_to_{suffix}_rounds"] = cpu
             if wall and reference == "minimal":
-                row["ratio_to_minimal"] = _median(wall)
+                row["ratio_to_minimal"] = statistics.median(wall)
     return rows
 
 
@@ -550,7 +544,7 @@ def inconsistencies(results: list[dict], runs: list[dict] | None = None) -> list
                 ratio = h["examples_per_cpu_second"] / light["examples_per_cpu_second"]
                 paired = _paired_ratios(runs, h, lighter, same, "examples_per_cpu_second"
                                         ) if runs else []
-                ratio = _median(paired) if paired else ratio
+                ratio = statistics.median(paired) if paired else ratio
                 if ratio > 1.05:
                     found.append(
                         f"`{heavier}` (batch {h['batch_size']}, width {h['width']}) measured "
