@@ -126,6 +126,11 @@ class Job:
     def name(self) -> str:
         return self.run_dir.name
 
+    @property
+    def dependency_dir(self) -> Path | None:
+        """The run directory that must finish first (``after``), if any."""
+        return None if self.after is None else self.run_dir.parent / self.after
+
 
 def run_name(method: str, seed: int) -> str:
     return f"{method}_s{seed}"
@@ -228,7 +233,7 @@ def execute(jobs: list[Job], parallel: int, code_dir: Path | None = None) -> dic
             if len(running) >= parallel:
                 break
             if job.after is not None:
-                dependency = job.run_dir.parent / job.after
+                dependency = job.dependency_dir
                 if not finished(dependency):
                     if job.after in running or any(p.name == job.after for p in pending):
                         continue  # wait for it

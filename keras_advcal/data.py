@@ -70,7 +70,7 @@ _IDX_FILES = {
 _IDX_DTYPES = {
     0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8",
 }  # fmt: skip
-_SPLITS = ("train", "validation", "test")
+_SPLITS = ("train", "validation", "development", "test")
 
 
 class DatasetNotAvailableError(FileNotFoundError):
@@ -118,9 +118,12 @@ class DatasetSplits:
             ``label_noise`` (all ``False`` without noise).
         clean_train_labels: Training labels before the label noise.
         indices: For each split, the positions of its examples in the source arrays:
-            ``train`` and ``validation`` in the source's training split, ``test`` in
-            its test split (in the training split for datasets without one, digits).
+            ``train``, ``validation`` and ``development`` in the source's training
+            split, ``test`` in its test split (in the training split for datasets
+            without one, digits).
         source: The source the arrays were read from.
+        development: ``(x, y)`` held out from the training pool for comparing
+            variants of a method (``load(..., development_size=...)``), or ``None``.
 
     Example:
 
@@ -141,12 +144,15 @@ class DatasetSplits:
     clean_train_labels: np.ndarray | None = None
     indices: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
     source: str = ""
+    development: tuple[np.ndarray, np.ndarray] | None = None
 
     def split(self, split: str) -> tuple[np.ndarray, np.ndarray]:
-        """Returns the ``(x, y)`` arrays of ``"train"``, ``"validation"`` or ``"test"``.
+        """Returns the ``(x, y)`` arrays of ``"train"``, ``"validation"``,
+        ``"development"`` or ``"test"``.
 
         Raises:
-            ValueError: For any other name.
+            ValueError: For any other name, or ``"development"`` when the splits were
+                loaded without ``development_size``.
 
         Example:
 
@@ -156,6 +162,9 @@ class DatasetSplits:
         """
         if split not in _SPLITS:
             raise ValueError(f"Unknown split {split!r}; expected one of {_SPLITS}.")
+        if split == "development" and self.development is None:
+            raise ValueError("These splits have no development split: load them with "
+                             "development_size=N.")
         return getattr(self, split)
 
     def as_tf_data(
@@ -726,28 +735,35 @@ def _split_indices(
     subset: int | float | None,
     default_validation: float,
     seed: int,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Seeded validation and training indices into a training pool of ``pool`` examples.
+    development_size: int | float | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Seeded training, validation and development indices into a training pool.
 
-    The validation split is the head of one permutation, the training subset the head
-    of the rest, so the validation split does not depend on ``subset``.
+    One permutation of the pool: the validation split is its head, the development
+    split its tail, the training subset the head of what lies between. So the
+    validation split depends on neither ``subset`` nor ``development_size``, the
+    training subset does not depend on ``development_size`` (while it fits), and a
+    smaller subset is a prefix of a larger one.
 
     Example:
 
-        >>> train, val = _split_indices(100, 10, 20, 0.1, seed=0)
-        >>> len(train), len(val), len(set(train) & set(val))
-        (20, 10, 0)
+        >>> train, val, dev = _split_indices(100, 10, 20, 0.1, seed=0, development_size=30)
+        >>> len(train), len(val), len(dev), len(set(train) | set(val) | set(dev))
+        (20, 10, 30, 60)
     """
     n_val = _count(default_validation if validation_size is None else validation_size,
                    pool, "validation_size")
     order = np.random.default_rng([seed, 0]).permutation(pool)
     validation, rest = order[:n_val], order[n_val:]
+    n_dev = _count(development_size, len(rest), "development_size") or 0
+    development, rest = rest[len(rest) - n_dev:], rest[:len(rest) - n_dev]
     n_train = _count(subset, len(rest), "subset")
     if n_train is None:
         n_train = len(rest)
     if n_train == 0:
-        raise ValueError("The training subset is empty; lower validation_size.")
-    return np.sort(rest[:n_train]), np.sort(validation)
+        raise ValueError("The training subset is empty; lower validation_size or "
+                         "development_size.")
+    return np.sort(rest[:n_train]), np.sort(validation), np.sort(development)
 
 
 def load(
@@ -760,6 +776,9 @@ def load(
     data_dir: str | os.PathLike | None = None,
     source: str = "auto",
     download: bool = False,
+    development_size: int | float | None = None,
+    test_seed: int | None = None,
+    test_offset: int = 0,
 ) -> DatasetSplits:
     """Loads an image-classification dataset as seeded train/validation/test arrays.
 
@@ -780,6 +799,17 @@ def load(
         source: ``"auto"`` or one of ``"tfds"``, ``"keras_cache"``, ``"debian"``,
             ``"sklearn"``.
         download: Let TFDS download and prepare a missing dataset (needs internet).
+        development_size: Examples held out from the training pool as a
+            *development* split (a count or a fraction), disjoint from the training,
+            validation and test examples: the split on which variants of a method are
+            compared, so that the test split is only read to report. ``None`` or 0:
+            no development split. It does not change the validation split, nor the
+            training subset while ``subset`` fits beside it.
+        test_seed: Seed of the test subset's draw (default: ``seed``). Fixing it
+            keeps the same test images across settings that differ in ``seed``.
+        test_offset: Skip the first ``test_offset`` images of the seeded test
+            permutation: ``test_size=2000`` and ``test_size=8000, test_offset=2000``
+            with the same ``test_seed`` give disjoint test subsets.
 
     Returns:
         A :class:`DatasetSplits`. Datasets without a test split (digits) get a
@@ -803,7 +833,9 @@ def load(
     raw = _read_raw(name, source, data_dir, download)
     name = name if isinstance(name, str) else str(name.name)
     default_validation = _DEFAULT_VALIDATION.get(name, DEFAULT_VALIDATION_FRACTION)
-    indices = _select(raw, subset, validation_size, test_size, default_validation, seed)
+    indices = _select(raw, subset, validation_size, test_size, default_validation, seed,
+                      development_size=development_size, test_seed=test_seed,
+                      test_offset=test_offset)
     x_train, clean = _take(raw.x_train, raw.y_train, indices["train"], raw.scale)
     noisy, flipped = flip_labels(clean, label_noise, raw.num_classes, seed=[seed, 2])
     x_test, y_test = (raw.x_train, raw.y_train) if raw.x_test is None else (raw.x_test, raw.y_test)
@@ -819,6 +851,8 @@ def load(
         clean_train_labels=clean,
         indices=indices,
         source=raw.source,
+        development=(_take(raw.x_train, raw.y_train, indices["development"], raw.scale)
+                     if len(indices["development"]) else None),
     )
 
 
@@ -829,20 +863,26 @@ def _select(
     test_size: int | float | None,
     default_validation: float,
     seed: int,
+    development_size: int | float | None = None,
+    test_seed: int | None = None,
+    test_offset: int = 0,
 ) -> dict[str, np.ndarray]:
-    """Seeded indices of the train, validation and test examples in the source arrays.
+    """Seeded indices of the train, validation, development and test examples.
 
-    Train and validation index the source's training split; test indexes its test
-    split, or the training split when there is none (then a seeded
-    ``DEFAULT_TEST_FRACTION`` of it is set aside first).
+    Train, validation and development index the source's training split; test
+    indexes its test split, or the training split when there is none (then a seeded
+    ``DEFAULT_TEST_FRACTION`` of it is set aside first, with ``seed``).
 
     Example:
 
         >>> raw = _load_sklearn("digits")
         >>> idx = _select(raw, None, None, None, 0.25, seed=0)
-        >>> [len(idx[k]) for k in ("train", "validation", "test")]
-        [1078, 360, 359]
+        >>> [len(idx[k]) for k in ("train", "validation", "development", "test")]
+        [1078, 360, 0, 359]
     """
+    if int(test_offset) != test_offset or test_offset < 0:
+        raise ValueError(f"test_offset must be a non-negative integer, got {test_offset!r}.")
+    test_offset = int(test_offset)
     test_rng = np.random.default_rng([seed, 1])
     pool = np.arange(len(raw.x_train))
     if raw.x_test is None:
@@ -851,13 +891,19 @@ def _select(
         test, pool = np.sort(order[:n_test]), np.sort(order[n_test:])
     else:
         test = np.arange(len(raw.x_test))
-    train_pos, val_pos = _split_indices(
-        len(pool), validation_size, subset, default_validation, seed
+    train_pos, val_pos, dev_pos = _split_indices(
+        len(pool), validation_size, subset, default_validation, seed, development_size
     )
-    n_test = _count(test_size, len(test), "test_size")
-    if n_test is not None:
-        test = np.sort(test[test_rng.permutation(len(test))[:n_test]])
-    return {"train": pool[train_pos], "validation": pool[val_pos], "test": test}
+    if test_offset > len(test):
+        raise ValueError(f"test_offset={test_offset} is beyond the {len(test)} test examples.")
+    n_test = _count(test_size, len(test) - test_offset, "test_size")
+    if n_test is not None or test_offset:
+        if test_seed is not None and test_seed != seed:
+            test_rng = np.random.default_rng([test_seed, 1])
+        end = len(test) if n_test is None else test_offset + n_test
+        test = np.sort(test[test_rng.permutation(len(test))[test_offset:end]])
+    return {"train": pool[train_pos], "validation": pool[val_pos],
+            "development": pool[dev_pos], "test": test}
 
 
 def _take(

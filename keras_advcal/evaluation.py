@@ -171,6 +171,10 @@ class RobustnessResult:
         warnings: the sanity-check findings (empty when nothing looks wrong).
         config: the settings of the run and each attack's config.
         robust_mask: per-example worst-case robustness (not serialised).
+        clean_mask: per-example clean correctness (not serialised).
+        cumulative_masks: per attack, the per-example robustness to it and every
+            attack before it (not serialised): what a later reader needs to
+            re-analyse a cascade example by example.
 
     Example:
 
@@ -193,11 +197,37 @@ class RobustnessResult:
     config: dict = dataclasses.field(default_factory=dict)
     robust_mask: np.ndarray | None = dataclasses.field(default=None, repr=False,
                                                         compare=False)
+    clean_mask: np.ndarray | None = dataclasses.field(default=None, repr=False,
+                                                       compare=False)
+    cumulative_masks: dict[str, np.ndarray] | None = dataclasses.field(
+        default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict:
-        """A JSON-serialisable dict of everything but ``robust_mask``."""
-        fields = (f.name for f in dataclasses.fields(self) if f.name != "robust_mask")
+        """A JSON-serialisable dict of everything but the per-example masks."""
+        fields = (f.name for f in dataclasses.fields(self) if f.name not in _MASKS)
         return {name: _plain(getattr(self, name)) for name in fields}
+
+    def per_example(self) -> dict[str, np.ndarray]:
+        """The per-example correctness as arrays (for ``np.savez``): ``clean``,
+        ``robust`` (worst case) and ``after_<attack>`` (cumulative) booleans.
+
+        Example:
+
+            >>> r = RobustnessResult(1.0, 0.5, 2, 0.1, "linf", ["pgd"], {"pgd": 0.5},
+            ...                      {"pgd": 0.5}, {"pgd": 1.0},
+            ...                      robust_mask=np.array([True, False]),
+            ...                      clean_mask=np.array([True, True]),
+            ...                      cumulative_masks={"pgd": np.array([True, False])})
+            >>> sorted(r.per_example())
+            ['after_pgd', 'clean', 'robust']
+        """
+        if self.robust_mask is None or self.clean_mask is None:
+            raise ValueError("This result has no per-example masks (it was read from JSON).")
+        arrays = {"clean": np.asarray(self.clean_mask, bool),
+                  "robust": np.asarray(self.robust_mask, bool)}
+        for name, mask in (self.cumulative_masks or {}).items():
+            arrays[f"after_{name}"] = np.asarray(mask, bool)
+        return arrays
 
     def to_json(self, indent: int | None = 2) -> str:
         """The result as JSON (no pandas needed)."""
@@ -205,7 +235,7 @@ class RobustnessResult:
 
     @classmethod
     def from_dict(cls, data: dict) -> "RobustnessResult":
-        names = {f.name for f in dataclasses.fields(cls)} - {"robust_mask"}
+        names = {f.name for f in dataclasses.fields(cls)} - set(_MASKS)
         return cls(**{k: v for k, v in data.items() if k in names})
 
     @classmethod
@@ -232,6 +262,9 @@ class RobustnessResult:
 
     def __str__(self) -> str:
         return self.table()
+
+
+_MASKS = ("robust_mask", "clean_mask", "cumulative_masks")
 
 
 def _pct(value: float | None) -> str:
@@ -515,6 +548,7 @@ def evaluate_robustness(
     seconds: dict[str, float] = {}
     robust = clean_correct.copy()
     masks: dict[str, np.ndarray] = {}
+    cumulative_masks: dict[str, np.ndarray] = {}
     correct_indices = np.flatnonzero(clean_correct)
     for name, attack in named:
         indices = correct_indices if individual else np.flatnonzero(robust)
@@ -527,6 +561,7 @@ def evaluate_robustness(
         masks[name] = survivors
         alone[name] = float(np.mean(survivors)) if individual else None
         robust &= survivors
+        cumulative_masks[name] = robust.copy()
         cumulative[name] = float(np.mean(robust))
         if not valid:
             notes.append(f"{name} returned inputs outside the {norm} ball of radius "
@@ -552,7 +587,7 @@ def evaluate_robustness(
                            attacks={name: {"class_name": type(a).__name__,
                                            "config": a.get_config()}
                                     for name, a in named})),
-        robust_mask=robust)
+        robust_mask=robust, clean_mask=clean_correct, cumulative_masks=cumulative_masks)
     for message in notes:
         warnings_module.warn(message, RuntimeWarning, stacklevel=2)
     if verbose:

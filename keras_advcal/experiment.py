@@ -50,6 +50,7 @@ from keras_advcal import data as data_lib
 from keras_advcal import models as models_lib
 from keras_advcal import targets as targets_lib
 from keras_advcal.attacks import PGD
+from keras_advcal.averaging import WeightAverage
 from keras_advcal.calibration import RULES, SELECTIONS
 from keras_advcal.evaluation import RobustAccuracyTracker, evaluate_robustness, summarize_history
 from keras_advcal.teacher import TEACHER_KINDS, CalibratedTeacher, calibrate_teacher
@@ -60,6 +61,10 @@ RUN_LABELS = ("hard", "calibrated", "adr")
 #: Keys of the per-epoch history that carry the calibration (plotted when present).
 CALIBRATION_KEYS = ("temperature", "rho", "teacher_adv_accuracy")
 SMOOTHING_WINDOW = 3
+#: Splits a run can evaluate per epoch and at the end.
+CURVE_SPLITS = ("test", "development")
+#: The short name of each split in logged keys (``test_adv_accuracy``, ``dev_adv_accuracy``).
+SPLIT_KEYS = {"test": "test", "development": "dev"}
 
 
 # ------------------------------------------------------------------------- the config
@@ -73,6 +78,16 @@ class RunConfig:
         validation_size: held-out validation examples (``None``: the loader default).
         test_size: fixed random subset of the test split (``None``: all of it).
         data_seed: seed of the data splits (kept fixed across training seeds).
+        development_size: examples of the training pool held out as the
+            development split (0: none), where variants of the method are compared.
+        test_seed: seed of the test subset's draw (``None``: ``data_seed``).
+        test_offset: skip this many images of the seeded test permutation (test
+            images that an earlier selection looked at).
+        curve_split: the split of the per-epoch robust accuracy curve: ``"test"``
+            (logged as ``test_adv_accuracy``) or ``"development"``
+            (``dev_adv_accuracy``).
+        curve_size: evaluate the per-epoch curve on the first ``curve_size`` images
+            of its split only (``None``: all of them).
         label_noise: fraction of training labels flipped.
         model: model name for :func:`keras_advcal.models.get`.
         width, dense, batchnorm: small CNN options (ignored by other models).
@@ -105,6 +120,24 @@ class RunConfig:
         final_attacks: extra attacks of :func:`evaluate_robustness` run on the final
             model (comma separated, e.g. ``"apgd-ce,apgd-t"``; empty: none).
         final_attack_steps: steps of those attacks.
+        final_square_queries: queries of the Square attack among them.
+        final_strong_attacks: comma-separated attacks that continue the cascade on
+            the first ``final_strong_size`` images of each final split only, on the
+            examples that survived the others (e.g. ``"apgd-t,square"``: expensive
+            attacks on a fixed subset). Reported as
+            ``final_strong_<split>_adv_accuracy``, the worst case of every attack on
+            that subset.
+        final_strong_size: images of each final split that the strong attacks see
+            (``None``: all).
+        final_cascade: run each final attack only on the examples the previous
+            ones left (cheaper; the worst case is the same, the per-attack accuracy
+            alone is not measured).
+        final_splits: comma-separated splits of the final evaluation (``test``,
+            ``development``); per-example correctness of every evaluated model is
+            written to ``correctness_<model>.npz``.
+        weight_average: also keep the uniform average of the student's weights
+            from ``swa_start_epoch`` on (:class:`keras_advcal.averaging.WeightAverage`)
+            and evaluate it at the end like the final model.
         checkpoint_best: save ``best.keras`` (best validation robust accuracy).
         threads: TensorFlow intra/inter-op threads (0: TensorFlow's default).
         out: output directory.
@@ -116,6 +149,11 @@ class RunConfig:
     validation_size: int | None = 500
     test_size: int | None = 2000
     data_seed: int = 0
+    development_size: int = 0
+    test_seed: int | None = None
+    test_offset: int = 0
+    curve_split: str = "test"
+    curve_size: int | None = None
     label_noise: float = 0.0
     model: str = "cnn"
     width: int = 32
@@ -149,6 +187,12 @@ class RunConfig:
     final_step_size: float | None = None
     final_attacks: str = ""
     final_attack_steps: int = 100
+    final_square_queries: int = 5000
+    final_strong_attacks: str = ""
+    final_strong_size: int | None = None
+    final_cascade: bool = False
+    final_splits: str = "test"
+    weight_average: bool = False
     checkpoint_best: bool = False
     threads: int = 0
     out: str = "runs/advcal"
@@ -183,6 +227,21 @@ class RunConfig:
             check(int(value) == value and value >= 1,
                   f"{name} must be a positive integer, got {value}.")
         check(self.threads >= 0, f"threads must be >= 0, got {self.threads}.")
+        check(self.development_size >= 0 and self.test_offset >= 0,
+              "development_size and test_offset must be >= 0.")
+        check(self.curve_split in CURVE_SPLITS, f"curve_split must be one of {CURVE_SPLITS}, "
+              f"got {self.curve_split!r}.")
+        check(self.curve_size is None or self.curve_size >= 1,
+              f"curve_size must be a positive integer or None, got {self.curve_size}.")
+        check(self.final_square_queries >= 1, "final_square_queries must be >= 1.")
+        check(self.final_strong_size is None or self.final_strong_size >= 1,
+              "final_strong_size must be a positive integer or None.")
+        splits = self.final_split_names
+        check(bool(splits) and all(name in CURVE_SPLITS for name in splits),
+              f"final_splits must name splits among {CURVE_SPLITS}, got {self.final_splits!r}.")
+        if "development" in splits or self.curve_split == "development":
+            check(self.development_size > 0, "a development curve or final evaluation needs "
+                  "development_size > 0.")
         check(self.labels in RUN_LABELS, f"labels must be one of {RUN_LABELS}, got "
               f"{self.labels!r}.")
         check(self.teacher in TEACHER_KINDS, f"teacher must be one of {TEACHER_KINDS}, got "
@@ -236,6 +295,11 @@ class RunConfig:
         if unknown:
             raise ValueError(f"Unknown RunConfig option(s): {', '.join(unknown)}.")
         return cls(**values)
+
+    @property
+    def final_split_names(self) -> list[str]:
+        """The splits of the final evaluation, in order."""
+        return [name.strip() for name in self.final_splits.split(",") if name.strip()]
 
     @property
     def is_calibrated(self) -> bool:
@@ -425,7 +489,7 @@ def records(history: dict[str, list], key: str) -> list[tuple[int, float]]:
 
 # ------------------------------------------------------------------- the summary
 def summarize_run(history: dict[str, list], key: str = "test_adv_accuracy",
-                  window: int = SMOOTHING_WINDOW) -> dict:
+                  window: int = SMOOTHING_WINDOW, clean_key: str = "test_accuracy") -> dict:
     """The robust-overfitting numbers of one run's history.
 
     Returns a dict with ``best_test_adv_accuracy`` and its ``best_epoch`` (from 1),
@@ -459,7 +523,7 @@ def summarize_run(history: dict[str, list], key: str = "test_adv_accuracy",
         "smoothed_gap": summary.smoothed_gap,
         "n_evaluations": summary.n_evaluations,
     }
-    clean = dict(records(history, "test_accuracy"))
+    clean = dict(records(history, clean_key))
     if clean:
         result["final_test_accuracy"] = clean.get(summary.final_epoch)
         result["test_accuracy_at_best"] = clean.get(summary.best_epoch)
@@ -544,7 +608,9 @@ def load_data(config: RunConfig) -> data_lib.DatasetSplits:
     """The dataset splits of ``config``."""
     return data_lib.load(config.dataset, subset=config.subset,
                          validation_size=config.validation_size, test_size=config.test_size,
-                         seed=config.data_seed, label_noise=config.label_noise)
+                         seed=config.data_seed, label_noise=config.label_noise,
+                         development_size=config.development_size or None,
+                         test_seed=config.test_seed, test_offset=config.test_offset)
 
 
 def build_model(config: RunConfig, splits: data_lib.DatasetSplits) -> keras.Model:
@@ -593,7 +659,8 @@ def build_trainer(config: RunConfig, splits: data_lib.DatasetSplits):
     student = build_model(config, splits)
     notes: dict[str, Any] = {}
     callbacks: list[keras.callbacks.Callback] = []
-    common = dict(eval_attack=eval_attack, seed=config.seed)
+    common = dict(eval_attack=eval_attack, seed=config.seed,
+                  average_weights=config.weight_average)
     if config.labels == "hard":
         trainer = AdvCalTrainer(student, train_attack, labels="hard", **common)
     elif config.labels == "adr":
@@ -626,6 +693,8 @@ def build_trainer(config: RunConfig, splits: data_lib.DatasetSplits):
             swa_start_epoch=config.swa_start_epoch,
             ema_decay=config.ema_decay, fixed_temperature=fixed[0], fixed_rho=fixed[1],
             seed=config.seed, verbose=0))
+    if config.weight_average:
+        callbacks.append(WeightAverage(splits.train[0], start_epoch=config.swa_start_epoch))
     trainer.compile(optimizer=keras.optimizers.Adam(config.learning_rate))
     return trainer, callbacks, notes
 
@@ -670,8 +739,12 @@ def run(config: RunConfig, splits: data_lib.DatasetSplits | None = None) -> dict
     trainer, label_callbacks, notes = build_trainer(config, splits)
     _, eval_attack, final_attack = _attacks(config)
 
-    tracker = RobustAccuracyTracker(splits.test, eval_attack, every=config.eval_every,
-                                    name="test_adv_accuracy", clean_name="test_accuracy")
+    short = SPLIT_KEYS[config.curve_split]
+    curve_x, curve_y = splits.split(config.curve_split)
+    if config.curve_size is not None:
+        curve_x, curve_y = curve_x[:config.curve_size], curve_y[:config.curve_size]
+    tracker = RobustAccuracyTracker((curve_x, curve_y), eval_attack, every=config.eval_every,
+                                    name=f"{short}_adv_accuracy", clean_name=f"{short}_accuracy")
     recorder = EpochRecorder(out, previous)
     # Order matters: the teacher/calibration callbacks first (they add T and rho to the
     # logs and update the teacher), the recorder before the backup, so that an epoch
@@ -733,8 +806,9 @@ def _finish(config: RunConfig, out: Path, trainer, history: dict, splits, eval_a
             final_attack, notes: dict, train_seconds: float, start: float) -> dict:
     """The final evaluation and the summary of a trained run."""
     summary: dict[str, Any] = {"run": out.name, "labels": config.labels}
-    summary.update(summarize_run(history))
-    final_eval = _final_numbers(trainer.model, splits, eval_attack, final_attack, config)
+    summary.update(curve_summary(history, config.curve_split))
+    final_eval = _final_numbers(trainer.model, splits, eval_attack, final_attack, config,
+                                out, "final")
     summary.update(final_eval)
     for key in CALIBRATION_KEYS:
         pairs = records(history, key)
@@ -742,7 +816,11 @@ def _finish(config: RunConfig, out: Path, trainer, history: dict, splits, eval_a
             summary[f"final_{key}"] = pairs[-1][1]
     if config.checkpoint_best and (out / "best.keras").is_file():
         summary["best_checkpoint"] = _checkpoint_numbers(out / "best.keras", history, splits,
-                                                         eval_attack, final_attack, config)
+                                                         eval_attack, final_attack, config, out)
+    if config.weight_average:
+        summary["weight_average"] = _model_numbers(
+            trainer.average_model, splits, eval_attack, final_attack, config, out, "average")
+        summary["weight_average"]["epochs_averaged"] = int(trainer.average_updates.numpy())
     summary.update(notes)
     summary["train_seconds"] = train_seconds
     summary["wall_seconds"] = time.perf_counter() - start
@@ -752,8 +830,27 @@ def _finish(config: RunConfig, out: Path, trainer, history: dict, splits, eval_a
     return summary
 
 
-def _final_numbers(model, splits, eval_attack, final_attack, config) -> dict:
-    """Training robust accuracy (eval PGD) and PGD-20 (+ extra attacks) on the test split."""
+def curve_summary(history: dict[str, list], split: str = "test") -> dict:
+    """:func:`summarize_run` of the per-epoch curve on ``split``; for the development
+    split every ``test`` in the keys reads ``dev`` (``final_dev_adv_accuracy``...).
+
+    Example:
+
+        >>> h = {"epoch": [0, 1], "dev_adv_accuracy": [0.5, 0.4]}
+        >>> curve_summary(h, "development")["final_dev_adv_accuracy"]
+        0.4
+    """
+    short = SPLIT_KEYS[split]
+    result = summarize_run(history, key=f"{short}_adv_accuracy",
+                           clean_key=f"{short}_accuracy")
+    return result if short == "test" else {key.replace("test", short): value
+                                           for key, value in result.items()}
+
+
+def _final_numbers(model, splits, eval_attack, final_attack, config, out: Path | None = None,
+                   label: str = "final") -> dict:
+    """Training robust accuracy (eval PGD), and PGD-20 plus the extra final attacks on
+    each final split; writes the per-example correctness to ``correctness_<label>.npz``."""
     numbers: dict[str, Any] = {}
     train_tracker = RobustAccuracyTracker(splits.train, eval_attack)
     clean, robust = train_tracker.evaluate(model)
@@ -761,29 +858,83 @@ def _final_numbers(model, splits, eval_attack, final_attack, config) -> dict:
     numbers["final_train_adv_accuracy"] = robust
     attacks: list[Any] = [(f"pgd-{config.final_steps}", final_attack)]
     attacks += [name.strip() for name in config.final_attacks.split(",") if name.strip()]
-    result = evaluate_robustness(model, splits.test, config.epsilon, attacks=attacks,
-                                 steps=config.final_attack_steps, seed=config.seed,
-                                 verbose=False)
-    numbers["final_pgd20_test_adv_accuracy"] = result.accuracy_alone[attacks[0][0]]
-    numbers["final_test_clean_accuracy"] = result.clean_accuracy
-    if len(attacks) > 1:
-        numbers["final_attacks"] = result.accuracy_alone
-        numbers["final_worst_case_test_adv_accuracy"] = result.robust_accuracy
-    if result.warnings:
-        numbers["evaluation_warnings"] = list(result.warnings)
+    arrays: dict[str, np.ndarray] = {}
+    for split in config.final_split_names:
+        short = SPLIT_KEYS[split]
+        x, y = splits.split(split)
+        result = evaluate_robustness(model, (x, y), config.epsilon, attacks=attacks,
+                                     steps=config.final_attack_steps,
+                                     n_queries=config.final_square_queries, seed=config.seed,
+                                     individual=not config.final_cascade, verbose=False)
+        # The first attack runs on every clean-correct example either way.
+        numbers[f"final_pgd20_{short}_adv_accuracy"] = result.accuracy_cumulative[attacks[0][0]]
+        numbers[f"final_{short}_clean_accuracy"] = result.clean_accuracy
+        if len(attacks) > 1:
+            suffix = "" if short == "test" else f"_{short}"
+            numbers[f"final_attacks{suffix}"] = (result.accuracy_cumulative
+                                                 if config.final_cascade
+                                                 else result.accuracy_alone)
+            numbers[f"final_worst_case_{short}_adv_accuracy"] = result.robust_accuracy
+            numbers[f"final_attack_seconds{suffix}"] = result.seconds
+        if result.warnings:
+            numbers.setdefault("evaluation_warnings", []).extend(result.warnings)
+        arrays.update({f"{split}_{key}": value for key, value in result.per_example().items()})
+        strong = [name.strip() for name in config.final_strong_attacks.split(",")
+                  if name.strip()]
+        if strong:
+            count = len(y) if config.final_strong_size is None else min(
+                config.final_strong_size, len(y))
+            alive = np.flatnonzero(result.robust_mask[:count])
+            survived = np.zeros(count, bool)
+            timing = {}
+            if len(alive):
+                more = evaluate_robustness(model, (x[alive], y[alive]), config.epsilon,
+                                           attacks=strong, steps=config.final_attack_steps,
+                                           n_queries=config.final_square_queries,
+                                           seed=config.seed + 50, individual=False,
+                                           verbose=False)
+                survived[alive] = more.robust_mask
+                timing = more.seconds
+                for name, mask in more.cumulative_masks.items():
+                    after = np.zeros(count, bool)
+                    after[alive] = mask
+                    arrays[f"{split}_strong_after_{name}"] = after
+                if more.warnings:
+                    numbers.setdefault("evaluation_warnings", []).extend(more.warnings)
+            numbers[f"final_strong_{short}_adv_accuracy"] = float(np.mean(survived))
+            numbers[f"final_strong_{short}_size"] = count
+            numbers[f"final_strong_{short}_before_accuracy"] = float(
+                np.mean(result.robust_mask[:count]))
+            numbers[f"final_strong_seconds_{short}"] = timing
+            arrays[f"{split}_strong_robust"] = survived
+        arrays[f"{split}_indices"] = np.asarray(splits.indices.get(split, np.arange(len(y))))
+        arrays[f"{split}_labels"] = np.asarray(y)
+    if out is not None:
+        np.savez_compressed(Path(out) / f"correctness_{label}.npz", **arrays)
     return numbers
 
 
-def _checkpoint_numbers(path, history, splits, eval_attack, final_attack, config) -> dict:
+def _model_numbers(model, splits, eval_attack, final_attack, config, out: Path,
+                   label: str) -> dict:
+    """Curve-split robust accuracy (eval PGD) and the final numbers of another model of
+    the run (the early-stopped checkpoint, the weight average)."""
+    short = SPLIT_KEYS[config.curve_split]
+    tracker = RobustAccuracyTracker(splits.split(config.curve_split), eval_attack)
+    clean, robust = tracker.evaluate(model)
+    numbers = {f"{short}_accuracy": clean, f"{short}_adv_accuracy": robust}
+    numbers.update(_final_numbers(model, splits, eval_attack, final_attack, config, out, label))
+    return numbers
+
+
+def _checkpoint_numbers(path, history, splits, eval_attack, final_attack, config,
+                        out: Path | None = None) -> dict:
     """The early-stopped (best validation) model's numbers: Rice et al.'s baseline."""
     model = load_classifier(path)
     val = records(history, "val_adv_accuracy")
     epoch, value = max(val, key=lambda pair: (pair[1], -pair[0])) if val else (None, None)
-    test_tracker = RobustAccuracyTracker(splits.test, eval_attack)
-    clean, robust = test_tracker.evaluate(model)
-    numbers = {"epoch": None if epoch is None else epoch + 1, "val_adv_accuracy": value,
-               "test_accuracy": clean, "test_adv_accuracy": robust}
-    numbers.update(_final_numbers(model, splits, eval_attack, final_attack, config))
+    numbers = {"epoch": None if epoch is None else epoch + 1, "val_adv_accuracy": value}
+    numbers.update(_model_numbers(model, splits, eval_attack, final_attack, config,
+                                  Path(out if out is not None else path.parent), "best"))
     return numbers
 
 
@@ -825,13 +976,16 @@ def read_summary(run_dir: str | os.PathLike) -> dict:
         history = read_history(run_dir)
         summary = {"run": run_dir.name, "finished": False,
                    "epochs_done": len(history.get("epoch", []))}
-        summary.update(summarize_run(history))
+        split = "test"
+        if (run_dir / "config.json").is_file():
+            split = json.loads((run_dir / "config.json").read_text()).get("curve_split", split)
+        summary.update(curve_summary(history, split))
         return summary
     raise FileNotFoundError(f"{run_dir} is not a run directory (no summary.json or "
                             "history.json).")
 
 
-__all__ = ["ADRSchedule", "ADRTrainer", "EpochRecorder", "RUN_LABELS", "RunConfig",
+__all__ = ["ADRSchedule", "ADRTrainer", "curve_summary", "EpochRecorder", "RUN_LABELS", "RunConfig",
            "build_model", "build_trainer", "cosine_schedule", "load_classifier", "load_data",
            "plot_curves", "read_history", "read_summary", "records", "run", "summarize_run",
            "write_history"]

@@ -44,6 +44,7 @@ import tensorflow as tf
 
 from keras_advcal import attacks as attacks_lib
 from keras_advcal import calibration
+from keras_advcal.averaging import average_into, batchnorm_layers, reestimate_batchnorm
 from keras_advcal.trainer import AdvCalTrainer
 
 TEACHER_KINDS = ("best", "swa", "ema", "fixed")
@@ -185,12 +186,6 @@ def adversarial_logits(attack: attacks_lib.Attack, source: Callable, models: lis
 
 
 # ----------------------------------------------------------------- teacher updates
-def _float_pairs(trainer: AdvCalTrainer):
-    for teacher_var, student_var in zip(trainer.teacher.weights, trainer.student.weights):
-        if "float" in str(teacher_var.dtype):
-            yield teacher_var, student_var
-
-
 def average_into_teacher(trainer: AdvCalTrainer) -> int:
     """One SWA update: ``teacher <- (n * teacher + student) / (n + 1)``; returns ``n + 1``.
 
@@ -201,67 +196,7 @@ def average_into_teacher(trainer: AdvCalTrainer) -> int:
         >>> average_into_teacher(t)
         1
     """
-    count = int(trainer.teacher_updates.numpy())
-    if count == 0:
-        trainer.copy_student_to_teacher()
-    else:
-        for teacher_var, student_var in _float_pairs(trainer):
-            teacher_var.assign(teacher_var + (student_var - teacher_var) / (count + 1.0))
-    trainer.teacher_updates.assign(count + 1.0)
-    return count + 1
-
-
-def batchnorm_layers(model: keras.Model) -> list[keras.layers.BatchNormalization]:
-    """All BatchNormalization layers of ``model``, nested models included.
-
-    Example:
-
-        >>> m = keras.Sequential([keras.Input((2,)), keras.layers.BatchNormalization()])
-        >>> len(batchnorm_layers(m))
-        1
-    """
-    found = []
-    for layer in getattr(model, "layers", []):
-        if isinstance(layer, keras.layers.BatchNormalization):
-            found.append(layer)
-        elif hasattr(layer, "layers"):
-            found.extend(batchnorm_layers(layer))
-    return found
-
-
-def reestimate_batchnorm(model: keras.Model, x: np.ndarray, batch_size: int = 256) -> int:
-    """Recomputes BatchNorm moving statistics of ``model`` as the exact average of the
-    batch statistics over one pass of ``x`` (what SWA needs after averaging weights).
-    Returns the number of BatchNorm layers updated (0: nothing to do).
-
-    Example:
-
-        >>> m = keras.Sequential([keras.Input((1,)), keras.layers.BatchNormalization()])
-        >>> reestimate_batchnorm(m, np.full((8, 1), 3.0, "float32"))
-        1
-        >>> float(m.layers[0].moving_mean.numpy()[0])
-        3.0
-    """
-    layers = batchnorm_layers(model)
-    if not layers:
-        return 0
-    saved = [(layer, layer.momentum) for layer in layers]
-    trainable = model.trainable
-    model.trainable = True
-    try:
-        for layer in layers:
-            layer.moving_mean.assign(keras.ops.zeros_like(layer.moving_mean))
-            layer.moving_variance.assign(keras.ops.ones_like(layer.moving_variance))
-        for index, start in enumerate(range(0, len(x), batch_size)):
-            for layer in layers:
-                # moving = m * moving + (1 - m) * batch with m = k / (k + 1): the mean.
-                layer.momentum = index / (index + 1.0)
-            model(tf.constant(x[start:start + batch_size]), training=True)
-    finally:
-        for layer, momentum in saved:
-            layer.momentum = momentum
-        model.trainable = trainable
-    return len(layers)
+    return average_into(trainer.teacher, trainer.student, trainer.teacher_updates)
 
 
 # ------------------------------------------------------------------------ callback

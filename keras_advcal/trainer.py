@@ -115,6 +115,10 @@ class AdvCalTrainer(keras.Model):
             works on their logarithm. Default ``True`` refuses a softmax output.
         num_classes: the number of classes, checked against the model's output.
         seed: seed of the trainer's random streams (attack random starts).
+        average_weights: also keep a uniform average of the student's weights
+            (``average_model``), maintained by the
+            :class:`keras_advcal.averaging.WeightAverage` callback: SWA, the free
+            baseline against robust overfitting. Saved with the trainer.
         **kwargs: passed to ``keras.Model`` (e.g. ``name``).
 
     Example:
@@ -131,7 +135,8 @@ class AdvCalTrainer(keras.Model):
                  teacher: keras.Model | None = None, temperature: float = 1.0,
                  rho: float = 0.0, label_smoothing: float = 0.0,
                  track_clean_accuracy: bool = True, from_logits: bool = True,
-                 num_classes: int | None = None, seed: int | None = None, **kwargs):
+                 num_classes: int | None = None, seed: int | None = None,
+                 average_weights: bool = False, **kwargs):
         super().__init__(**kwargs)
         self._validate_arguments(model, labels, loss_form, teacher, temperature, rho,
                                  label_smoothing, from_logits)
@@ -154,6 +159,10 @@ class AdvCalTrainer(keras.Model):
             self._check_teacher_matches(self.teacher)
             # The teacher is updated by assignment, never by the optimizer.
             self.teacher.trainable = False
+        self.average = None
+        if average_weights:
+            self.average = clone_architecture(model, name=f"{model.name}_average")
+            self.average.trainable = False
 
         # State that must survive save/load and BackupAndRestore lives in variables.
         self.temperature = _scalar_weight(self, "temperature", temperature)
@@ -163,6 +172,8 @@ class AdvCalTrainer(keras.Model):
         self.teacher_score = _scalar_weight(self, "teacher_score", -np.inf)
         self.teacher_updates = _scalar_weight(self, "teacher_updates", 0.0)
         self.ema_decay = _scalar_weight(self, "ema_decay", 0.0)
+        if average_weights:  # only then, so that trainers saved before still load
+            self.average_updates = _scalar_weight(self, "average_updates", 0.0)
         self.seed_generator = keras.random.SeedGenerator(seed, name="attack_seed")
         eval_seed = None if seed is None else seed + 1
         self.eval_seed_generator = keras.random.SeedGenerator(eval_seed, name="eval_seed")
@@ -230,6 +241,14 @@ class AdvCalTrainer(keras.Model):
     def model(self) -> keras.Model:
         """The wrapped classifier (logits out), for export and deployment."""
         return self.student
+
+    @property
+    def average_model(self) -> keras.Model:
+        """The uniform average of the student's weights (``average_weights=True``)."""
+        if self.average is None:
+            raise ValueError("This trainer keeps no weight average: build it with "
+                             "average_weights=True and fit with the WeightAverage callback.")
+        return self.average
 
     @property
     def validation_attack(self) -> attacks_lib.Attack:
@@ -519,6 +538,7 @@ class AdvCalTrainer(keras.Model):
             "from_logits": self.from_logits,
             "num_classes": self.num_classes,
             "seed": self.seed,
+            "average_weights": self.average is not None,
         }
 
     @classmethod

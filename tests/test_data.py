@@ -152,6 +152,37 @@ def test_fashion_mnist_subset_sizes_and_no_overlap(fashion):
     assert fashion.train[0].max() == 1.0  # uint8 255 -> 1.0
 
 
+def test_development_split_is_disjoint_and_leaves_train_and_validation_unchanged(fashion):
+    with_dev = data.load("fashion_mnist", subset=500, validation_size=500, test_size=2000,
+                         seed=0, source="debian", development_size=2000)
+    for split in ("train", "validation", "test"):
+        np.testing.assert_array_equal(with_dev.indices[split], fashion.indices[split])
+    dev = set(with_dev.indices["development"])
+    assert len(dev) == 2000 and len(with_dev.development[1]) == 2000
+    assert not dev & set(with_dev.indices["train"])
+    assert not dev & set(with_dev.indices["validation"])
+    _check_arrays(*with_dev.split("development"), (28, 28, 1), 10)
+    with pytest.raises(ValueError, match="no development split"):
+        fashion.split("development")
+
+
+def test_test_offset_gives_the_images_outside_an_earlier_subset(fashion):
+    other = data.load("fashion_mnist", subset=500, validation_size=500, test_size=8000,
+                      seed=3, source="debian", test_seed=0, test_offset=2000)
+    held_out = set(other.indices["test"])
+    assert len(held_out) == 8000 and not held_out & set(fashion.indices["test"])
+    assert len(held_out | set(fashion.indices["test"])) == 10_000
+    # the training subset still follows its own seed
+    assert set(other.indices["train"]) != set(fashion.indices["train"])
+    with pytest.raises(ValueError, match="test_offset"):
+        data.load("fashion_mnist", source="debian", test_offset=20_000)
+
+
+def test_development_size_too_large_for_the_subset_is_an_error(digits):
+    with pytest.raises(ValueError, match="subset"):
+        data.load("digits", subset=1000, development_size=400, seed=0)
+
+
 @needs_fashion
 def test_fashion_mnist_matches_idx_files(fashion):
     labels = data.read_idx(FASHION_DIR / "t10k-labels-idx1-ubyte.gz")

@@ -233,3 +233,53 @@ def test_a_run_killed_during_its_final_evaluation_does_not_train_again(tmp_path,
     with pytest.raises(AssertionError, match="must not run again"):
         experiment.run(longer)
     assert not (out / experiment.TRAINED_MARKER).exists()
+
+
+def test_hard_run_with_weight_average_dev_curve_and_cascade(tmp_path):
+    config = tiny_config(tmp_path, "hard_avg", labels="hard", checkpoint_best=True,
+                         weight_average=True, development_size=100, curve_split="development",
+                         curve_size=50, final_splits="development,test",
+                         final_attacks="apgd-ce", final_attack_steps=3,
+                         final_strong_attacks="apgd-t,square", final_strong_size=40,
+                         final_square_queries=20, final_cascade=True, epochs=3)
+    summary = experiment.run(config)
+    out = experiment.Path(config.out)
+    history = experiment.read_history(out)
+    assert "dev_adv_accuracy" in history and "test_adv_accuracy" not in history
+    assert summary["final_dev_adv_accuracy"] == history["dev_adv_accuracy"][-1]
+    for key in ("final_worst_case_dev_adv_accuracy", "final_worst_case_test_adv_accuracy",
+                "final_pgd20_dev_adv_accuracy", "final_dev_clean_accuracy"):
+        assert 0.0 <= summary[key] <= 1.0, key
+    # a cascade: each attack's cumulative accuracy is at most the one before
+    steps = list(summary["final_attacks_dev"].values())
+    assert steps == sorted(steps, reverse=True)
+    assert summary["weight_average"]["epochs_averaged"] == 3
+    assert summary["best_checkpoint"]["epoch"] in (1, 2, 3)
+    for model in ("final", "best", "average"):
+        with np.load(out / f"correctness_{model}.npz") as arrays:
+            robust, clean = arrays["development_robust"], arrays["development_clean"]
+            assert robust.shape == (100,) and arrays["test_robust"].shape == (60,)
+            assert not np.any(robust & ~clean)
+            assert np.all(arrays["development_after_apgd-ce"] == robust)
+            assert len(set(arrays["development_indices"])) == 100
+            strong = arrays["development_strong_robust"]
+            assert strong.shape == (40,) and not np.any(strong & ~robust[:40])
+            assert np.all(arrays["development_strong_after_square"] == strong)
+    with np.load(out / "correctness_final.npz") as arrays:
+        assert math.isclose(arrays["development_robust"].mean(),
+                            summary["final_worst_case_dev_adv_accuracy"])
+        assert math.isclose(arrays["development_strong_robust"].mean(),
+                            summary["final_strong_dev_adv_accuracy"])
+    assert (summary["final_strong_dev_adv_accuracy"]
+            <= summary["final_strong_dev_before_accuracy"])
+    partial = experiment.read_summary(out)
+    assert partial["final_dev_adv_accuracy"] == summary["final_dev_adv_accuracy"]
+
+
+def test_development_options_are_validated():
+    with pytest.raises(ValueError, match="development_size"):
+        RunConfig(curve_split="development").validate()
+    with pytest.raises(ValueError, match="final_splits"):
+        RunConfig(final_splits="train").validate()
+    with pytest.raises(ValueError, match="curve_split"):
+        RunConfig(curve_split="dev").validate()
