@@ -35,6 +35,15 @@ _TRAIN_HELP: dict[str, str] = {
                        "calibration of T and rho, early stopping. 'default': the loader's.",
     "test_size": "Size of a fixed random subset of the test split ('all': all of it).",
     "data_seed": "Seed of the data splits (kept fixed across training seeds).",
+    "development_size": "Examples of the training pool held out as a development split "
+                        "(0: none): compare variants of the method there, and read the "
+                        "test split only to report.",
+    "test_seed": "Seed of the test subset's draw ('default': the data seed).",
+    "test_offset": "Skip the first N images of the seeded test permutation (images an "
+                   "earlier subset used).",
+    "curve_split": "Split of the per-epoch robust accuracy curve: test or development.",
+    "curve_size": "Evaluate the per-epoch curve on the first N images of its split "
+                  "('all': every image).",
     "label_noise": "Fraction of training labels flipped to another class.",
     "model": "Model: cnn (small CNN), preact_resnet18, wide_resnet.",
     "width": "Small CNN: filters of the first convolution (the second has twice as many).",
@@ -81,6 +90,14 @@ _TRAIN_HELP: dict[str, str] = {
     "final_attacks": "Extra attacks on the final model, comma separated (pgd, cw, apgd-ce, "
                      "apgd-t, square); empty: none.",
     "final_attack_steps": "Steps of those extra attacks.",
+    "final_square_queries": "Queries of the Square attack among them.",
+    "final_cascade": "Run each final attack only on what the previous ones left.",
+    "final_splits": "Splits of the final evaluation, comma separated (test, development).",
+    "final_strong_attacks": "Attacks that continue the cascade on the first "
+                            "--final-strong-size images of each final split.",
+    "final_strong_size": "Images the strong final attacks see ('all': every image).",
+    "weight_average": "Also keep and evaluate the uniform average of the student's weights "
+                      "(from --swa-start-epoch).",
     "checkpoint_best": "Also save best.keras at the best validation robust accuracy (the "
                        "teacher of the two-stage recipe).",
     "threads": "TensorFlow intra/inter-op threads (0: TensorFlow's default).",
@@ -117,6 +134,12 @@ _ARG_TYPES: dict[str, Any] = {
     "validation_size": _number(int, 0, optional=("default", "none")),
     "test_size": _number(int, 1, optional=("all", "none")),
     "data_seed": int,
+    "development_size": _number(int, 0),
+    "test_seed": _number(int, 0, optional=("default", "none")),
+    "test_offset": _number(int, 0),
+    "curve_size": _number(int, 1, optional=("all", "none")),
+    "final_square_queries": _number(int, 1),
+    "final_strong_size": _number(int, 1, optional=("all", "none")),
     "label_noise": _number(float, 0, high=0.999999),
     "width": _number(int, 1),
     "dense": _number(int, 1),
@@ -156,7 +179,7 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
 
     choices = {"labels": experiment.RUN_LABELS, "teacher": TEACHER_KINDS,
                "loss_form": targets.LOSS_FORMS, "rule": RULES, "selection": SELECTIONS,
-               "model": models.available()}
+               "model": models.available(), "curve_split": experiment.CURVE_SPLITS}
     parser.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS,
                         help="JSON file of options (e.g. a run's config.json); flags given "
                              "on the command line override it.")
