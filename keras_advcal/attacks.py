@@ -1,7 +1,10 @@
 """Projected gradient attacks (PGD, FGSM) in pure TensorFlow.
 
 Every attack is a callable ``attack(model, x, y) -> x_adv`` with ``x`` a batch of
-images in ``bounds`` and ``y`` integer labels. An attack of at most
+images in ``bounds`` and ``y`` integer labels. PGD maximises the cross-entropy
+(``"ce"``), the Carlini-Wagner margin (``"cw"``) or, for TRADES, the KL divergence
+``KL(f(x) || f(x'))`` from the model's own prediction on the clean input (``"kl"``,
+where ``y`` is not used). An attack of at most
 :data:`MAX_UNROLLED_STEPS` steps (the training attacks) is unrolled into the graph;
 a longer one (evaluation) runs as a ``tf.while_loop``, so its graph stays small.
 Either way it runs inside a compiled ``train_step``, under XLA
@@ -29,7 +32,7 @@ import keras
 import tensorflow as tf
 
 _NORMS = ("linf", "l2")
-_LOSSES = ("ce", "cw")
+_LOSSES = ("ce", "cw", "kl")
 _TINY = 1e-12
 
 #: Attacks with at most this many steps are unrolled into the graph instead of a
@@ -75,6 +78,32 @@ def cross_entropy_loss(logits: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
         0.6931
     """
     return tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
+
+
+def kl_divergence(reference_logits: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
+    """``KL(softmax(reference_logits) || softmax(logits))`` per example, from logits
+    (stable for large logits). TRADES' robust term, and what its attack maximises.
+
+    Args:
+        reference_logits: ``(batch, classes)`` logits of the reference distribution
+            (the model on the clean input).
+        logits: ``(batch, classes)`` logits compared with it (the adversarial input).
+
+    Returns:
+        ``(batch,)`` non-negative tensor; zero where the two distributions agree.
+
+    Example:
+
+        >>> float(kl_divergence(tf.constant([[1.0, 2.0]]), tf.constant([[1.0, 2.0]]))[0])
+        0.0
+        >>> round(float(kl_divergence(tf.constant([[0.0, 0.0]]),
+        ...                           tf.constant([[0.0, 1.0]]))[0]), 4)
+        0.1201
+    """
+    reference_log_probs = tf.nn.log_softmax(reference_logits, axis=-1)
+    log_probs = tf.nn.log_softmax(logits, axis=-1)
+    return tf.reduce_sum(tf.exp(reference_log_probs) * (reference_log_probs - log_probs),
+                         axis=-1)
 
 
 _LOSS_FUNCTIONS: dict[str, Callable[[tf.Tensor, tf.Tensor], tf.Tensor]] = {
@@ -219,9 +248,13 @@ def _logits_float32(model: Callable, x: tf.Tensor) -> tf.Tensor:
 
 
 def _random_start(x: tf.Tensor, epsilon: float, norm: str,
-                  seed: keras.random.SeedGenerator) -> tf.Tensor:
+                  seed: keras.random.SeedGenerator, std: float | None = None) -> tf.Tensor:
+    """``x`` plus random noise: uniform in the ball, or Gaussian of standard deviation
+    ``std`` per pixel when given (the caller projects the result)."""
     shape = tf.shape(x)
-    if norm == "linf":
+    if std is not None:
+        noise = keras.random.normal(shape, stddev=std, dtype=x.dtype, seed=seed)
+    elif norm == "linf":
         noise = keras.random.uniform(shape, -epsilon, epsilon, dtype=x.dtype, seed=seed)
     else:
         direction = keras.random.normal(shape, dtype=x.dtype, seed=seed)
@@ -243,7 +276,14 @@ class PGD(Attack):
         norm: ``"linf"`` or ``"l2"``.
         bounds: valid pixel range ``(low, high)``.
         random_start: start from a uniform point in the ball (the Madry et al. setting).
-        loss: ``"ce"`` (cross-entropy, the default) or ``"cw"`` (Carlini-Wagner margin).
+        loss: ``"ce"`` (cross-entropy, the default), ``"cw"`` (Carlini-Wagner margin)
+            or ``"kl"`` (``KL(f(x) || f(x'))`` from the model's inference-mode
+            prediction on ``x``: the TRADES attack; needs a random start, since its
+            gradient is zero at ``x' = x``).
+        start_std: with ``random_start``, draw the start from a Gaussian of this
+            standard deviation per pixel instead of uniformly in the ball (TRADES:
+            0.001); the start is projected onto the ball and ``bounds`` like every
+            step.
         seed: seed of the attack's own random stream.
 
     Example:
@@ -251,16 +291,25 @@ class PGD(Attack):
         >>> attack = PGD(epsilon=8 / 255, step_size=2 / 255, steps=10)
         >>> attack.get_config()["steps"]
         10
+        >>> PGD(0.1, steps=5, loss="kl", start_std=0.001).loss
+        'kl'
     """
 
     def __init__(self, epsilon: float, step_size: float | None = None, steps: int = 10,
                  norm: str = "linf", bounds: tuple[float, float] = (0.0, 1.0),
-                 random_start: bool = True, loss: str = "ce", seed: int | None = None):
+                 random_start: bool = True, loss: str = "ce", seed: int | None = None,
+                 start_std: float | None = None):
         super().__init__(epsilon=epsilon, norm=norm, bounds=bounds, seed=seed)
         if int(steps) != steps or steps < 1:
             raise ValueError(f"steps must be a positive integer, got {steps!r}.")
         if loss not in _LOSSES:
             raise ValueError(f"loss must be one of {_LOSSES}, got {loss!r}.")
+        if start_std is not None:
+            start_std = float(start_std)
+            if not start_std > 0 or start_std == float("inf"):
+                raise ValueError(f"start_std must be a positive number or None, got "
+                                 f"{start_std!r}.")
+        self.start_std = start_std
         if step_size is None:
             step_size = 2.5 * self.epsilon / steps
         step_size = float(step_size)
@@ -275,13 +324,19 @@ class PGD(Attack):
         config = super().get_config()
         config.update(step_size=self.step_size, steps=self.steps,
                       random_start=self.random_start, loss=self.loss)
+        if self.start_std is not None:  # (configs saved before the option stay the same)
+            config["start_std"] = self.start_std
         return config
 
-    def _gradient(self, model: Callable, x_adv: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
+    def _gradient(self, model: Callable, x_adv: tf.Tensor, y: tf.Tensor,
+                  reference: tf.Tensor | None = None) -> tf.Tensor:
         with tf.GradientTape() as tape:
             tape.watch(x_adv)
             logits = _logits_float32(model, x_adv)
-            objective = tf.reduce_sum(_LOSS_FUNCTIONS[self.loss](logits, y))
+            if self.loss == "kl":
+                objective = tf.reduce_sum(kl_divergence(reference, logits))
+            else:
+                objective = tf.reduce_sum(_LOSS_FUNCTIONS[self.loss](logits, y))
         # A model without a gradient path to its input (e.g. a rounding layer) gets a
         # zero gradient rather than None, so the attack runs and evaluation warns.
         return tape.gradient(objective, x_adv,
@@ -297,11 +352,15 @@ class PGD(Attack):
     def perturb(self, model, x, y, seed):
         if self.epsilon == 0.0 or self.steps == 0:
             return x
-        x_adv = _random_start(x, self.epsilon, self.norm, seed) if self.random_start else x
+        # The KL attack's reference: the model's prediction on the clean input.
+        reference = (tf.stop_gradient(_logits_float32(model, x)) if self.loss == "kl"
+                     else None)
+        x_adv = (_random_start(x, self.epsilon, self.norm, seed, self.start_std)
+                 if self.random_start else x)
         x_adv = project(x_adv, x, self.epsilon, self.norm, self.bounds)
 
         def step(x_adv):
-            gradient = self._gradient(model, x_adv, y)
+            gradient = self._gradient(model, x_adv, y, reference)
             x_next = project(self._step(x_adv, gradient), x, self.epsilon, self.norm, self.bounds)
             return tf.stop_gradient(x_next)
 
@@ -329,11 +388,13 @@ class FGSM(PGD):
 
     def __init__(self, epsilon: float, norm: str = "linf",
                  bounds: tuple[float, float] = (0.0, 1.0), random_start: bool = False,
-                 step_size: float | None = None, loss: str = "ce", seed: int | None = None):
+                 step_size: float | None = None, loss: str = "ce", seed: int | None = None,
+                 start_std: float | None = None):
         if step_size is None:
             step_size = 1.25 * float(epsilon) if random_start else float(epsilon)
         super().__init__(epsilon=epsilon, step_size=step_size, steps=1, norm=norm,
-                         bounds=bounds, random_start=random_start, loss=loss, seed=seed)
+                         bounds=bounds, random_start=random_start, loss=loss, seed=seed,
+                         start_std=start_std)
 
     def get_config(self) -> dict:
         config = super().get_config()

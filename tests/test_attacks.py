@@ -33,7 +33,9 @@ def random_model():
     lambda b: FGSM(0.1, bounds=b),
     lambda b: FGSM(0.1, bounds=b, random_start=True),
     lambda b: FGSM(0.4, norm="l2", bounds=b),
-], ids=["pgd-linf", "pgd-l2", "pgd-cw", "fgsm", "fgsm-rs", "fgsm-l2"])
+    lambda b: PGD(0.1, 0.03, 5, norm="linf", bounds=b, loss="kl", start_std=0.001),
+    lambda b: PGD(0.5, 0.2, 5, norm="l2", bounds=b, loss="kl", start_std=0.001),
+], ids=["pgd-linf", "pgd-l2", "pgd-cw", "fgsm", "fgsm-rs", "fgsm-l2", "pgd-kl", "pgd-kl-l2"])
 def test_perturbation_stays_in_ball_and_bounds(random_model, make_attack, bounds):
     attack = make_attack(bounds)
     rng = np.random.default_rng(0)
@@ -155,6 +157,8 @@ def test_attack_strength_undefended_vs_adversarially_trained(digits):
     (dict(epsilon=0.1, steps=0), "positive integer"),
     (dict(epsilon=0.1, loss="mse"), "loss must be"),
     (dict(epsilon=0.1, step_size=-1.0), "step_size"),
+    (dict(epsilon=0.1, start_std=0.0), "start_std"),
+    (dict(epsilon=0.1, start_std=float("nan")), "start_std"),
 ])
 def test_bad_attack_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -162,7 +166,8 @@ def test_bad_attack_arguments(kwargs, message):
 
 
 @pytest.mark.parametrize("attack", [PGD(0.1, 0.02, 7, norm="l2", bounds=(-1.0, 1.0), loss="cw",
-                                        seed=4), FGSM(0.3, random_start=True)])
+                                        seed=4), FGSM(0.3, random_start=True),
+                                    PGD(0.1, 0.02, 3, loss="kl", start_std=0.002)])
 def test_config_round_trip(attack):
     config = attack.get_config()
     again = type(attack).from_config(config)
@@ -170,6 +175,34 @@ def test_config_round_trip(attack):
     restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(attack))
     assert type(restored) is type(attack) and restored.get_config() == config
     assert attacks.get(keras.saving.serialize_keras_object(attack)).get_config() == config
+
+
+def test_start_std_is_only_in_the_configs_that_set_it():
+    assert "start_std" not in PGD(0.1).get_config()
+    assert FGSM(0.1, random_start=True, start_std=0.01).get_config()["start_std"] == 0.01
+
+
+def test_kl_divergence_values():
+    a = tf.constant([[0.0, 0.0], [3.0, -1.0]]); b = tf.constant([[0.0, 1.0], [3.0, -1.0]])
+    p, q = np.array([0.5, 0.5]), np.exp([0.0, 1.0]) / np.exp([0.0, 1.0]).sum()
+    np.testing.assert_allclose(attacks.kl_divergence(a, b).numpy(),
+                               [np.sum(p * np.log(p / q)), 0.0], atol=1e-6)
+    assert float(attacks.kl_divergence(b, a)[0]) != pytest.approx(float(
+        attacks.kl_divergence(a, b)[0]))  # not symmetric
+
+
+def test_kl_attack_maximises_the_kl_from_the_clean_prediction(random_model):
+    x = np.random.default_rng(3).uniform(0, 1, (16, 6, 6, 3)).astype("float32")
+    y = np.zeros(16, "int32")  # not used by the KL attack
+    clean = random_model(x)
+    gaussian = PGD(0.05, 0.01, 8, loss="kl", start_std=0.001, seed=1)
+    uniform = PGD(0.05, 0.01, 8, loss="kl", seed=1)  # start uniform in the ball
+    for attack in (gaussian, uniform):
+        x_adv = attack(random_model, x, y)
+        kl = attacks.kl_divergence(clean, random_model(x_adv)).numpy()
+        start = PGD(0.05, 0.01, 1, loss="kl", start_std=attack.start_std, seed=1)
+        kl_one = attacks.kl_divergence(clean, random_model(start(random_model, x, y))).numpy()
+        assert kl.mean() > 2 * kl_one.mean() > 0
 
 
 def test_margin_loss_sign():
