@@ -14,6 +14,11 @@ Both equal the plain cross-entropy when ``rho = 0``. All functions return one va
 per example and compute in float32, so they stay finite for extreme logits and under
 mixed precision.
 
+A :class:`Target` carries one batch's supervision (the labels, and for calibrated
+targets the teacher's logits, ``T``, ``rho`` and the loss form) to a training
+objective (:mod:`keras_advcal.objectives`), which fits it with
+:meth:`Target.cross_entropy` in its supervised term.
+
 Example:
 
     >>> import tensorflow as tf
@@ -134,3 +139,113 @@ def calibrated_loss(loss_form: str, labels, student_logits, teacher_logits, temp
     if loss_form == "soft":
         return soft_target_loss(labels, student_logits, teacher_logits, temperature, rho)
     raise ValueError(f"loss_form must be one of {LOSS_FORMS}, got {loss_form!r}.")
+
+
+def rectified_ratio(teacher_logits, labels, temperature, rho) -> tf.Tensor:
+    """ADR's per-example ratio ``clip(rho - (max_j p_j - p_y), 0, 1)`` with
+    ``p = softmax(g / T)``: less teacher where the teacher prefers another class.
+
+    Args:
+        teacher_logits: ``(batch, classes)`` teacher logits ``g``.
+        labels: ``(batch,)`` integer labels.
+        temperature: scalar ``T > 0``.
+        rho: scalar ratio in ``[0, 1]``.
+
+    Returns:
+        ``(batch,)`` float32 ratios in ``[0, 1]``.
+
+    Example:
+
+        >>> [round(float(r), 4) for r in rectified_ratio([[2.0, 0.0], [2.0, 0.0]], [0, 1],
+        ...                                              1.0, 0.9)]
+        [0.9, 0.1384]
+    """
+    teacher_logits = _float32(teacher_logits)
+    probs = tf.nn.softmax(teacher_logits / _float32(temperature), axis=-1)
+    p_label = tf.gather(probs, tf.cast(labels, "int32"), axis=-1, batch_dims=1)
+    return tf.clip_by_value(_float32(rho) - (tf.reduce_max(probs, axis=-1) - p_label),
+                            0.0, 1.0)
+
+
+class Target:
+    """The supervision of one batch: integer labels, and for calibrated targets the
+    teacher's logits with ``T``, ``rho`` and the loss form.
+
+    :meth:`cross_entropy` is the loss that fits the target on given logits: the
+    (optionally label-smoothed) cross-entropy with the labels, or the calibrated loss
+    of ``loss_form`` (:func:`calibrated_loss`). The training objectives use it in
+    place of ``CE(logits, y)`` in their supervised term, so that calibration composes
+    with each of them.
+
+    Args:
+        labels: ``(batch,)`` integer labels.
+        teacher_logits: ``(batch, classes)`` teacher logits, or ``None`` for one-hot
+            targets.
+        temperature: ``T`` of the calibrated target.
+        rho: ``rho`` of the calibrated target (a scalar or a ``(batch,)`` tensor).
+        loss_form: ``"kd"`` or ``"soft"``.
+        label_smoothing: label smoothing of the one-hot target.
+
+    Example:
+
+        >>> hard = Target([0])
+        >>> round(float(hard.cross_entropy([[0.0, 0.0]])[0]), 4)
+        0.6931
+        >>> soft = Target([0], teacher_logits=[[0.0, 0.0]], rho=1.0, loss_form="soft")
+        >>> soft.probabilities(2).numpy().tolist()
+        [[0.5, 0.5]]
+    """
+
+    def __init__(self, labels, teacher_logits=None, temperature=1.0, rho=0.0,
+                 loss_form: str = "kd", label_smoothing: float = 0.0):
+        if loss_form not in LOSS_FORMS:
+            raise ValueError(f"loss_form must be one of {LOSS_FORMS}, got {loss_form!r}.")
+        self.labels = tf.cast(tf.convert_to_tensor(labels), "int32")
+        self.teacher_logits = None if teacher_logits is None else _float32(teacher_logits)
+        self.temperature = temperature
+        self.rho = rho
+        self.loss_form = loss_form
+        self.label_smoothing = float(label_smoothing)
+
+    @property
+    def is_calibrated(self) -> bool:
+        """Whether the target comes from a teacher (else the one-hot label)."""
+        return self.teacher_logits is not None
+
+    def cross_entropy(self, logits) -> tf.Tensor:
+        """The per-example loss that fits this target on ``logits`` (float32).
+
+        Example:
+
+            >>> round(float(Target([1]).cross_entropy([[0.0, 0.0]])[0]), 4)
+            0.6931
+        """
+        if self.teacher_logits is None:
+            return hard_loss(self.labels, logits, self.label_smoothing)
+        return calibrated_loss(self.loss_form, self.labels, logits, self.teacher_logits,
+                               self.temperature, self.rho)
+
+    def probabilities(self, num_classes: int) -> tf.Tensor:
+        """The target distribution ``(batch, num_classes)``.
+
+        Example:
+
+            >>> [round(float(p), 2) for p in Target([1], label_smoothing=0.2).probabilities(2)[0]]
+            [0.1, 0.9]
+        """
+        onehot = tf.one_hot(self.labels, num_classes)
+        if self.teacher_logits is None:
+            return onehot * (1.0 - self.label_smoothing) + self.label_smoothing / num_classes
+        return calibrated_targets(self.teacher_logits, self.labels, self.temperature,
+                                  self.rho)
+
+
+def as_target(target) -> Target:
+    """A :class:`Target` from a ``Target`` or from integer labels (one-hot targets).
+
+    Example:
+
+        >>> as_target([2, 0]).labels.numpy().tolist()
+        [2, 0]
+    """
+    return target if isinstance(target, Target) else Target(target)

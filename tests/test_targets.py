@@ -74,3 +74,35 @@ def test_label_smoothing():
 def test_unknown_form():
     with pytest.raises(ValueError, match="loss_form"):
         targets.calibrated_loss("mse", [0], [[0.0]], [[0.0]], 1.0, 0.5)
+
+
+def test_target_cross_entropy_is_the_hard_or_calibrated_loss():
+    rng = np.random.default_rng(1)
+    logits, teacher = rng.normal(size=(6, 4)), rng.normal(size=(6, 4)) * 3
+    labels = rng.integers(0, 4, 6)
+    np.testing.assert_allclose(targets.Target(labels).cross_entropy(logits).numpy(),
+                               targets.hard_loss(labels, logits).numpy())
+    np.testing.assert_allclose(
+        targets.Target(labels, label_smoothing=0.2).cross_entropy(logits).numpy(),
+        targets.hard_loss(labels, logits, 0.2).numpy())
+    for form in ("kd", "soft"):
+        target = targets.Target(labels, teacher, 1.5, 0.4, form)
+        assert target.is_calibrated
+        np.testing.assert_allclose(
+            target.cross_entropy(logits).numpy(),
+            targets.calibrated_loss(form, labels, logits, teacher, 1.5, 0.4).numpy())
+    soft = targets.Target(labels, teacher, 1.5, 0.4, "soft")
+    np.testing.assert_allclose(soft.cross_entropy(logits).numpy(), targets.soft_cross_entropy(
+        soft.probabilities(4), logits).numpy(), rtol=1e-6)
+    assert targets.as_target(labels).labels.numpy().tolist() == labels.tolist()
+    with pytest.raises(ValueError, match="loss_form"):
+        targets.Target(labels, teacher, loss_form="mse")
+
+
+def test_rectified_ratio_trusts_the_teacher_less_where_it_disagrees():
+    teacher = np.array([[3.0, 0.0, 0.0], [3.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
+    ratio = targets.rectified_ratio(teacher, [0, 1, 2], 1.0, 0.8).numpy()
+    probs = tf.nn.softmax(teacher).numpy()
+    np.testing.assert_allclose(ratio, [0.8, max(0.0, 0.8 - (probs[1, 0] - probs[1, 1])), 0.8],
+                               rtol=1e-6)
+    assert np.all((ratio >= 0) & (ratio <= 1))
