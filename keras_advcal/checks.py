@@ -54,16 +54,44 @@ def check_images(x: Any, bounds: tuple[float, float], name: str = "x",
     low, high = bounds
     lo, hi = float(array.min()), float(array.max())
     if lo < low - 1e-6 or hi > high + 1e-6:
-        hint = (" It looks like 0..255 pixels: divide by 255." if hi > 1.5 and high <= 1.0
-                else "")
         raise InputError(
             f"`{name}` has values in [{lo:g}, {hi:g}], outside the attack's bounds "
             f"{tuple(bounds)}. Pixels must lie in the bounds the attack projects onto "
-            f"(put any normalisation inside the model).{hint}")
+            f"(put any normalisation inside the model).{rescale_hint(array, bounds)}")
     if channels is not None and array.ndim >= 2 and array.shape[-1] != channels:
         raise InputError(
             f"`{name}` has {array.shape[-1]} channels (shape {array.shape}) but the model "
             f"expects {channels}. Images must be NHWC (channels last).")
+
+
+def rescale_hint(x: Any, bounds: tuple[float, float]) -> str:
+    """A sentence suggesting a division that puts ``x`` inside ``bounds``, or ``""``.
+
+    The scale is the dtype's maximum for unsigned integer images (255 for ``uint8``),
+    else the largest value seen; the division is suggested only when the result fits
+    the bounds (never for negative values, which a division does not fix).
+
+    Example:
+
+        >>> rescale_hint(np.array([0.0, 16.0]), (0.0, 1.0))
+        ' If 16 is the top of their scale (the largest value seen), divide by 16.'
+        >>> rescale_hint(np.array([3, 200], "uint8"), (0.0, 1.0))
+        ' If 255 is the top of their scale (the uint8 maximum), divide by 255.'
+        >>> rescale_hint(np.array([-1.0, 1.0]), (0.0, 1.0))
+        ''
+    """
+    array = _numpy(x)
+    low, high = bounds
+    lo, hi = float(array.min()), float(array.max())
+    if hi <= high + 1e-6 or hi <= 0:
+        return ""
+    if array.dtype.kind == "u":
+        scale, what = float(np.iinfo(array.dtype).max), f"the {array.dtype} maximum"
+    else:
+        scale, what = hi, "the largest value seen"
+    if lo / scale < low - 1e-6 or hi / scale > high + 1e-6:
+        return ""
+    return f" If {scale:g} is the top of their scale ({what}), divide by {scale:g}."
 
 
 def labels_to_indices(y: Any, num_classes: int, name: str = "y") -> np.ndarray:

@@ -56,3 +56,18 @@ def test_first_batch_peeks_datasets():
     x, y = checks.first_batch(data)
     assert x.shape == (4, 2) and list(y.numpy()) == [0, 1, 2, 3]
     assert checks.first_batch(iter([])) is None
+
+
+def test_pixel_range_message_says_what_was_seen_and_fits_its_hint():
+    # Digits come as 0..16 levels: the hint divides by 16, not 255.
+    with pytest.raises(InputError) as error:
+        checks.check_images(np.array([[0.0, 16.0]]), (0.0, 1.0))
+    message = str(error.value)
+    assert "[0, 16]" in message and "divide by 16." in message and "255" not in message
+    # uint8 images: the dtype's maximum, whatever the largest value seen.
+    with pytest.raises(InputError, match="divide by 255"):
+        checks.check_images(np.array([[3, 200]], "uint8"), (0.0, 1.0))
+    # Normalised data: no division fixes negative values, so none is suggested.
+    with pytest.raises(InputError) as error:
+        checks.check_images(np.array([[-2.0, 3.0]]), (0.0, 1.0))
+    assert "[-2, 3]" in str(error.value) and "divide" not in str(error.value)
