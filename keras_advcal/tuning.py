@@ -41,6 +41,9 @@ A search (see ``notebooks/03_keras_tuner.ipynb``):
                                      directory="tuning", project_name="digits")
     tuner.search(x_train, y_train, validation_data=(x_val, y_val), epochs=20)
     best = tuner.get_best_models(1)[0]      # an AdvCalTrainer; best.model is the classifier
+
+The loaded trainers carry their optimizer state (``build`` creates the optimizer's
+variables, so the checkpoint's load into them).
 """
 
 from __future__ import annotations
@@ -250,7 +253,8 @@ class AdvCalHyperModel(keras_tuner.HyperModel):
 
         Returns:
             A compiled :class:`~keras_advcal.AdvCalTrainer` (its ``.model`` is the
-            classifier).
+            classifier) whose optimizer is built, so that ``tuner.get_best_models``
+            restores the optimizer state of a trial's checkpoint too.
 
         Example:
 
@@ -273,6 +277,10 @@ class AdvCalHyperModel(keras_tuner.HyperModel):
             num_classes=self.num_classes, seed=self.seed)
         trainer.compile(optimizer=keras.optimizers.AdamW(learning_rate=learning_rate,
                                                          weight_decay=weight_decay))
+        # Create the optimizer's slots now (training would at its first step): a trainer
+        # that ``tuner.get_best_models`` rebuilds then takes the checkpoint's optimizer
+        # state, instead of skipping it with a warning.
+        trainer.optimizer.build(trainer.student.trainable_variables)
         return trainer
 
     # -------------------------------------------------------------------- fit
