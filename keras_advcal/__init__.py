@@ -6,44 +6,63 @@ makes robust test accuracy peak and fall (robust overfitting). ``AdvCalTrainer``
 calibrated soft targets instead, with the temperature and mixing ratio fitted on
 held-out data every epoch by the ``CalibratedTeacher`` callback.
 
+``import keras_advcal`` does not import TensorFlow (so that the ``advcal`` command
+starts at once): the names below are imported when first used, all together, which
+also registers the package's Keras classes for ``keras.models.load_model``.
+
 Example:
 
     >>> import keras_advcal
     >>> keras_advcal.__version__
     '0.1.0'
+    >>> keras_advcal.AdvCalTrainer.__name__
+    'AdvCalTrainer'
 """
 
-from keras_advcal import data, evaluation, models
-from keras_advcal.analysis import LabelNoiseReport, measure_label_noise
-from keras_advcal.attacks import FGSM, PGD, Attack
-from keras_advcal.calibration import CalibrationResult, calibrate, fit_temperature
-from keras_advcal.checks import InputError
-from keras_advcal.evaluation import (RobustAccuracyTracker, RobustnessResult,
-                                     evaluate_robustness, summarize_history)
-from keras_advcal.teacher import CalibratedTeacher, calibrate_teacher
-from keras_advcal.trainer import AdvCalTrainer
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "AdvCalTrainer",
-    "Attack",
-    "calibrate",
-    "calibrate_teacher",
-    "CalibratedTeacher",
-    "CalibrationResult",
-    "data",
-    "evaluate_robustness",
-    "evaluation",
-    "FGSM",
-    "fit_temperature",
-    "InputError",
-    "LabelNoiseReport",
-    "measure_label_noise",
-    "models",
-    "PGD",
-    "RobustAccuracyTracker",
-    "RobustnessResult",
-    "summarize_history",
-    "__version__",
-]
+#: Each public name and the module it comes from (a module itself when they match).
+_EXPORTS = {
+    "data": "keras_advcal.data",
+    "evaluation": "keras_advcal.evaluation",
+    "models": "keras_advcal.models",
+    "LabelNoiseReport": "keras_advcal.analysis",
+    "measure_label_noise": "keras_advcal.analysis",
+    "Attack": "keras_advcal.attacks",
+    "FGSM": "keras_advcal.attacks",
+    "PGD": "keras_advcal.attacks",
+    "ClassifierCheckpoint": "keras_advcal.callbacks",
+    "CalibrationResult": "keras_advcal.calibration",
+    "calibrate": "keras_advcal.calibration",
+    "fit_temperature": "keras_advcal.calibration",
+    "InputError": "keras_advcal.checks",
+    "RobustAccuracyTracker": "keras_advcal.evaluation",
+    "RobustnessResult": "keras_advcal.evaluation",
+    "evaluate_robustness": "keras_advcal.evaluation",
+    "summarize_history": "keras_advcal.evaluation",
+    "CalibratedTeacher": "keras_advcal.teacher",
+    "calibrate_teacher": "keras_advcal.teacher",
+    "AdvCalTrainer": "keras_advcal.trainer",
+}
+
+__all__ = sorted(_EXPORTS, key=str.lower) + ["__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    """Imports the public API on first use of one of its names (PEP 562)."""
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'keras_advcal' has no attribute {name!r}")
+    for export, module_name in _EXPORTS.items():
+        module = importlib.import_module(module_name)
+        globals()[export] = (module if module_name.rsplit(".", 1)[1] == export
+                             else getattr(module, export))
+    return globals()[name]
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
