@@ -1,4 +1,4 @@
-"""The ``advcal`` command: train, compare, evaluate, demo.
+"""The ``advcal`` command: train, compare, evaluate, analyze, demo.
 
     advcal train --dataset fashion_mnist --subset 500 --model cnn --epsilon 0.1 \\
                  --labels calibrated --teacher best --epochs 120 --out runs/x
@@ -7,18 +7,28 @@
     advcal demo
 
 ``advcal COMMAND --help`` explains every option. Bad options exit with status 2 and
-a message (argparse's convention); ``main(argv)`` returns the exit status.
+a message (argparse's convention), before anything is written; ``main(argv)``
+returns the exit status. Options must be spelt in full (no prefix matching).
+
+TensorFlow is imported only once a command needs it (``advcal --help`` does not),
+with its start-up log lines hidden; set ``TF_CPP_MIN_LOG_LEVEL`` yourself (e.g. to
+0) to see them.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import difflib
+import importlib
 import json
 import math
 import os
+import re
 import sys
+import tempfile
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -101,10 +111,92 @@ _TRAIN_HELP: dict[str, str] = {
     "checkpoint_best": "Also save best.keras at the best validation robust accuracy (the "
                        "teacher of the two-stage recipe).",
     "threads": "TensorFlow intra/inter-op threads (0: TensorFlow's default).",
-    "out": "Output directory (model.keras, history.csv/json, curves.png, config.json, "
-           "summary.json).",
+    "out": "Output directory. It gets config.json when the run starts; history.csv/json "
+           "after every epoch; backup/ (the resume point of an interrupted training, "
+           "removed when training ends); model.keras (the trainer: classifier, teacher, "
+           "T and rho) and training_done.json when training ends (a run interrupted "
+           "during its final evaluation restarts from the trained model); then "
+           "summary.json, curves.png and correctness_final.npz (per-example results); "
+           "best.keras with --checkpoint-best.",
     "verbose": "0 silent, 1 progress bars, 2 one line per epoch.",
 }
+
+
+# ------------------------------------------------------------ TensorFlow, quietly
+# Lines TensorFlow's native code writes to stderr while it starts (CUDA probing on a
+# machine without GPU, CPU features, absl's pre-initialisation notice).
+_START_UP_NOISE = re.compile(
+    r"^(I\d{4} |WARNING: All log messages before absl::InitializeLog"
+    r"|To enable the following instructions:"
+    r"|[EW]\d{4} .*Unable to register cu(DNN|FFT|BLAS) factory)")
+
+
+@contextlib.contextmanager
+def _native_stderr_filtered() -> Iterator[None]:
+    """Captures what native code writes to file descriptor 2 inside the block and
+    writes back every line but TensorFlow's start-up noise."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no usable descriptor 2: nothing to filter
+        yield
+        return
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            kept = [line for line in capture.read().decode(errors="replace").splitlines(True)
+                    if not _START_UP_NOISE.match(line)]
+            sys.stderr.write("".join(kept))
+
+
+def _library(module: str):
+    """``keras_advcal.<module>``, importing TensorFlow first: quietly (start-up log
+    lines hidden, absl warnings off) unless the user set ``TF_CPP_MIN_LOG_LEVEL``.
+
+    Example:
+
+        >>> _library("targets").LOSS_FORMS
+        ('kd', 'soft')
+    """
+    if "tensorflow" not in sys.modules and "TF_CPP_MIN_LOG_LEVEL" not in os.environ:
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
+        with _native_stderr_filtered():
+            import tensorflow  # noqa: F401
+        import absl.logging
+
+        absl.logging.set_verbosity(absl.logging.ERROR)
+    return importlib.import_module(f"keras_advcal.{module}")
+
+
+# ------------------------------------------------------------------------ parsers
+class _Parser(argparse.ArgumentParser):
+    """``argparse.ArgumentParser`` without prefix matching (``--epoch`` is not
+    ``--epochs``), whose options may be added when it is first used (``populate``),
+    so that ``advcal --help`` needs no TensorFlow."""
+
+    def __init__(self, *args: Any, populate: Callable[[argparse.ArgumentParser], None]
+                 | None = None, **kwargs: Any):
+        kwargs["allow_abbrev"] = False
+        super().__init__(*args, **kwargs)
+        self._populate = populate
+
+    def _populated(self) -> None:
+        if self._populate is not None:
+            populate, self._populate = self._populate, None
+            populate(self)
+
+    def parse_known_args(self, args=None, namespace=None):
+        self._populated()
+        return super().parse_known_args(args, namespace)
+
+    def format_help(self) -> str:
+        self._populated()
+        return super().format_help()
 
 
 # --------------------------------------------------------------------- argument types
@@ -173,13 +265,12 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     values of --config)."""
     import dataclasses
 
-    from keras_advcal import experiment, models, targets
-    from keras_advcal.calibration import RULES, SELECTIONS
-    from keras_advcal.teacher import TEACHER_KINDS
-
-    choices = {"labels": experiment.RUN_LABELS, "teacher": TEACHER_KINDS,
-               "loss_form": targets.LOSS_FORMS, "rule": RULES, "selection": SELECTIONS,
-               "model": models.available(), "curve_split": experiment.CURVE_SPLITS}
+    experiment = _library("experiment")
+    calibration = _library("calibration")
+    choices = {"labels": experiment.RUN_LABELS, "teacher": _library("teacher").TEACHER_KINDS,
+               "loss_form": _library("targets").LOSS_FORMS, "rule": calibration.RULES,
+               "selection": calibration.SELECTIONS, "model": _library("models").available(),
+               "curve_split": experiment.CURVE_SPLITS}
     parser.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS,
                         help="JSON file of options (e.g. a run's config.json); flags given "
                              "on the command line override it.")
@@ -203,27 +294,48 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(flag, **kwargs)
 
 
+def _add_data_options(parser: argparse.ArgumentParser) -> None:
+    """The data options of ``advcal analyze``, with ``advcal train``'s defaults."""
+    run_config = _library("experiment").RunConfig
+    for flag in ("subset", "validation_size", "label_noise", "data_seed"):
+        default = getattr(run_config, flag)
+        parser.add_argument("--" + flag.replace("_", "-"), type=_ARG_TYPES[flag],
+                            default=default, help=f"{_TRAIN_HELP[flag]} (default: {default})")
+
+
 # ------------------------------------------------------------------------- the parser
 def build_parser() -> argparse.ArgumentParser:
     """The ``advcal`` argument parser (subcommands train, compare, evaluate, analyze,
-    demo)."""
-    parser = argparse.ArgumentParser(
+    demo). The options of ``train`` and ``analyze`` that come from the library are
+    added when those commands are parsed.
+
+    Example:
+
+        >>> parser = build_parser()
+        >>> parser.parse_args(["compare", "runs/a", "--no-figure"]).runs
+        ['runs/a']
+    """
+    parser = _Parser(
         prog="advcal",
         description="Adversarial training with calibrated soft labels (keras-advcal): "
                     "train a run, compare runs, evaluate a saved model, measure label noise, or "
                     "run the demo.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Run 'advcal COMMAND --help' for the options of a command.")
+        epilog="Run 'advcal COMMAND --help' for the options of a command. TensorFlow's "
+               "start-up log lines are hidden unless TF_CPP_MIN_LOG_LEVEL is set.")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    train = commands.add_parser(
+    commands.add_parser(
         "train", help="train one run and write its artifacts",
+        usage="%(prog)s [OPTIONS]", populate=_add_run_options,
         description="Trains one model (PGD-AT, the calibrated trainer or the ADR-style "
                     "baseline) and writes model.keras, history.csv/json (with T, rho and "
-                    "the per-epoch robust test accuracy), curves.png, config.json and "
-                    "summary.json into --out. Defaults: the robust-overfitting benchmark "
-                    "protocol (Fashion-MNIST, 500 training images, small CNN, eps 0.1).")
-    _add_run_options(train)
+                    "the per-epoch robust accuracy on the test or development split), "
+                    "curves.png, config.json, training_done.json, summary.json and "
+                    "correctness_final.npz into --out (see --out). The options are checked, "
+                    "and the data loaded, before anything is written. Defaults: the "
+                    "robust-overfitting benchmark protocol (Fashion-MNIST, 500 training "
+                    "images, small CNN, eps 0.1).")
 
     compare = commands.add_parser(
         "compare", help="table and figure of several runs",
@@ -270,7 +382,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--json", metavar="FILE", help="write the result as JSON")
 
     analyze = commands.add_parser(
-        "analyze", help="label noise of PGD examples (how far one-hot labels are from "
+        "analyze", populate=_add_data_options, help="label noise of PGD examples (how far one-hot labels are from "
                         "a calibrated estimate of the true label distribution)",
         description="Makes PGD examples of a split of --dataset against --model (default: "
                     "the reference) and compares their one-hot labels with the "
@@ -294,12 +406,6 @@ def build_parser() -> argparse.ArgumentParser:
                          default=None, help="PGD step size (default: 2.5 * epsilon / steps)")
     analyze.add_argument("--split", choices=("train", "test"), default="train",
                          help="split whose labels are measured (default: train)")
-    from keras_advcal.experiment import RunConfig
-
-    for flag in ("subset", "validation_size", "label_noise", "data_seed"):
-        default = getattr(RunConfig, flag)
-        analyze.add_argument("--" + flag.replace("_", "-"), type=_ARG_TYPES[flag],
-                             default=default, help=f"{_TRAIN_HELP[flag]} (default: {default})")
     analyze.add_argument("--batch-size", type=_number(int, 1), default=256,
                          help="examples per attack batch (default: 256)")
     analyze.add_argument("--seed", type=int, default=0, help="attack seed (default: 0)")
@@ -353,9 +459,7 @@ def format_table(rows: list[list[str]], header: list[str]) -> str:
 
 
 def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from keras_advcal import data as data_lib
-    from keras_advcal import experiment
-
+    experiment = _library("experiment")
     values: dict[str, Any] = {}
     options = vars(args).copy()
     options.pop("command", None)
@@ -371,12 +475,13 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     except (TypeError, ValueError) as error:
         parser.error(str(error))
     experiment.set_threads(config.threads)
-    try:
-        splits = experiment.load_data(config)
-    except data_lib.DatasetNotAvailableError as error:
-        parser.error(f"dataset {config.dataset!r} is not available.\n{error}")
-    except ValueError as error:
-        parser.error(str(error))
+    problem = settings_problem(config)
+    if problem:
+        parser.error(problem)
+    splits = _load_splits(parser, config.dataset, loader=lambda: experiment.load_data(config))
+    problem = data_problem(config, splits)
+    if problem:
+        parser.error(problem)
     print(f"advcal train: {config.dataset} ({len(splits.train[1])} training, "
           f"{len(splits.validation[1])} validation, {len(splits.test[1])} test images), "
           f"labels={config.labels}"
@@ -387,18 +492,84 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     print()
     print(_summary_text(summary))
     print(f"\nwrote {config.out}/: model.keras, history.csv, history.json, curves.png, "
-          "config.json, summary.json")
+          "config.json, training_done.json, summary.json, correctness_final.npz")
     return 0
 
 
+def settings_problem(config: Any) -> str | None:
+    """What in ``config`` would make ``experiment.run`` fail after it has started (an
+    attack the library refuses, an unknown final attack), as a one-line message;
+    ``None`` when nothing does. Cheap: builds the attacks, reads no data.
+
+    Example:
+
+        >>> from keras_advcal.experiment import RunConfig
+        >>> settings_problem(RunConfig(epsilon=0.1)) is None
+        True
+        >>> print(settings_problem(RunConfig(final_attacks="pgd,apgd")))
+        --final-attacks: unknown attack(s) apgd; choose from pgd, cw, apgd-ce, apgd-dlr, apgd-t, square, fgsm
+    """
+    try:
+        _library("experiment")._attacks(config)  # noqa: SLF001 - the run's own attacks
+    except ValueError as error:
+        return f"--epsilon {config.epsilon:g}: {error}"
+    known = _library("evaluation").ATTACK_NAMES
+    for flag, names in (("--final-attacks", config.final_attacks),
+                        ("--final-strong-attacks", config.final_strong_attacks)):
+        unknown = [name.strip() for name in names.split(",")
+                   if name.strip() and name.strip().lower() not in known]
+        if unknown:
+            return f"{flag}: unknown attack(s) {', '.join(unknown)}; choose from {', '.join(known)}"
+    return None
+
+
+def data_problem(config: Any, splits: Any) -> str | None:
+    """Whether the loaded ``splits`` are too small for ``config``: calibrating T and
+    rho needs enough validation and training images. A one-line message, or ``None``.
+
+    Example:
+
+        >>> from keras_advcal.experiment import RunConfig
+        >>> splits = _library("data").load("digits", subset=150, validation_size=20)
+        >>> print(data_problem(RunConfig(dataset="digits", validation_size=20), splits))
+        --validation-size 20: calibrating T and rho needs at least 100 validation images (--labels hard needs none).
+    """
+    if config.labels != "calibrated" or config.rule != "published":
+        return None
+    needed = _library("calibration").minimum_examples(config.acc_floor)
+    for flag, labels, what in (("--validation-size", splits.validation[1], "validation"),
+                               ("--subset", splits.train[1], "training")):
+        if len(labels) < needed:
+            return (f"{flag} {len(labels)}: calibrating T and rho needs at least {needed} "
+                    f"{what} images (--labels hard needs none).")
+    return None
+
+
+def curve_split(summary: dict) -> str:
+    """The short name of the split of a run's per-epoch curve in its summary keys:
+    ``"dev"`` (``best_dev_adv_accuracy``...) or ``"test"``.
+
+    Example:
+
+        >>> curve_split({"best_dev_adv_accuracy": 0.5}), curve_split({})
+        ('dev', 'test')
+    """
+    return "dev" if "best_dev_adv_accuracy" in summary else "test"
+
+
+_SPLIT_NAMES = {"test": "test", "dev": "development"}
+
+
 def _summary_text(summary: dict) -> str:
+    split = curve_split(summary)
     lines = [
-        f"robust test accuracy (PGD-10 curve): best {_pct(summary.get('best_test_adv_accuracy'))}"
-        f"% at epoch {summary.get('best_epoch')}, final "
-        f"{_pct(summary.get('final_test_adv_accuracy'))}%, gap {_pct(summary.get('gap'))}, "
-        f"smoothed gap {_pct(summary.get('smoothed_gap'))}",
+        f"robust {_SPLIT_NAMES[split]} accuracy (PGD curve): best "
+        f"{_pct(summary.get(f'best_{split}_adv_accuracy'))}% at epoch "
+        f"{summary.get('best_epoch')}, final "
+        f"{_pct(summary.get(f'final_{split}_adv_accuracy'))}%, gap "
+        f"{_pct(summary.get('gap'))}, smoothed gap {_pct(summary.get('smoothed_gap'))}",
         f"early-stopped (best validation epoch {summary.get('early_stopped_epoch')}): "
-        f"{_pct(summary.get('early_stopped_test_adv_accuracy'))}%",
+        f"{_pct(summary.get(f'early_stopped_{split}_adv_accuracy'))}%",
         f"final: clean test {_pct(summary.get('final_test_clean_accuracy'))}%, "
         f"PGD-20 test {_pct(summary.get('final_pgd20_test_adv_accuracy'))}%, "
         f"training robust {_pct(summary.get('final_train_adv_accuracy'))}%",
@@ -410,14 +581,13 @@ def _summary_text(summary: dict) -> str:
     return "\n".join(lines)
 
 
-COMPARE_HEADER = ["run", "best (epoch)", "final", "gap", "smoothed gap", "early-stopped",
-                  "clean", "PGD-20", "status"]
+COMPARE_HEADER = ["run", "curve", "best (epoch)", "final", "gap", "smoothed gap",
+                  "early-stopped", "clean", "PGD-20", "status"]
 
 
 def compare_rows(run_dirs: Sequence[str | os.PathLike]) -> list[dict]:
     """The summaries of ``run_dirs`` (finished or running), in order."""
-    from keras_advcal import experiment
-
+    experiment = _library("experiment")
     rows = []
     for run_dir in run_dirs:
         summary = experiment.read_summary(run_dir)
@@ -429,45 +599,54 @@ def compare_rows(run_dirs: Sequence[str | os.PathLike]) -> list[dict]:
 def _compare_table(rows: list[dict]) -> str:
     body = []
     for row in rows:
-        best = (f"{_pct(row.get('best_test_adv_accuracy'))} ({row.get('best_epoch')})"
-                if row.get("best_test_adv_accuracy") is not None else "-")
+        split = curve_split(row)
+        best = (f"{_pct(row.get(f'best_{split}_adv_accuracy'))} ({row.get('best_epoch')})"
+                if row.get(f"best_{split}_adv_accuracy") is not None else "-")
         clean = row.get("final_test_clean_accuracy", row.get("final_test_accuracy"))
         status = "done" if row.get("finished") else f"running ({row.get('epochs_done')} ep)"
-        body.append([Path(row["dir"]).name or row["dir"], best,
-                     _pct(row.get("final_test_adv_accuracy")), _pct(row.get("gap")),
+        body.append([Path(row["dir"]).name or row["dir"], split, best,
+                     _pct(row.get(f"final_{split}_adv_accuracy")), _pct(row.get("gap")),
                      _pct(row.get("smoothed_gap")),
-                     _pct(row.get("early_stopped_test_adv_accuracy")), _pct(clean),
+                     _pct(row.get(f"early_stopped_{split}_adv_accuracy")), _pct(clean),
                      _pct(row.get("final_pgd20_test_adv_accuracy")), status])
     return format_table(body, COMPARE_HEADER)
 
 
 def plot_comparison(run_dirs: Sequence[str | os.PathLike], path: str | os.PathLike,
-                    labels: Sequence[str] | None = None, title: str = "") -> None:
-    """One figure: robust test accuracy per epoch of every run, and T / rho of the
-    runs that log them."""
+                    labels: Sequence[str] | None = None, title: str = "") -> Any:
+    """One figure: robust accuracy per epoch of every run (its test curve, or its
+    development curve when it logs that instead), and T / rho of the runs that log
+    them. Every evaluation is a marker, so a run evaluated once still shows.
+
+    Returns:
+        The (closed) matplotlib figure, written to ``path``.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
-    from keras_advcal import experiment
-
+    experiment = _library("experiment")
     histories = [experiment.read_history(d) for d in run_dirs]
     names = list(labels) if labels is not None else [Path(d).name for d in run_dirs]
     calibrated = [i for i, h in enumerate(histories) if experiment.records(h, "rho")]
     panels = 3 if calibrated else 1
     fig, axes = plt.subplots(1, panels, figsize=(6.2 * panels, 4.4), squeeze=False)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    splits = set()
     for index, (history, name) in enumerate(zip(histories, names)):
-        pairs = experiment.records(history, "test_adv_accuracy")
-        if pairs:
-            epochs, values = zip(*pairs)
-            axes[0, 0].plot(np.add(epochs, 1), values, label=name,
-                            color=colors[index % len(colors)], linewidth=1.3)
-    axes[0, 0].set(xlabel="epoch", ylabel="robust test accuracy",
-                   title=title or "robust test accuracy per epoch")
-    axes[0, 0].grid(alpha=0.3)
-    axes[0, 0].legend(fontsize=7)
+        for key, split in (("test_adv_accuracy", "test"), ("dev_adv_accuracy", "development")):
+            pairs = experiment.records(history, key)
+            if pairs:
+                epochs, values = zip(*pairs)
+                axes[0, 0].plot(np.add(epochs, 1), values, "-o", label=name, markersize=3,
+                                color=colors[index % len(colors)], linewidth=1.3)
+                splits.add(split)
+                break
+    split = splits.pop() if len(splits) == 1 else "test or development"
+    axes[0, 0].set(xlabel="epoch", ylabel=f"robust {split} accuracy",
+                   title=title or f"robust {split} accuracy per epoch")
     for panel, key in ((1, "temperature"), (2, "rho")):
         if panel >= panels:
             break
@@ -476,14 +655,18 @@ def plot_comparison(run_dirs: Sequence[str | os.PathLike], path: str | os.PathLi
             pairs = experiment.records(histories[index], key)
             if pairs:
                 epochs, values = zip(*pairs)
-                ax.plot(np.add(epochs, 1), values, label=names[index],
+                ax.plot(np.add(epochs, 1), values, "-o", label=names[index], markersize=2.5,
                         color=colors[index % len(colors)], linewidth=1.2)
         ax.set(xlabel="epoch", title="T" if key == "temperature" else "rho")
+    for ax in axes[0]:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+    return fig
 
 
 def _compare(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -496,8 +679,10 @@ def _compare(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
                          "history.json; write one with 'advcal train --out DIR')")
     rows = compare_rows(args.runs)
     print(_compare_table(rows))
-    print("\nAccuracies in %, robust = PGD-10 test curve unless noted; gap = best - final; "
-          "smoothed gap = best 3-evaluation moving average - mean of the last 3.")
+    print("\nAccuracies in %; best, final, gaps and early-stopped: the run's per-epoch PGD "
+          "curve on the split in column 'curve' (test or dev); gap = best - final; smoothed "
+          "gap = best 3-evaluation moving average - mean of the last 3; clean and PGD-20: "
+          "the final model on the test split.")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
     if not args.no_figure:
@@ -506,24 +691,52 @@ def _compare(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     return 0
 
 
-def _load_splits(parser: argparse.ArgumentParser, name: str, **options: Any):
-    """``data.load(name, **options)``, a parser error when it cannot be had."""
-    from keras_advcal import data as data_lib
-
+def _load_splits(parser: argparse.ArgumentParser, name: str,
+                 loader: Callable[[], Any] | None = None, **options: Any):
+    """``loader()`` (default: ``data.load(name, **options)``), or a parser error that
+    says why the dataset cannot be had, with the closest known names for a misspelt
+    one."""
+    data_lib = _library("data")
     try:
-        return data_lib.load(name, **options)
+        return loader() if loader is not None else data_lib.load(name, **options)
     except data_lib.DatasetNotAvailableError as error:
+        close = dataset_suggestions(name)
+        if close and name not in close:
+            parser.error(f"unknown dataset {name!r}; did you mean {' or '.join(close)}?")
         parser.error(f"dataset {name!r} is not available.\n{error}")
     except ValueError as error:
         parser.error(str(error))
+
+
+#: Datasets the loader reads without TFDS (besides the TFDS names themselves).
+LOCAL_DATASETS = ("digits", "fashion_mnist", "mnist")
+
+
+def dataset_suggestions(name: str, count: int = 3) -> list[str]:
+    """The known dataset names closest to ``name`` (digits, fashion_mnist, mnist and
+    the datasets registered in TensorFlow Datasets), best first.
+
+    Example:
+
+        >>> dataset_suggestions("fashion_mnsit")
+        ['fashion_mnist']
+    """
+    names = list(LOCAL_DATASETS)
+    try:
+        import tensorflow_datasets as tfds
+
+        names += tfds.list_builders(with_community_datasets=False)
+    except Exception:  # noqa: BLE001 - without TFDS, suggest among the local names
+        pass
+    return difflib.get_close_matches(str(name), list(dict.fromkeys(names)), n=count,
+                                     cutoff=0.6)
 
 
 def _load_model(parser: argparse.ArgumentParser, path: str, input_shape: tuple, dataset: str,
                 command: str):
     """A classifier from ``path`` whose inputs match the dataset's images, or ``None``
     (after printing why) when the file cannot be loaded."""
-    from keras_advcal import experiment
-
+    experiment = _library("experiment")
     try:
         model = experiment.load_classifier(path)
     except Exception as error:  # noqa: BLE001 - any loading failure is reported plainly
@@ -536,26 +749,35 @@ def _load_model(parser: argparse.ArgumentParser, path: str, input_shape: tuple, 
     return model
 
 
-def _evaluate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from keras_advcal.evaluation import ATTACK_NAMES, evaluate_robustness
+def _pgd(parser: argparse.ArgumentParser, epsilon: float, **options: Any):
+    """``PGD(epsilon, **options)``, or a parser error with the attack's reason."""
+    try:
+        return _library("attacks").PGD(epsilon, **options)
+    except ValueError as error:
+        parser.error(f"--epsilon {epsilon:g}: {error}")
 
+
+def _evaluate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if not Path(args.model).is_file():
         parser.error(f"model file not found: {args.model}")
+    evaluation = _library("evaluation")
     attacks = [name.strip().lower() for name in args.attacks.split(",") if name.strip()]
-    unknown = [name for name in attacks if name not in ATTACK_NAMES]
+    unknown = [name for name in attacks if name not in evaluation.ATTACK_NAMES]
     if not attacks or unknown:
         parser.error(f"unknown attack(s) {', '.join(unknown) or '(none given)'}; choose "
-                     f"from {', '.join(ATTACK_NAMES)}")
+                     f"from {', '.join(evaluation.ATTACK_NAMES)}")
+    _pgd(parser, args.epsilon)
     splits = _load_splits(parser, args.dataset, test_size=args.n, seed=args.data_seed)
     model = _load_model(parser, args.model, splits.input_shape, args.dataset, "evaluate")
     if model is None:
         return 1
     print(f"advcal evaluate: {args.model} on {len(splits.test[1])} {args.dataset} test "
           f"images, epsilon={args.epsilon:g}", flush=True)
-    result = evaluate_robustness(model, splits.test, args.epsilon, attacks=attacks,
-                                 steps=args.steps, n_queries=args.n_queries,
-                                 restarts=args.restarts, batch_size=args.batch_size,
-                                 seed=args.seed, individual=not args.cascade, verbose=False)
+    result = evaluation.evaluate_robustness(model, splits.test, args.epsilon, attacks=attacks,
+                                            steps=args.steps, n_queries=args.n_queries,
+                                            restarts=args.restarts,
+                                            batch_size=args.batch_size, seed=args.seed,
+                                            individual=not args.cascade, verbose=False)
     print(result.table())
     if args.json:
         Path(args.json).write_text(result.to_json())
@@ -564,12 +786,10 @@ def _evaluate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
 
 def _analyze(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from keras_advcal.analysis import measure_label_noise
-    from keras_advcal.attacks import PGD
-
     for path in (args.reference, args.model):
         if path is not None and not Path(path).is_file():
             parser.error(f"model file not found: {path}")
+    attack = _pgd(parser, args.epsilon, steps=args.steps, step_size=args.step_size)
     splits = _load_splits(parser, args.dataset, subset=args.subset,
                           validation_size=args.validation_size, seed=args.data_seed,
                           label_noise=args.label_noise)
@@ -577,12 +797,12 @@ def _analyze(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
               if path is not None else None for path in (args.reference, args.model)]
     if models[0] is None or (args.model is not None and models[1] is None):
         return 1
-    attack = PGD(args.epsilon, steps=args.steps, step_size=args.step_size)
     data = splits.split(args.split)
     print(f"advcal analyze: {len(data[1])} {args.dataset} {args.split} images, PGD-"
           f"{args.steps} epsilon={args.epsilon:g}, reference {args.reference}", flush=True)
-    report = measure_label_noise(models[0], data, splits.validation, attack, model=models[1],
-                                 batch_size=args.batch_size, seed=args.seed)
+    report = _library("analysis").measure_label_noise(
+        models[0], data, splits.validation, attack, model=models[1],
+        batch_size=args.batch_size, seed=args.seed)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "label_noise.json").write_text(json.dumps(
@@ -599,10 +819,14 @@ def _analyze(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
 def demo_config(name: str, labels: str, epochs: int, epsilon: float, seed: int, out: str,
                 verbose: int):
-    """The RunConfig of one demo run on digits."""
-    from keras_advcal.experiment import RunConfig
+    """The RunConfig of one demo run on digits.
 
-    return RunConfig(dataset="digits", subset=None, validation_size=None, test_size=None,
+    Example:
+
+        >>> demo_config("x", "hard", 30, 0.15, 0, "runs/demo", 0).eval_every
+        3
+    """
+    return _library("experiment").RunConfig(dataset="digits", subset=None, validation_size=None, test_size=None,
                      width=32, dense=128, epsilon=epsilon, train_steps=5,
                      train_step_size=2.5 * epsilon / 5, eval_steps=10,
                      eval_step_size=2.5 * epsilon / 10, eval_every=max(1, epochs // 10),
@@ -611,8 +835,7 @@ def demo_config(name: str, labels: str, epochs: int, epsilon: float, seed: int, 
 
 
 def _demo(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from keras_advcal import experiment
-
+    experiment = _library("experiment")
     print(f"advcal demo: PGD-AT vs calibrated labels on scikit-learn digits (8x8), "
           f"epsilon={args.epsilon:g}, {args.epochs} epochs each, seed {args.seed}", flush=True)
     rows = []
@@ -642,25 +865,35 @@ _COMMANDS = {"train": _train, "compare": _compare, "evaluate": _evaluate,
              "analyze": _analyze, "demo": _demo}
 
 
+def _unrecognized(extras: list[str], parser: argparse.ArgumentParser) -> str:
+    """argparse's message for ``extras``, with the closest options of ``parser``."""
+    message = f"unrecognized arguments: {' '.join(extras)}"
+    known = [option for action in parser._actions  # noqa: SLF001 - argparse has no public list
+             for option in action.option_strings]
+    hints = [f"{extra} -> {close[0]}" for extra in extras if extra.startswith("-")
+             for close in [difflib.get_close_matches(extra.split("=")[0], known, n=1)]
+             if close]
+    return message + (f" (did you mean: {', '.join(hints)}?)" if hints else "")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Runs the ``advcal`` command line; returns the exit status.
+    """Runs the ``advcal`` command line; returns the exit status (2: bad options,
+    reported in one message on stderr before anything is written).
 
     Example:
 
         >>> main(["compare", "/no/such/run"])  # doctest: +SKIP
         2
     """
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
-    except SystemExit as exit_:
-        return int(exit_.code or 0)
-    command = parser._subparsers._group_actions[0].choices[args.command]  # noqa: SLF001
-    try:
+        args, extras = parser.parse_known_args(argv)
+        command = parser._subparsers._group_actions[0].choices[args.command]  # noqa: SLF001
+        if extras:  # reported by the command's parser, with its own usage line
+            command.error(_unrecognized(extras, command))
         return _COMMANDS[args.command](args, command)
     except SystemExit as exit_:
-        return int(exit_.code or 0)
+        return exit_.code if isinstance(exit_.code, int) else 0 if exit_.code is None else 1
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -541,55 +541,96 @@ def summarize_run(history: dict[str, list], key: str = "test_adv_accuracy",
 
 
 # ---------------------------------------------------------------------- the figure
-def plot_curves(history: dict[str, list], path: str | os.PathLike, title: str = "") -> None:
-    """``curves.png``: robust accuracy per epoch and, when logged, T and rho."""
+def plot_curves(history: dict[str, list], path: str | os.PathLike, title: str = ""):
+    """``curves.png``: robust accuracy per epoch and, when logged, T and rho.
+
+    The per-epoch curve is plotted on whichever split the run logged
+    (``test_adv_accuracy`` or ``dev_adv_accuracy``). Every line has markers, so a
+    series with a single evaluation shows too, and only drawn lines get a legend
+    entry. Epoch ticks are integers; the T axis is logarithmic with decimal labels.
+
+    Args:
+        history: the run's history (``history.json``: key -> per-epoch values).
+        path: where to write the PNG.
+        title: title of the accuracy panel (default: "accuracy per epoch").
+
+    Returns:
+        The matplotlib figure (closed, already written to ``path``).
+
+    Example:
+
+        >>> h = {"epoch": [0, 1, 2], "val_adv_accuracy": [0.3, 0.4, 0.45],
+        ...      "temperature": [0.6, 0.65, 0.62], "rho": [0.2, 0.5, 0.4]}
+        >>> fig = plot_curves(h, "/tmp/advcal_doctest_curves.png")
+        >>> [text.get_text() for text in fig.axes[0].get_legend().get_texts()]
+        ['robust validation']
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib import ticker
 
-    calibrated = any(records(history, key) for key in ("temperature", "rho"))
-    panels = 2 if calibrated else 1
+    plain = ticker.FuncFormatter(lambda value, _: f"{value:g}")
+    temperature, rho = records(history, "temperature"), records(history, "rho")
+    panels = 2 if temperature or rho else 1
     fig, axes = plt.subplots(1, panels, figsize=(6.5 * panels, 4.2), squeeze=False)
     ax = axes[0, 0]
-    curves = [("test_adv_accuracy", "robust test (PGD, evaluated epochs)", "-o"),
-              ("val_adv_accuracy", "robust validation", "-"),
-              ("adv_accuracy", "robust training (training attack, during the epoch)", "-"),
-              ("teacher_adv_accuracy", "teacher, robust validation", "--"),
-              ("test_accuracy", "clean test", ":")]
-    for key, label, style in curves:
+    curves = [("test_adv_accuracy", "robust test (PGD, evaluated epochs)", "-", "o"),
+              ("dev_adv_accuracy", "robust development (PGD, evaluated epochs)", "-", "o"),
+              ("val_adv_accuracy", "robust validation", "-", "."),
+              ("adv_accuracy", "robust training (training attack, during the epoch)", "-",
+               "."),
+              ("teacher_adv_accuracy", "teacher, robust validation", "--", "."),
+              ("test_accuracy", "clean test", ":", "o"),
+              ("dev_accuracy", "clean development", ":", "o")]
+    for key, label, linestyle, marker in curves:
         pairs = records(history, key)
         if pairs:
             epochs, values = zip(*pairs)
-            ax.plot(np.asarray(epochs) + 1, values, style, label=label, markersize=2.5,
-                    linewidth=1.2)
+            ax.plot(np.asarray(epochs) + 1, values, linestyle=linestyle, marker=marker,
+                    label=label, markersize=3, linewidth=1.2)
     ax.set_xlabel("epoch")
     ax.set_ylabel("accuracy")
     ax.set_title(title or "accuracy per epoch")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    if calibrated:
+    if panels == 2:
         ax = axes[0, 1]
         twin = ax.twinx()
-        for axis, key, label, color in ((ax, "temperature", "T (left, log)", "tab:red"),
-                                        (twin, "rho", "rho (right)", "tab:blue")):
-            pairs = records(history, key)
+        for axis, pairs, label, color in ((ax, temperature, "T (left, log)", "tab:red"),
+                                          (twin, rho, "rho (right)", "tab:blue")):
             if pairs:
                 epochs, values = zip(*pairs)
-                axis.plot(np.asarray(epochs) + 1, values, label=label, color=color)
-        ax.set_yscale("log")
+                axis.plot(np.asarray(epochs) + 1, values, "-o", label=label, color=color,
+                          markersize=3)
+        if temperature:
+            ax.set_yscale("log")
+            values = [value for _, value in temperature]
+            # Within a decade, evenly spaced round ticks; else 1-2-5 ticks per decade.
+            ax.yaxis.set_major_locator(
+                ticker.MaxNLocator(nbins=5, steps=[1, 2, 2.5, 5, 10])
+                if max(values) < 10 * min(values) else ticker.LogLocator(subs=(1, 2, 5)))
+            ax.yaxis.set_major_formatter(plain)
+            ax.yaxis.set_minor_formatter(ticker.NullFormatter())
         ax.set_ylabel("T", color="tab:red")
         twin.set_ylabel("rho", color="tab:blue")
         twin.set_ylim(-0.02, 1.02)
-        ax.set_xlabel("epoch")
         ax.set_title("calibration: T and rho")
+        lines, labels = ax.get_legend_handles_labels()
+        twin_lines, twin_labels = twin.get_legend_handles_labels()
+        ax.legend(lines + twin_lines, labels + twin_labels, fontsize=8)
+    last = max((int(epoch) + 1 for epoch in history.get("epoch", [])), default=1)
+    for ax in axes[0]:
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True, min_n_ticks=1))
+        if last < 5:  # a few epochs: whole-epoch margins, so every tick is an epoch
+            ax.set_xlim(0.5, last + 0.5)
         ax.grid(alpha=0.3)
-        handles = ax.get_legend_handles_labels()
-        twin_handles = twin.get_legend_handles_labels()
-        ax.legend(handles[0] + twin_handles[0], handles[1] + twin_handles[1], fontsize=8)
+    if axes[0, 0].get_legend_handles_labels()[0]:
+        axes[0, 0].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+    return fig
 
 
 # ---------------------------------------------------------------------- the run

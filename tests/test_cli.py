@@ -139,7 +139,8 @@ def test_bad_attack_name_and_wrong_input_shape(two_runs, capsys):
 def test_help_of_every_command(capsys):
     assert cli.main(["--help"]) == 0
     assert "train" in capsys.readouterr().out
-    for command, expected in (("train", "--acc-floor"), ("compare", "RUN_DIR"),
+    for command, expected in (("train", "--acc-floor"), ("train", "training_done.json"),
+                              ("compare", "RUN_DIR"),
                               ("evaluate", "--attacks"), ("analyze", "REFERENCE.keras"),
                               ("demo", "--epochs")):
         assert cli.main([command, "--help"]) == 0
@@ -161,6 +162,119 @@ def test_demo_config_is_a_digits_run():
     assert (config.dataset, config.width, config.dense, config.labels) == (
         "digits", 32, 128, "hard")
     assert config.out.endswith(os.path.join("d", "x"))
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--epsilon", "8"], "--epsilon 8: epsilon=8.0 is larger than the range of bounds"),
+    (["--validation-size", "20"], "--validation-size 20: calibrating T and rho needs at "
+                                  "least 100 validation images"),
+    (["--epoch", "1"], "unrecognized arguments: --epoch 1 (did you mean: --epoch -> "
+                       "--epochs?)"),
+    (["--dataset", "fashion_mnsit"], "unknown dataset 'fashion_mnsit'; did you mean "
+                                     "fashion_mnist?"),
+    (["--no-such-option"], "unrecognized arguments: --no-such-option"),
+    (["--final-attacks", "pgd,apgd-x"], "--final-attacks: unknown attack(s) apgd-x"),
+])
+def test_bad_train_options_stop_before_anything_is_written(argv, message, tmp_path, capsys):
+    """Exit 2, the train command's one-line usage and a one-line error; no run directory."""
+    out = tmp_path / "run"
+    assert cli.main(["train", *TINY, *argv, "--out", str(out)]) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.splitlines()
+    assert len(lines) == 2 and lines[0] == "usage: advcal train [OPTIONS]", captured.err
+    assert lines[1].startswith(f"advcal train: error: {message}"), captured.err
+    assert captured.out == ""
+    assert not out.exists()
+
+
+def _python(code: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Runs ``code`` in a fresh interpreter, without TF_CPP_MIN_LOG_LEVEL (as a user)."""
+    environ = {key: value for key, value in os.environ.items()
+               if key != "TF_CPP_MIN_LOG_LEVEL"}
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=dict(environ, **(env or {})), timeout=300)
+
+
+def test_help_needs_no_tensorflow():
+    result = _python("import sys\n"
+                     "from keras_advcal import cli\n"
+                     "for argv in (['--help'], ['compare', '--help'], ['demo', '--help'],\n"
+                     "             ['evaluate', '--help']):\n"
+                     "    assert cli.main(argv) == 0\n"
+                     "print('tensorflow imported:', 'tensorflow' in sys.modules)")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.rstrip().endswith("tensorflow imported: False")
+    assert result.stderr == ""
+
+
+def test_a_bad_option_in_a_fresh_process_prints_two_lines_and_no_tensorflow_logs(tmp_path):
+    """TensorFlow's start-up log lines are hidden; the error is the whole output."""
+    out = tmp_path / "run"
+    result = _python("import sys\nfrom keras_advcal.cli import main\n"
+                     f"sys.exit(main(['train', '--dataset', 'digits', '--epsilon', '8', "
+                     f"'--out', {str(out)!r}]))")
+    assert result.returncode == 2
+    lines = result.stderr.splitlines()
+    assert len(lines) == 2 and lines[0] == "usage: advcal train [OPTIONS]", result.stderr
+    assert lines[1].startswith("advcal train: error: --epsilon 8: ")
+    assert not out.exists()
+
+
+def test_curves_figure_has_integer_epochs_plain_t_labels_and_drawn_legend(tmp_path):
+    from keras_advcal.experiment import plot_curves
+
+    # A development-split curve evaluated once, T within a decade (a log axis that
+    # matplotlib would label 6.2x10^-1), no clean curve.
+    history = {"epoch": [0, 1, 2, 3, 4],
+               "adv_accuracy": [0.2, 0.3, 0.35, 0.4, 0.42],
+               "val_adv_accuracy": [0.25, 0.3, 0.33, 0.36, 0.37],
+               "dev_adv_accuracy": [None, None, None, None, 0.35],
+               "temperature": [0.55, 0.6, 0.62, 0.64, 0.7],
+               "rho": [0.1, 0.3, 0.35, 0.4, 0.4]}
+    fig = plot_curves(history, tmp_path / "curves.png")
+    assert (tmp_path / "curves.png").stat().st_size > 0
+    accuracy, calibration = fig.axes[0], fig.axes[1]
+    for ax in (accuracy, calibration):
+        ticks = [tick for tick in ax.get_xticks() if 1 <= tick <= 5]
+        assert ticks and all(float(tick).is_integer() for tick in ticks), ticks
+    labels = [label.get_text() for label in calibration.get_yticklabels()
+              if label.get_text()]
+    assert labels, "no T tick labels"
+    for label in labels:
+        float(label)  # a plain decimal, not 6.2x10^-1
+    assert not [label.get_text() for label in calibration.get_yticklabels(minor=True)
+                if label.get_text()]
+    drawn = [line.get_label() for line in accuracy.get_lines() if len(line.get_xdata())]
+    legend = [text.get_text() for text in accuracy.get_legend().get_texts()]
+    assert legend == drawn == ["robust development (PGD, evaluated epochs)",
+                               "robust validation",
+                               "robust training (training attack, during the epoch)"]
+    (single,) = [line for line in accuracy.get_lines() if len(line.get_xdata()) == 1]
+    assert single.get_marker() not in (None, "", "None")  # one evaluation still shows
+    assert [text.get_text() for text in calibration.get_legend().get_texts()] == [
+        "T (left, log)", "rho (right)"]
+    # One epoch: the axis still counts whole epochs.
+    one = {key: values[:1] for key, values in history.items() if key != "dev_adv_accuracy"}
+    fig = plot_curves(one, tmp_path / "one.png")
+    for ax in fig.axes[:2]:
+        low, high = ax.get_xlim()
+        ticks = [tick for tick in ax.get_xticks() if low <= tick <= high]
+        assert ticks == [1.0], ticks
+
+
+def test_compare_draws_a_marker_for_every_evaluation(tmp_path):
+    runs = []
+    for name, key in (("once", "test_adv_accuracy"), ("dev", "dev_adv_accuracy")):
+        run = tmp_path / name
+        run.mkdir()
+        (run / "history.json").write_text(json.dumps(
+            {"epoch": [0, 1], key: [None, 0.4], "val_adv_accuracy": [0.3, 0.35]}))
+        runs.append(run)
+    fig = cli.plot_comparison(runs, tmp_path / "compare.png")
+    lines = fig.axes[0].get_lines()
+    assert [line.get_label() for line in lines] == ["once", "dev"]
+    assert all(len(line.get_xdata()) == 1 and line.get_marker() == "o" for line in lines)
+    assert fig.axes[0].get_ylabel() == "robust test or development accuracy"
 
 
 def test_python_dash_m_help():
