@@ -53,14 +53,21 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS, key=str.lower) + ["__version__"]
 
 
+def _is_module(name: str) -> bool:
+    return _EXPORTS[name].rsplit(".", 1)[1] == name
+
+
 def __getattr__(name: str) -> Any:
-    """Imports the public API on first use of one of its names (PEP 562)."""
+    """Imports the public API on first use of one of its names (PEP 562): a submodule
+    alone (the package's own modules import each other this way), any other name
+    with all the rest."""
     if name not in _EXPORTS:
         raise AttributeError(f"module 'keras_advcal' has no attribute {name!r}")
+    if _is_module(name):
+        return importlib.import_module(_EXPORTS[name])
     for export, module_name in _EXPORTS.items():
         module = importlib.import_module(module_name)
-        globals()[export] = (module if module_name.rsplit(".", 1)[1] == export
-                             else getattr(module, export))
+        globals()[export] = module if _is_module(export) else getattr(module, export)
     return globals()[name]
 
 
