@@ -1,6 +1,6 @@
 """Fitting the temperature ``T`` and the ratio ``rho`` of the calibrated targets.
 
-The published rule (DESIGN.md section 1), given logits on held-out adversarial
+The published rule (Wu et al.'s calibrated adversarial training), given logits on held-out adversarial
 examples of a teacher ``g`` and of a surrogate ``s`` (the overfitting student, which
 stands in for the one-hot label on held-out data):
 
@@ -23,9 +23,9 @@ validation set), take the largest rho (the most weight on the teacher), then the
 lowest NLL over T.
 
 Only the probability of the true label enters the NLL, and a target agrees with its
-label iff ``1 - rho > rho * (max_{j != y} p_j - p_y)``, so the grid is evaluated from
-two ``(T, N)`` tensors per chunk of temperatures and examples: memory stays bounded
-whatever the number of examples.
+label iff ``1 - rho > rho * (max_{j != y} p_j - p_y)``, so each grid is one compiled
+TensorFlow call that maps over the temperatures, computing a ``(rhos, N)`` block per
+temperature: no Python loop over examples or grid points, and memory linear in ``N``.
 
 Example:
 
@@ -51,8 +51,6 @@ RULES = ("published", "confidence", "fixed")
 SELECTIONS = ("one_standard_error", "minimum")
 DEFAULT_TEMPERATURES = np.geomspace(0.2, 16.0, 100)
 DEFAULT_RHOS = np.linspace(0.01, 1.0, 100)
-# Upper bound on the elements of one (temperatures x rhos x examples) block.
-_BLOCK_ELEMENTS = 2_000_000
 _LOG_FLOOR = 1e-12
 # The grids are computed in float64: in float32 the last bit of an example's NLL depends
 # on its position in the block (vectorised vs scalar exp/log), which was enough to change
@@ -147,27 +145,70 @@ def _true_class_probabilities(logits: tf.Tensor, labels: tf.Tensor,
     return tf.exp(tf.reduce_sum(log_probs * onehot, axis=-1))
 
 
-def _margins(logits: tf.Tensor, labels: tf.Tensor, temperatures: tf.Tensor) -> tf.Tensor:
-    """``max_{j != y} p_j - p_y`` under ``softmax(logits / T)``: ``(T, N)``."""
-    probs = tf.nn.softmax(logits[None, :, :] / temperatures[:, None, None], axis=-1)
-    onehot = tf.one_hot(labels, tf.shape(logits)[1], dtype=logits.dtype)[None]
+def _label_probability(logits: tf.Tensor, labels: tf.Tensor, temperature: tf.Tensor
+                       ) -> tf.Tensor:
+    """``softmax(logits / T)[y]`` for one temperature: ``(N,)``."""
+    log_probs = tf.nn.log_softmax(logits / temperature, axis=-1)
+    return tf.exp(tf.gather(log_probs, labels, axis=1, batch_dims=1))
+
+
+def _label_margin(logits: tf.Tensor, labels: tf.Tensor, temperature: tf.Tensor) -> tf.Tensor:
+    """``max_{j != y} p_j - p_y`` under ``softmax(logits / T)``: ``(N,)``."""
+    probs = tf.nn.softmax(logits / temperature, axis=-1)
+    onehot = tf.one_hot(labels, tf.shape(logits)[1], dtype=logits.dtype)
     true_prob = tf.reduce_sum(probs * onehot, axis=-1)
-    best_other = tf.reduce_max(probs - 2.0 * onehot, axis=-1)
-    return best_other - true_prob
+    return tf.reduce_max(probs - 2.0 * onehot, axis=-1) - true_prob
 
 
-def _chunks(total: int, size: int):
-    for start in range(0, total, size):
-        yield start, min(start + size, total)
+# The grids are one compiled call each: a graph that maps over the temperatures, each
+# step a (rhos, examples) block, so memory grows with the number of examples only.
+_LOGITS = tf.TensorSpec([None, None], _GRID_DTYPE)
+_LABELS = tf.TensorSpec([None], tf.int32)
+_AXIS = tf.TensorSpec([None], _GRID_DTYPE)
+_SCALAR = tf.TensorSpec([], _GRID_DTYPE)
+_ROW = tf.TensorSpec([None], _GRID_DTYPE)
 
 
-def _grid_sizes(num_temperatures: int, num_rhos: int, num_examples: int,
-                num_classes: int) -> tuple[int, int]:
-    """Chunk sizes (temperatures, examples) keeping every block under the budget."""
-    temperature_chunk = max(1, min(num_temperatures, 10))
-    per_example = temperature_chunk * max(num_rhos, num_classes)
-    example_chunk = max(1, min(num_examples, _BLOCK_ELEMENTS // per_example))
-    return temperature_chunk, example_chunk
+def _mixture_nll(g, s, y, rhos, temperature, surrogate_temperature):
+    """Per-example NLL of ``rho softmax(g/T) + (1 - rho) softmax(s/T')`` at one ``T``:
+    ``(rhos, N)``; ``T' = T`` when ``surrogate_temperature <= 0``."""
+    own = surrogate_temperature > 0.0
+    surrogate_t = tf.where(own, surrogate_temperature, temperature)
+    p_teacher = _label_probability(g, y, temperature)
+    p_surrogate = _label_probability(s, y, surrogate_t)
+    rho = rhos[:, None]
+    mixed = rho * p_teacher[None, :] + (1.0 - rho) * p_surrogate[None, :]
+    return -tf.math.log(tf.maximum(mixed, tf.constant(_LOG_FLOOR, _GRID_DTYPE)))
+
+
+@tf.function(input_signature=[_LOGITS, _LOGITS, _LABELS, _AXIS, _AXIS, _SCALAR],
+             autograph=False, reduce_retracing=True)
+def _nll_grid_graph(g, s, y, temperatures, rhos, surrogate_temperature):
+    def one(t):
+        return tf.reduce_mean(_mixture_nll(g, s, y, rhos, t, surrogate_temperature), axis=1)
+
+    return tf.map_fn(one, temperatures, fn_output_signature=_ROW, parallel_iterations=1)
+
+
+@tf.function(input_signature=[_LOGITS, _LOGITS, _LABELS, _AXIS, _AXIS, _SCALAR, _AXIS],
+             autograph=False, reduce_retracing=True)
+def _squared_difference_graph(g, s, y, temperatures, rhos, surrogate_temperature, reference):
+    def one(t):
+        nll = _mixture_nll(g, s, y, rhos, t, surrogate_temperature)
+        return tf.reduce_mean(tf.square(nll - reference[None, :]), axis=1)
+
+    return tf.map_fn(one, temperatures, fn_output_signature=_ROW, parallel_iterations=1)
+
+
+@tf.function(input_signature=[_LOGITS, _LABELS, _AXIS, _AXIS], autograph=False,
+             reduce_retracing=True)
+def _agreement_graph(g, y, temperatures, rhos):
+    def one(t):
+        margin = _label_margin(g, y, t)[None, :]
+        rho = rhos[:, None]
+        return tf.reduce_mean(tf.cast((1.0 - rho) > rho * margin, _GRID_DTYPE), axis=1)
+
+    return tf.map_fn(one, temperatures, fn_output_signature=_ROW, parallel_iterations=1)
 
 
 def _check_grid_inputs(logits, labels, logits_name: str, labels_name: str,
@@ -179,24 +220,10 @@ def _check_grid_inputs(logits, labels, logits_name: str, labels_name: str,
     return z, y
 
 
-def _mean_over_examples(per_example: Callable[[tf.Tensor, int, int], tf.Tensor],
-                        temperatures: np.ndarray, num_rhos: int, count: int,
-                        num_classes: int) -> np.ndarray:
-    """Mean over examples of ``per_example(T_chunk, n0, n1)`` (a ``(t, rhos, n)``
-    block), evaluated in chunks of temperatures and examples so that no block
-    exceeds ``_BLOCK_ELEMENTS``: ``(len(temperatures), num_rhos)`` float64."""
-    t_chunk, n_chunk = _grid_sizes(len(temperatures), num_rhos, count, num_classes)
-    total = np.zeros((len(temperatures), num_rhos), dtype="float64")
-    for t0, t1 in _chunks(len(temperatures), t_chunk):
-        t = tf.constant(temperatures[t0:t1])
-        for n0, n1 in _chunks(count, n_chunk):
-            total[t0:t1] += tf.reduce_sum(per_example(t, n0, n1), axis=-1).numpy()
-    return total / count
-
-
 class _MixtureNLL:
-    """Per-example NLL of ``rho softmax(g/T) + (1 - rho) softmax(s/T')`` (``T' = T``
-    unless the surrogate has its own temperature), as ``(t, rhos, n)`` blocks."""
+    """The validation NLL of ``rho softmax(g/T) + (1 - rho) softmax(s/T')`` (``T' = T``
+    unless the surrogate has its own temperature) over a grid, and its paired
+    per-example spread around one grid point."""
 
     def __init__(self, teacher_logits, surrogate_logits, labels, rhos,
                  surrogate_temperature: float | None):
@@ -209,37 +236,24 @@ class _MixtureNLL:
                              f"number of examples, got {self.g.shape[0]} and "
                              f"{self.s.shape[0]}.")
         self.rhos = tf.constant(np.asarray(rhos, dtype=_GRID_DTYPE))
-        self.surrogate_temperature = surrogate_temperature
+        self.surrogate_temperature = tf.constant(
+            -1.0 if surrogate_temperature is None else float(surrogate_temperature),
+            _GRID_DTYPE)
         self.count, self.num_classes = int(self.g.shape[0]), int(self.g.shape[1])
 
-    def __call__(self, t: tf.Tensor, n0: int, n1: int) -> tf.Tensor:
-        y = self.y[n0:n1]
-        p_teacher = _true_class_probabilities(self.g[n0:n1], y, t)  # (t, n)
-        if self.surrogate_temperature is None:
-            p_surrogate = _true_class_probabilities(self.s[n0:n1], y, t)
-        else:
-            own = tf.constant([self.surrogate_temperature], _GRID_DTYPE)
-            p_surrogate = tf.tile(_true_class_probabilities(self.s[n0:n1], y, own),
-                                  [tf.shape(t)[0], 1])
-        rho = self.rhos[None, :, None]
-        mixed = rho * p_teacher[:, None, :] + (1.0 - rho) * p_surrogate[:, None, :]
-        return -tf.math.log(tf.maximum(mixed, _LOG_FLOOR))  # (t, r, n)
-
     def grid(self, temperatures: np.ndarray) -> np.ndarray:
-        return _mean_over_examples(self, temperatures, int(self.rhos.shape[0]), self.count,
-                                   self.num_classes)
+        return _nll_grid_graph(self.g, self.s, self.y, tf.constant(temperatures, _GRID_DTYPE),
+                               self.rhos, self.surrogate_temperature).numpy()
 
     def squared_difference_grid(self, temperatures: np.ndarray, t_index: int,
                                 r_index: int) -> np.ndarray:
         """Mean over examples of ``(nll_i(T, rho) - nll_i(T*, rho*))**2``."""
-        reference = self(tf.constant(temperatures[t_index:t_index + 1]), 0,
-                         self.count)[0, r_index]  # (n,)
-
-        def squared(t, n0, n1):
-            return tf.square(self(t, n0, n1) - reference[None, None, n0:n1])
-
-        return _mean_over_examples(squared, temperatures, int(self.rhos.shape[0]),
-                                   self.count, self.num_classes)
+        reference = _mixture_nll(self.g, self.s, self.y, self.rhos[r_index:r_index + 1],
+                                 tf.constant(temperatures[t_index], _GRID_DTYPE),
+                                 self.surrogate_temperature)[0]
+        return _squared_difference_graph(
+            self.g, self.s, self.y, tf.constant(temperatures, _GRID_DTYPE), self.rhos,
+            self.surrogate_temperature, reference).numpy()
 
 
 def nll_grid(teacher_logits, surrogate_logits, labels, temperatures=DEFAULT_TEMPERATURES,
@@ -284,14 +298,8 @@ def agreement_grid(train_teacher_logits, train_labels, temperatures=DEFAULT_TEMP
     g, y = _check_grid_inputs(train_teacher_logits, train_labels, "train_teacher_logits",
                               "train_labels",
                               "The accuracy floor needs at least one training example.")
-    rho = tf.constant(np.asarray(rhos, dtype=_GRID_DTYPE))[None, :, None]
-
-    def agrees(t, n0, n1):
-        margin = _margins(g[n0:n1], y[n0:n1], t)[:, None, :]  # (t, 1, n)
-        return tf.cast((1.0 - rho) > rho * margin, _GRID_DTYPE)
-
-    return _mean_over_examples(agrees, np.asarray(temperatures, dtype=_GRID_DTYPE),
-                               len(rhos), int(g.shape[0]), int(g.shape[1]))
+    return _agreement_graph(g, y, tf.constant(np.asarray(temperatures), _GRID_DTYPE),
+                            tf.constant(np.asarray(rhos), _GRID_DTYPE)).numpy()
 
 
 def _select(nll: np.ndarray, feasible: np.ndarray) -> tuple[int, int] | None:

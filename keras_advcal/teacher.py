@@ -1,6 +1,6 @@
 """The teacher of the calibrated targets, and the callback that maintains it.
 
-Teacher kinds (DESIGN.md section 1):
+Teacher kinds:
 
 * ``"best"``: a snapshot of the student taken whenever validation robust accuracy
   (``val_adv_accuracy``) improves: the early-stopped model.
@@ -36,6 +36,8 @@ Example:
 from __future__ import annotations
 
 import math
+import time
+import warnings
 from typing import Any, Callable
 
 import keras
@@ -47,6 +49,7 @@ from keras_advcal import calibration
 from keras_advcal.averaging import average_into, batchnorm_layers, reestimate_batchnorm
 from keras_advcal.trainer import AdvCalTrainer
 
+SURROGATE_EXAMPLES = ("teacher", "surrogate")
 TEACHER_KINDS = ("best", "swa", "ema", "fixed")
 
 
@@ -204,15 +207,28 @@ class CalibratedTeacher(keras.callbacks.Callback):
     """Maintains the teacher of an ``AdvCalTrainer`` and fits ``T`` and ``rho``
     at the end of every epoch.
 
-    Each epoch end: update the teacher (per ``kind``); then, once a teacher exists,
-    make PGD examples of the validation data against the teacher (only when the teacher
-    changed, with ``reuse_validation_examples``), collect teacher and student logits on
-    them, make PGD examples of the training sample against the teacher (only when the
-    teacher changed), call
+    Each epoch end: update the teacher (per ``kind``); then, once a teacher exists and
+    differs from the student, make PGD examples of the validation data against the
+    teacher (or reuse earlier ones, see ``reuse_validation_examples``), collect teacher
+    and student logits on them, make PGD examples of the training sample against the
+    teacher (only when the teacher changed), call
     :func:`keras_advcal.calibration.calibrate` with the student as the surrogate, and
-    write ``T`` and ``rho`` into the trainer. Adds ``temperature``, ``rho``,
-    ``calibration_nll``, ``train_agreement`` and ``teacher_adv_accuracy`` to the epoch
-    logs (History, CSVLogger and TensorBoard record them).
+    write ``T`` and ``rho`` into the trainer.
+
+    ``T`` and ``rho`` are kept as they are (``rho`` stays 0 before the first
+    calibration) in an epoch where the fit cannot be trusted, for every teacher kind:
+    when the teacher equals the student (a new ``best`` snapshot, the first ``swa``
+    average: the NLL does not depend on ``rho`` then), when the fitted ``T`` lies on the
+    edge of its grid (the optimum is outside it: a teacher at chance level, or an
+    overconfident one), or when no grid point meets the accuracy floor. A failed fit
+    also raises a ``RuntimeWarning``.
+
+    Adds to the epoch logs (History, CSVLogger and TensorBoard record them):
+    ``temperature``, ``rho``, ``calibration_nll``, ``train_agreement``,
+    ``teacher_adv_accuracy``, ``calibration_status`` (0 fitted, 1 no teacher yet, 2
+    teacher equals student, 3 ``T`` on the grid's edge, 4 no point meets the floor; see
+    :data:`STATUS_TEXT`) and ``calibration_seconds`` (the time this callback took at
+    the epoch's end, which Keras' progress bar folds into the epoch's step time).
 
     Put it first in the callbacks list: callbacks run in order, and
     ``BackupAndRestore`` or ``CSVLogger`` placed before it would see the epoch's
@@ -245,19 +261,24 @@ class CalibratedTeacher(keras.callbacks.Callback):
         verbose: print ``T``, ``rho`` each epoch when ``1``.
         separate_surrogate_temperature: scale the surrogate (the student) by its own
             fitted temperature in the NLL (see :func:`~keras_advcal.calibration.calibrate`).
-        recalibrate_on_snapshot: with ``kind="best"``, also run the calibration in an
-            epoch whose end made a new snapshot. By default ``T`` and ``rho`` are kept
-            in that epoch: teacher and surrogate are then the same model, the NLL does
-            not depend on ``rho``, and the tie-break would reset ``rho`` to its minimum
-            (``rho`` flips between its fitted value and 0.01 from epoch to epoch).
-        reuse_validation_examples: make the validation PGD examples (and the teacher's
-            logits on them) once per teacher and reuse them while the teacher stays the
-            same (``best`` between snapshots, ``fixed``): such an epoch's calibration
-            costs one forward pass of the student on the kept examples, plus the grid.
-            The examples are seeded independently of the epoch, so a run resumed from
-            ``BackupAndRestore`` rebuilds the same ones. ``False`` makes new examples
-            every epoch (seeded per epoch). ``swa`` and ``ema`` teachers change every
-            epoch, so the flag changes nothing for them.
+        recalibrate_on_snapshot: also run the calibration in an epoch where the
+            teacher equals the student (by default ``T`` and ``rho`` are kept then: the
+            NLL does not depend on ``rho``, and the tie-break would reset ``rho`` to its
+            minimum, so that ``rho`` flips between its fitted value and 0.01).
+        reuse_validation_examples: keep the validation PGD examples (and the
+            teacher's logits on them) while they still fit the teacher: a teacher that
+            did not change (``best`` between snapshots, ``fixed``) keeps them; a moving
+            one (``swa``, ``ema``) keeps them until its NLL on them has moved by more
+            than its own standard error since they were made (:func:`teacher_moved`),
+            and only evaluates the teacher on them otherwise. Such an epoch's
+            calibration costs forward passes instead of an attack. The kept examples
+            live in the trainer (``calibration_cache``), so a run resumed from
+            ``BackupAndRestore`` continues with them. ``False`` makes new examples every
+            epoch (seeded per epoch).
+        surrogate_examples: ``"teacher"`` (default: the student's logits are taken on
+            the examples made against the teacher) or ``"surrogate"`` (on examples
+            made against the student itself, as the published code does; one more
+            attack per epoch).
 
     Example:
 
@@ -276,7 +297,8 @@ class CalibratedTeacher(keras.callbacks.Callback):
                  batch_size: int = 256, seed: int = 0, verbose: int = 0,
                  separate_surrogate_temperature: bool = False,
                  recalibrate_on_snapshot: bool = False,
-                 reuse_validation_examples: bool = True):
+                 reuse_validation_examples: bool = True,
+                 surrogate_examples: str = "teacher"):
         super().__init__()
         if kind not in TEACHER_KINDS:
             raise ValueError(f"`kind` must be one of {TEACHER_KINDS}, got {kind!r}.")
@@ -309,13 +331,16 @@ class CalibratedTeacher(keras.callbacks.Callback):
         self.separate_surrogate_temperature = bool(separate_surrogate_temperature)
         self.recalibrate_on_snapshot = bool(recalibrate_on_snapshot)
         self.reuse_validation_examples = bool(reuse_validation_examples)
-        # swa and ema teachers move every epoch: nothing of theirs is worth keeping.
-        self._keeps_validation_examples = (self.reuse_validation_examples
-                                           and kind in ("best", "fixed"))
+        if surrogate_examples not in SURROGATE_EXAMPLES:
+            raise ValueError(f"`surrogate_examples` must be one of {SURROGATE_EXAMPLES}, "
+                             f"got {surrogate_examples!r}.")
+        self.surrogate_examples = surrogate_examples
         self.results: list[calibration.CalibrationResult] = []
+        # How often the validation examples were kept or made anew (moving teachers).
+        self.reused_validation_examples = 0
+        self.remade_validation_examples = 0
         # What depends only on the current teacher ("train": its logits on PGD examples
-        # of the training sample; "val": PGD examples of the validation data and its
-        # logits on them). Emptied whenever the teacher changes.
+        # of the training sample). Emptied whenever the teacher changes.
         self._teacher_cache: dict[str, Any] = {}
 
     # ---------------------------------------------------------------- lifecycle
@@ -347,6 +372,7 @@ class CalibratedTeacher(keras.callbacks.Callback):
         self._val_examples = AdversarialLogits(attack, teacher, [teacher], self.batch_size,
                                                return_examples=True)
         self._student_logits = BatchedLogits(student, self.batch_size)
+        self._teacher_logits = BatchedLogits(teacher, self.batch_size)
         self._train_logits = AdversarialLogits(attack, teacher, [teacher], self.batch_size)
         self._student_val_logits = AdversarialLogits(attack, student, [student],
                                                      self.batch_size)
@@ -357,38 +383,57 @@ class CalibratedTeacher(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         logs = logs if logs is not None else {}
         trainer = self.model
+        started = time.perf_counter()
         changed = self._update_teacher(epoch, logs)
+        if changed:
+            self._teacher_cache = {}
+            if self.kind in ("best", "fixed"):
+                trainer.calibration_cache.clear()  # examples of the previous teacher
         if float(trainer.teacher_ready.numpy()) == 0.0:
             trainer.rho.assign(0.0)
-            logs.update(temperature=float(trainer.temperature.numpy()), rho=0.0,
-                        calibration_nll=float("nan"), train_agreement=float("nan"),
-                        teacher_adv_accuracy=float("nan"))
+            self._log(logs, status=STATUS_NO_TEACHER, started=started)
             return
-        if (changed and self.kind == "best" and self.rule != "fixed"
-                and not self.recalibrate_on_snapshot):
-            # The teacher was just copied from the student, so teacher and surrogate
-            # are the same model: the validation NLL is flat in rho and the rule would
-            # fall to the smallest rho by the tie-break. Keep the current T and rho
-            # (0 before the first calibration) until the two differ again.
-            self._teacher_cache = {}
-            logs.update(temperature=float(trainer.temperature.numpy()),
-                        rho=float(trainer.rho.numpy()), calibration_nll=float("nan"),
-                        train_agreement=float("nan"), teacher_adv_accuracy=float("nan"))
-            if self.verbose:
-                print(f"\nCalibratedTeacher epoch {epoch + 1}: new best teacher; T and rho "
-                      "kept until it differs from the student")
+        if (self.rule != "fixed" and not self.recalibrate_on_snapshot
+                and teacher_equals_student(trainer)):
+            # Teacher and surrogate are the same model (a new best snapshot, the first
+            # swa average, an ema teacher just copied): the validation NLL does not
+            # depend on rho, so the data cannot choose it. Keep T and rho (0 before
+            # the first calibration) until the two differ.
+            self._log(logs, status=STATUS_SAME_MODEL, started=started)
+            self._say(epoch, "the teacher is the student; T and rho kept")
             return
         result, teacher_accuracy = self._calibrate(epoch, changed)
-        trainer.temperature.assign(result.temperature)
-        trainer.rho.assign(result.rho)
         self.results.append(result)
-        logs.update(temperature=result.temperature, rho=result.rho,
-                    calibration_nll=result.nll, train_agreement=result.train_agreement,
-                    teacher_adv_accuracy=teacher_accuracy)
+        status = calibration_status(result)
+        if status == STATUS_FITTED:
+            trainer.temperature.assign(result.temperature)
+            trainer.rho.assign(result.rho)
+            self._say(epoch, f"T={result.temperature:.3f} rho={result.rho:.3f} "
+                      f"nll={result.nll:.4f} ({result.message})")
+        else:
+            warnings.warn(
+                f"CalibratedTeacher epoch {epoch + 1}: the calibration failed "
+                f"({STATUS_TEXT[status]}: T={result.temperature:.3g}, rho={result.rho:.3g}); "
+                f"keeping T={float(trainer.temperature.numpy()):.3g}, "
+                f"rho={float(trainer.rho.numpy()):.3g}.", RuntimeWarning, stacklevel=2)
+        self._log(logs, status=status, started=started, result=result,
+                  teacher_accuracy=teacher_accuracy)
+
+    def _log(self, logs: dict, status: int, started: float,
+             result: calibration.CalibrationResult | None = None,
+             teacher_accuracy: float = float("nan")) -> None:
+        trainer = self.model
+        logs.update(temperature=float(trainer.temperature.numpy()),
+                    rho=float(trainer.rho.numpy()),
+                    calibration_nll=float("nan") if result is None else result.nll,
+                    train_agreement=float("nan") if result is None else result.train_agreement,
+                    teacher_adv_accuracy=teacher_accuracy,
+                    calibration_status=float(status),
+                    calibration_seconds=time.perf_counter() - started)
+
+    def _say(self, epoch: int, text: str) -> None:
         if self.verbose:
-            print(f"\nCalibratedTeacher epoch {epoch + 1}: T={result.temperature:.3f} "
-                  f"rho={result.rho:.3f} nll={result.nll:.4f} teacher robust "
-                  f"acc={teacher_accuracy:.4f} ({result.message})")
+            print(f"\nCalibratedTeacher epoch {epoch + 1}: {text}")
 
     # ------------------------------------------------------------- the teacher
     def _score(self, logs) -> float:
@@ -420,24 +465,53 @@ class CalibratedTeacher(keras.callbacks.Callback):
     def _attack(self) -> attacks_lib.Attack:
         return self.attack if self.attack is not None else self.model.validation_attack
 
+    def _validation_examples(self, epoch: int, teacher_changed: bool
+                             ) -> tuple[np.ndarray, np.ndarray]:
+        """PGD examples of the validation data against the teacher, and the teacher's
+        logits on them: made anew only when the teacher has moved enough to matter.
+
+        A teacher that did not change (``best`` between snapshots, ``fixed``) keeps its
+        examples. A moving teacher (``swa``, ``ema``) keeps them while its NLL on them
+        (at the current ``T``) has not moved, since they were made, by more than its
+        own standard error (paired over the examples); the examples and the teacher's
+        logits at that time are kept in the trainer (``calibration_cache``), so a run
+        resumed from ``BackupAndRestore`` continues with the same ones.
+        """
+        trainer = self.model
+        cache = trainer.calibration_cache
+        if not self.reuse_validation_examples:
+            return tuple(self._val_examples(self.x_val, self.y_val,
+                                            self.seed * 100_003 + epoch))
+        if self.kind in ("best", "fixed"):
+            if "x_adv" not in cache:
+                cache["x_adv"], cache["teacher_logits"] = self._val_examples(
+                    self.x_val, self.y_val, self.seed * 100_003 + 100_001)
+            return cache["x_adv"], cache["teacher_logits"]
+        if "x_adv" in cache:
+            current = self._teacher_logits(cache["x_adv"])
+            temperature = float(trainer.temperature.numpy())
+            if not teacher_moved(cache["teacher_logits"], current, self.y_val, temperature):
+                self.reused_validation_examples += 1
+                return cache["x_adv"], current
+        cache["x_adv"], cache["teacher_logits"] = self._val_examples(
+            self.x_val, self.y_val, self.seed * 100_003 + epoch)
+        self.remade_validation_examples += 1
+        return cache["x_adv"], cache["teacher_logits"]
+
     def _calibrate(self, epoch: int, teacher_changed: bool):
-        # The passes kept per teacher are seeded independently of the epoch (the last
-        # seeds of this callback's block, never an epoch's): a cache rebuilt after a
-        # restart (BackupAndRestore) must equal the one an uninterrupted run computed
-        # when the teacher last changed.
-        cache = self._teacher_cache = {} if teacher_changed else self._teacher_cache
+        # The training-sample pass is kept per teacher and seeded independently of the
+        # epoch: a cache rebuilt after a restart (BackupAndRestore) must equal the one
+        # an uninterrupted run computed when the teacher last changed.
+        cache = self._teacher_cache
         if "train" not in cache:
             cache["train"], = self._train_logits(self.x_train, self.y_train,
                                                  self.seed * 100_003 + 100_002)
-        if not self._keeps_validation_examples:
-            x_adv, teacher_val = self._val_examples(self.x_val, self.y_val,
-                                                    self.seed * 100_003 + epoch)
+        x_adv, teacher_val = self._validation_examples(epoch, teacher_changed)
+        if self.surrogate_examples == "surrogate":
+            student_val, = self._student_val_logits(self.x_val, self.y_val,
+                                                    self.seed * 100_003 + 200_000 + epoch)
         else:
-            if "val" not in cache:
-                cache["val"] = tuple(self._val_examples(self.x_val, self.y_val,
-                                                        self.seed * 100_003 + 100_001))
-            x_adv, teacher_val = cache["val"]
-        student_val = self._student_logits(x_adv)
+            student_val = self._student_logits(x_adv)
         teacher_accuracy = float(np.mean(teacher_val.argmax(axis=1) == self.y_val))
         result = calibration.calibrate(
             teacher_val, student_val, self.y_val, cache["train"], self.y_train,
@@ -445,6 +519,89 @@ class CalibratedTeacher(keras.callbacks.Callback):
             fixed=self.fixed, separate_surrogate_temperature=self.separate_surrogate_temperature,
             selection=self.selection)
         return result, teacher_accuracy
+
+
+#: ``calibration_status`` values logged each epoch by :class:`CalibratedTeacher`.
+STATUS_FITTED = 0
+STATUS_NO_TEACHER = 1
+STATUS_SAME_MODEL = 2
+STATUS_EDGE = 3
+STATUS_INFEASIBLE = 4
+STATUS_TEXT = {STATUS_FITTED: "fitted", STATUS_NO_TEACHER: "no teacher yet",
+               STATUS_SAME_MODEL: "teacher equals student",
+               STATUS_EDGE: "T on the edge of its grid", STATUS_INFEASIBLE:
+               "no grid point meets the accuracy floor"}
+
+
+def calibration_status(result: calibration.CalibrationResult) -> int:
+    """Whether a fit can be used: :data:`STATUS_FITTED`, or why not.
+
+    A temperature on the edge of its grid means the best value lies outside it (a
+    teacher at chance level drives T to its largest value, an overconfident one to its
+    smallest): such a fit is a failure, not a calibration.
+
+    Example:
+
+        >>> r = calibration.CalibrationResult(16.0, 0.99, 2.3, True, "published",
+        ...                                   temperatures=np.array([0.2, 1.0, 16.0]))
+        >>> STATUS_TEXT[calibration_status(r)]
+        'T on the edge of its grid'
+    """
+    if not result.feasible:
+        return STATUS_INFEASIBLE
+    grid = result.temperatures
+    if grid is not None and len(grid) > 2 and (
+            np.isclose(result.temperature, grid.min()) or np.isclose(result.temperature,
+                                                                     grid.max())):
+        return STATUS_EDGE
+    return STATUS_FITTED
+
+
+def teacher_equals_student(trainer: AdvCalTrainer) -> bool:
+    """True when every weight of the teacher equals the student's, BatchNorm moving
+    statistics aside (the swa teacher re-estimates them): the two are the same model.
+
+    Example:
+
+        >>> net = keras.Sequential([keras.Input((2,)), keras.layers.Dense(2)])
+        >>> t = AdvCalTrainer(net, attacks_lib.PGD(0.1, steps=1))
+        >>> t.copy_student_to_teacher(); teacher_equals_student(t)
+        True
+    """
+    if trainer.teacher is None or len(trainer.teacher.weights) != len(trainer.student.weights):
+        return False
+    for teacher_var, student_var in zip(trainer.teacher.weights, trainer.student.weights):
+        if "moving_" in teacher_var.path:
+            continue
+        if not np.array_equal(np.asarray(teacher_var), np.asarray(student_var)):
+            return False
+    return True
+
+
+def teacher_moved(before: np.ndarray, after: np.ndarray, labels: np.ndarray,
+                  temperature: float = 1.0) -> bool:
+    """Whether the teacher's mean NLL on fixed examples changed by more than its
+    standard error: ``|mean(d)| > std(d) / sqrt(N)`` with ``d`` the per-example change
+    of ``-log softmax(logits / T)[y]``.
+
+    Example:
+
+        >>> z = np.random.default_rng(0).normal(size=(200, 3)); y = z.argmax(1)
+        >>> teacher_moved(z, z, y), teacher_moved(z, 0.2 * z, y)
+        (False, True)
+    """
+    def nll(logits):
+        scaled = np.asarray(logits, "float64") / temperature
+        scaled -= scaled.max(axis=1, keepdims=True)
+        log_probs = scaled - np.log(np.exp(scaled).sum(axis=1, keepdims=True))
+        return -log_probs[np.arange(len(labels)), labels]
+
+    difference = nll(after) - nll(before)
+    count = len(difference)
+    if count < 2:
+        return True
+    standard_error = difference.std(ddof=1) / math.sqrt(count)
+    return bool(abs(difference.mean()) > standard_error)
 
 
 # ------------------------------------------------------------- two-stage recipe

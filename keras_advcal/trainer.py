@@ -1,7 +1,7 @@
 """``AdvCalTrainer``: adversarial training with calibrated soft targets, as a
 ``keras.Model`` used through plain ``model.fit``.
 
-One training step (DESIGN.md section 2)::
+One training step::
 
     batch (x, y) -> attack(student, x, y) -> x'  -> teacher(x') -> target
                                               \\-> student(x', training=True) -> loss(target)
@@ -182,6 +182,9 @@ class AdvCalTrainer(keras.Model):
         self.accuracy_metric = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
         self.adv_accuracy_metric = keras.metrics.SparseCategoricalAccuracy(name="adv_accuracy")
         self._checked_inputs = False
+        # Arrays the CalibratedTeacher keeps between epochs (the validation examples it
+        # reuses); saved with the trainer so that BackupAndRestore resumes with them.
+        self.calibration_cache: dict[str, np.ndarray] = {}
         if getattr(model, "built", False):
             self.built = True
 
@@ -561,6 +564,8 @@ class AdvCalTrainer(keras.Model):
         super().save_own_variables(store)
         store["attack_seed_state"] = self.seed_generator.state
         store["eval_seed_state"] = self.eval_seed_generator.state
+        for key, value in self.calibration_cache.items():
+            store[f"calibration_cache_{key}"] = value
 
     def load_own_variables(self, store):
         own = {key: store[key] for key in store.keys() if key.isdigit()}
@@ -568,3 +573,6 @@ class AdvCalTrainer(keras.Model):
         if "attack_seed_state" in store:
             self.seed_generator.state.assign(store["attack_seed_state"])
             self.eval_seed_generator.state.assign(store["eval_seed_state"])
+        prefix = "calibration_cache_"
+        self.calibration_cache = {key[len(prefix):]: np.array(store[key])
+                                  for key in store.keys() if key.startswith(prefix)}

@@ -122,6 +122,8 @@ def trainer_state(trainer: AdvCalTrainer) -> dict[str, np.ndarray]:
         state[name] = np.array(getattr(trainer, name).numpy())
     state["attack_seed"] = np.array(trainer.seed_generator.state.numpy())
     state["eval_seed"] = np.array(trainer.eval_seed_generator.state.numpy())
+    for key, value in trainer.calibration_cache.items():
+        state[f"calibration_cache/{key}"] = np.array(value)
     return state
 
 
@@ -143,8 +145,13 @@ def state_differences(a: dict, b: dict, atol: float = 0.0) -> dict[str, float]:
     return out
 
 
+# Wall-clock measurements differ from run to run by nature; everything else must not.
+TIMING_KEYS = ("calibration_seconds",)
+
+
 def clean_history(history: dict) -> dict:
-    return {k: [float(v) for v in vals] for k, vals in history.items()}
+    return {k: [float(v) for v in vals] for k, vals in history.items()
+            if k not in TIMING_KEYS}
 
 
 class Interrupt(keras.callbacks.Callback):

@@ -76,9 +76,13 @@ def test_best_teacher_keeps_T_and_rho_in_snapshot_epochs(digits):
         if snapshot:
             assert np.isnan(logs["calibration_nll"][epoch])
             assert logs["rho"][epoch] == pytest.approx(previous_rho)
+            assert logs["calibration_status"][epoch] == teacher_lib.STATUS_SAME_MODEL
         else:
             assert np.isfinite(logs["calibration_nll"][epoch])
-            assert logs["rho"][epoch] >= 0.01
+            if logs["calibration_status"][epoch] == teacher_lib.STATUS_FITTED:
+                assert logs["rho"][epoch] >= 0.01
+            else:  # a failed fit keeps the previous values
+                assert logs["rho"][epoch] == pytest.approx(previous_rho)
         previous_rho = logs["rho"][epoch]
     assert np.isfinite(more.history["calibration_nll"]).all()
 
@@ -203,12 +207,19 @@ class CountingCalls:
         return self.function(*args, **kwargs)
 
 
+def _nudge(trainer, factor=1.05):
+    """Changes the student a little, as a training epoch would."""
+    kernel = trainer.student.layers[-1].kernel
+    kernel.assign(kernel * factor)
+
+
 def test_best_teacher_reuses_validation_examples_until_it_changes(digits):
     """Between snapshots the validation PGD examples are made once and reused (one
     attack pass for two epochs); a snapshot drops them; a fresh callback seeded the
     same way computes the same calibration from scratch."""
     trainer, callback, _, _ = _fit(digits, "best", epochs=1)
     assert callback.reuse_validation_examples
+    _nudge(trainer)
     no_improvement = {"val_adv_accuracy": -1.0}
     counter = CountingCalls(callback._val_examples)
     callback._val_examples = counter
@@ -217,29 +228,66 @@ def test_best_teacher_reuses_validation_examples_until_it_changes(digits):
     assert counter.calls == 1
     first, second = callback.results[-2:]
     assert first.to_dict() == second.to_dict()  # same examples, same student
+    kept = trainer.calibration_cache["x_adv"].copy()
 
+    trainer.calibration_cache.clear()
     fresh = CalibratedTeacher(*_calibration_data(digits), kind="best")
     fresh.set_model(trainer)
     fresh.on_train_begin()
     fresh.on_epoch_end(2, dict(no_improvement))
     assert fresh.results[-1].to_dict() == second.to_dict()
-    np.testing.assert_array_equal(fresh._teacher_cache["val"][0],
-                                  callback._teacher_cache["val"][0])
+    np.testing.assert_array_equal(trainer.calibration_cache["x_adv"], kept)
 
-    callback.on_epoch_end(3, {"val_adv_accuracy": 2.0})  # a new snapshot
-    assert "val" not in callback._teacher_cache
+    callback.on_epoch_end(3, {"val_adv_accuracy": 2.0})  # a new snapshot: teacher == student
+    assert callback.results[-1] is second or len(callback.results) == 2
+    _nudge(trainer)
     callback.on_epoch_end(4, dict(no_improvement))
     assert counter.calls == 2
-    x_adv = callback._teacher_cache["val"][0]
-    x_val = callback.x_val
-    assert np.max(np.abs(x_adv - x_val)) <= 0.15 + 1e-6
+    x_adv = trainer.calibration_cache["x_adv"]
+    assert not np.array_equal(x_adv, kept)
+    assert np.max(np.abs(x_adv - callback.x_val)) <= 0.15 + 1e-6
     assert x_adv.min() >= 0.0 and x_adv.max() <= 1.0
 
 
 def test_validation_examples_are_remade_every_epoch_without_reuse(digits):
     trainer, callback, _, _ = _fit(digits, "best", epochs=1, reuse_validation_examples=False)
+    _nudge(trainer)
     counter = CountingCalls(callback._val_examples)
     callback._val_examples = counter
     for epoch in (1, 2):
         callback.on_epoch_end(epoch, {"val_adv_accuracy": -1.0})
-    assert counter.calls == 2 and "val" not in callback._teacher_cache
+    assert counter.calls == 2 and not trainer.calibration_cache
+
+
+def test_moving_teacher_keeps_its_examples_until_it_moves(digits):
+    """swa: the examples are kept while the teacher's NLL on them stays within its
+    standard error, and made anew once the teacher has changed."""
+    trainer, callback, _, history = _fit(digits, "swa", epochs=3)
+    assert callback.reused_validation_examples + callback.remade_validation_examples == 2
+    counter = CountingCalls(callback._val_examples)
+    callback._val_examples = counter
+    callback._validation_examples(5, teacher_changed=True)  # the teacher did not move
+    assert counter.calls == 0
+    kernel = trainer.teacher.layers[-1].kernel
+    kernel.assign(kernel * 0.2)  # a teacher that moved a lot
+    callback._validation_examples(6, teacher_changed=True)
+    assert counter.calls == 1
+    assert np.all(np.isfinite(history.history["calibration_seconds"]))
+
+
+def test_teacher_equal_to_student_keeps_t_and_rho_for_every_kind(digits):
+    """The first swa average is the student itself: rho stays 0 in that epoch."""
+    trainer, callback, _, history = _fit(digits, "swa", epochs=2)
+    assert history.history["calibration_status"][0] == teacher_lib.STATUS_SAME_MODEL
+    assert history.history["rho"][0] == 0.0
+    assert history.history["calibration_status"][1] != teacher_lib.STATUS_SAME_MODEL
+
+
+def test_a_failed_fit_keeps_the_last_good_values():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 10, 300)
+    chance = rng.normal(size=(300, 10)) * 0.01  # a teacher at chance level
+    result = teacher_lib.calibration.calibrate(chance, chance + 0.01 * rng.normal(
+        size=chance.shape), labels, chance, labels)
+    assert teacher_lib.calibration_status(result) in (teacher_lib.STATUS_EDGE,
+                                                       teacher_lib.STATUS_INFEASIBLE)
