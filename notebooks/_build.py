@@ -1,33 +1,81 @@
-"""Writes the tutorial notebooks of this folder from the cell sources below.
+"""Writes the tutorial notebooks of this folder from the cell sources below, with the
+outputs of their small run.
 
-Edit the cells here and run ``python notebooks/_build.py``: the notebooks are written
-without outputs and with stable cell ids, so diffs stay readable. Every notebook:
+Edit the cells here and run ``python notebooks/_build.py`` (a few minutes on a CPU):
+every notebook is executed at small size (``ADVCAL_NOTEBOOK_SIZE=small``, the Colab
+install cell skipped) in a kernel running this Python, and written with its outputs
+(stderr streams dropped: TensorFlow's log lines), so that the documentation site and
+GitHub show its figures. Cell ids are stable, so diffs stay readable.
+``--no-execute`` writes the sources only, without outputs. Every notebook:
 
-* starts with a markdown cell holding an "Open in Colab" badge;
+* starts with a markdown cell holding an "Open in Colab" badge, made from the
+  repository address ``repo_url`` of ``mkdocs.yml`` (the one place that names it);
 * installs the package in its first code cell only when it runs in Colab (the cell is
   tagged ``skip-ci``: the tests skip it);
-* reads its size from ``ADVCAL_NOTEBOOK_SIZE`` in a cell tagged ``parameters`` (``"small"``: seconds, for CI;
-  ``"full"``, the default: the real experiment).
+* reads its size from ``ADVCAL_NOTEBOOK_SIZE`` in a cell tagged ``parameters``
+  (``"small"``: seconds, for CI and the saved outputs; ``"full"``, the default: the
+  real experiment).
 
-``tests/test_notebooks.py`` executes them at small size.
+``tests/test_notebooks.py`` executes them at small size, and checks that the saved
+notebooks match these sources and hold the outputs of a run.
 """
 
 from __future__ import annotations
 
+import argparse
+import os
+import re
 import sys
+import tempfile
 from pathlib import Path
 
 import nbformat
 
 HERE = Path(__file__).resolve().parent
-REPOSITORY = "keras-advcal/keras-advcal"
-INSTALL = f"git+https://github.com/{REPOSITORY}.git"
+MKDOCS = HERE.parent / "mkdocs.yml"
+KERNEL_NAME = "keras-advcal-notebooks"
+
+
+def repository_url(mkdocs_yml: Path = MKDOCS) -> str:
+    """The ``repo_url`` of ``mkdocs.yml``, without a trailing slash.
+
+    Example:
+
+        >>> repository_url().startswith("https://github.com/")
+        True
+    """
+    match = re.search(r"^repo_url:\s*(\S+)", mkdocs_yml.read_text(), flags=re.MULTILINE)
+    if match is None:
+        raise ValueError(f"{mkdocs_yml} sets no repo_url")
+    return match.group(1).rstrip("/")
+
+
+REPOSITORY_URL = repository_url()
+INSTALL = f"git+{REPOSITORY_URL}.git"
+
+
+def colab_url(name: str, repository: str = REPOSITORY_URL) -> str:
+    """Colab's address of ``notebooks/NAME`` on the main branch of a GitHub repository.
+
+    Example:
+
+        >>> colab_url("01_quickstart.ipynb", "https://github.com/o/r")
+        'https://colab.research.google.com/github/o/r/blob/main/notebooks/01_quickstart.ipynb'
+    """
+    prefix = "https://github.com/"
+    if not repository.startswith(prefix):
+        raise ValueError(f"Colab opens notebooks of GitHub repositories, not {repository}")
+    return (f"https://colab.research.google.com/github/{repository[len(prefix):]}"
+            f"/blob/main/notebooks/{name}")
 
 
 def badge(name: str) -> str:
-    url = f"https://colab.research.google.com/github/{REPOSITORY}/blob/main/notebooks/{name}"
+    """The "Open in Colab" badge of a notebook, and where its saved outputs come from."""
     return (f"[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]"
-            f"({url})")
+            f"({colab_url(name)})\n\n"
+            "*The outputs saved with this notebook are those of its small run "
+            "(`ADVCAL_NOTEBOOK_SIZE=small`, written by `python notebooks/_build.py`): they "
+            "show what each cell prints and draws, not the numbers of the full run.*")
 
 
 INSTALL_CELL = f'''import sys
@@ -62,7 +110,7 @@ This notebook trains a small CNN on scikit-learn's 8x8 digits with **keras-advca
 
 It runs on a CPU in a few minutes (set `ADVCAL_NOTEBOOK_SIZE=small` for a smoke run in
 seconds)."""),
-    *setup_cells('''EPOCHS = 2 if SMALL else 30
+    *setup_cells('''EPOCHS = 8 if SMALL else 30
 TRAIN_SUBSET = 400 if SMALL else None      # None: all 1,078 training digits
 PGD_STEPS = 3 if SMALL else 10
 EPSILON = 0.1                              # L-inf radius, pixels in [0, 1]''',
@@ -163,7 +211,7 @@ and records robust test accuracy after every epoch, and the fitted `T` and `rho`
 Fashion-MNIST is read from TensorFlow Datasets, the Keras cache or the Debian package
 `dataset-fashion-mnist`; without any of them the notebook falls back to scikit-learn's
 digits. The full run takes about an hour on a laptop CPU (minutes on a GPU)."""),
-    *setup_cells('''EPOCHS = 2 if SMALL else 60
+    *setup_cells('''EPOCHS = 8 if SMALL else 60
 TRAIN_SUBSET = 200 if SMALL else 500
 VALIDATION_SIZE = 150 if SMALL else 500
 TEST_SIZE = 200 if SMALL else 1000
@@ -446,9 +494,9 @@ for rate in FLIP_RATES:
 
 If robust overfitting is the network fitting the noisy labels of its adversarial
 examples, three things follow. The benchmark `benchmarks/label_noise.py` tests them on
-Fashion-MNIST (PGD-AT against the calibrated trainer with the `best` teacher) and writes the section
-"Label noise (issue 7)" of
-[`benchmarks/RESULTS.md`](https://github.com/keras-advcal/keras-advcal/blob/main/benchmarks/RESULTS.md)
+Fashion-MNIST (PGD-AT against the calibrated trainer with the `best` teacher) and writes the
+"Label noise" section of
+[`benchmarks/RESULTS.md`]({repository}/blob/main/benchmarks/RESULTS.md)
 and the figures below. The cells show them when the benchmark has been run in this
 checkout (paths relative to `notebooks/`)."""),
     ("code", '''from pathlib import Path
@@ -515,7 +563,8 @@ def make_notebook(name: str, cells: list[tuple[str, str]]) -> nbformat.NotebookN
     }
     stem = name.split(".")[0]
     for index, (kind, source) in enumerate(cells):
-        source = source.replace("{badge}", badge(name))
+        source = source.replace("{badge}", badge(name)).replace("{repository}",
+                                                                REPOSITORY_URL)
         if kind == "md":
             cell = nbformat.v4.new_markdown_cell(source)
         else:
@@ -530,10 +579,78 @@ def make_notebook(name: str, cells: list[tuple[str, str]]) -> nbformat.NotebookN
     return nb
 
 
-def main() -> int:
-    for name, cells in NOTEBOOKS.items():
-        nbformat.write(make_notebook(name, cells), HERE / name)
-        print("wrote", HERE / name)
+def _kernel(prefix: Path) -> str:
+    """Writes a kernelspec that runs this Python into ``prefix`` and makes Jupyter
+    find it; returns its name."""
+    from ipykernel.kernelspec import install
+
+    install(kernel_name=KERNEL_NAME, prefix=str(prefix), display_name="keras-advcal")
+    os.environ["JUPYTER_PATH"] = os.pathsep.join(
+        [str(prefix / "share" / "jupyter")] + ([os.environ["JUPYTER_PATH"]]
+                                               if os.environ.get("JUPYTER_PATH") else []))
+    return KERNEL_NAME
+
+
+#: Lines of TensorFlow's Python logger that reach stdout (retracing notices...).
+LOG_LINE = re.compile(r"^(WARNING|INFO):(tensorflow|absl):")
+
+
+def _without_log_lines(output: nbformat.NotebookNode) -> nbformat.NotebookNode:
+    """A stream output without TensorFlow's log lines; other outputs unchanged."""
+    if output.output_type == "stream":
+        output.text = "".join(line for line in output.text.splitlines(True)
+                              if not LOG_LINE.match(line))
+    return output
+
+
+def execute(nb: nbformat.NotebookNode, kernel_name: str,
+            timeout: int = 900) -> nbformat.NotebookNode:
+    """Runs ``nb`` at small size in ``notebooks/`` (the ``skip-ci`` cells are left
+    unrun) and keeps its outputs, without stderr streams nor TensorFlow's log lines;
+    returns ``nb``."""
+    from nbclient import NotebookClient
+
+    os.environ.update(ADVCAL_NOTEBOOK_SIZE="small", TF_CPP_MIN_LOG_LEVEL="3",
+                      MPLBACKEND="module://matplotlib_inline.backend_inline")
+    skipped = [cell for cell in nb.cells if "skip-ci" in cell.metadata.get("tags", [])]
+    run = nbformat.from_dict(dict(nb, cells=[cell for cell in nb.cells
+                                             if cell not in skipped]))
+    NotebookClient(run, kernel_name=kernel_name, timeout=timeout, record_timing=False,
+                   resources={"metadata": {"path": str(HERE)}}).execute()
+    outputs = {cell.id: cell for cell in run.cells}
+    for cell in nb.cells:
+        if cell.cell_type == "code" and cell.id in outputs:
+            cell.outputs = [_without_log_lines(output) for output in outputs[cell.id].outputs
+                            if output.get("name") != "stderr"]
+            cell.outputs = [output for output in cell.outputs
+                            if output.output_type != "stream" or output.text]
+            cell.execution_count = outputs[cell.id].execution_count
+    nb.metadata = dict(nb.metadata, kernelspec={"display_name": "Python 3",
+                                                "language": "python", "name": "python3"})
+    return nb
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Writes the notebooks of notebooks/.",
+                                     allow_abbrev=False)
+    parser.add_argument("--no-execute", action="store_true",
+                        help="write the sources only, without running them")
+    parser.add_argument("names", nargs="*", metavar="NAME",
+                        help=f"notebooks to write (default: all): {', '.join(NOTEBOOKS)}")
+    args = parser.parse_args(argv)
+    unknown = sorted(set(args.names) - set(NOTEBOOKS))
+    if unknown:
+        parser.error(f"unknown notebook(s): {', '.join(unknown)}")
+    with tempfile.TemporaryDirectory() as folder:
+        kernel = None if args.no_execute else _kernel(Path(folder))
+        for name in args.names or NOTEBOOKS:
+            nb = make_notebook(name, NOTEBOOKS[name])
+            if kernel is not None:
+                print("running", name, "at small size ...", flush=True)
+                nb = execute(nb, kernel)
+            nbformat.validate(nb)
+            nbformat.write(nb, HERE / name)
+            print("wrote", HERE / name, flush=True)
     return 0
 
 

@@ -2,9 +2,11 @@
 
 The site is built into a temporary folder, served on 127.0.0.1 by
 ``python -m http.server`` and opened in headless Chromium (``/usr/bin/chromium``,
-driven by Playwright; no browser download). Requests to other hosts (CDNs: MathJax,
-the notebooks' mermaid; GitHub) are aborted, since the test machine is offline: the
-console errors those aborted loads cause are the only ones tolerated.
+driven by Playwright; no browser download). Requests to other hosts (the notebooks'
+mermaid from a CDN; GitHub) are aborted, as if the reader were offline: the console
+errors those aborted loads cause are the only ones tolerated. The math must render
+all the same (KaTeX is served with the site), and the notebook pages must show the
+figures saved in the notebooks.
 """
 
 import os
@@ -91,6 +93,13 @@ def test_site_has_every_page(site):
         # mkdocs-jupyter copies the notebook next to its page for download.
         assert (site_dir / "notebooks" / name / f"{name}.ipynb").is_file()
     assert (site_dir / "figures" / "targets.png").is_file()
+    # The math renderer is part of the site, not a CDN's.
+    katex = site_dir / "assets" / "katex"
+    for name in ("katex.min.js", "katex.min.css", "auto-render.min.js"):
+        assert (katex / name).is_file(), name
+    assert len(list((katex / "fonts").glob("*.woff2"))) >= 10
+    method = (site_dir / "method" / "index.html").read_text()
+    assert "assets/katex/katex.min.js" in method and "mathjax" not in method.lower()
     assert not (site_dir / "hooks").exists()
     api = (site_dir / "api" / "tuning" / "index.html").read_text()
     assert "AdvCalHyperModel" in api
@@ -165,7 +174,20 @@ def test_pages_render_in_chromium(site, tmp_path):
             page.goto(base + "method/", wait_until="load")
             assert page.locator("img[src*='targets.png']").first.evaluate(
                 "img => img.complete && img.naturalWidth > 0")
+            # Math: typeset by the site's own KaTeX, offline; no raw TeX delimiters left.
+            page.locator("article .katex").first.wait_for(timeout=30_000)
+            assert page.locator("article .arithmatex .katex").count() == page.locator(
+                "article .arithmatex").count() > 0
+            assert page.locator("article .katex-error").count() == 0
+            article = page.locator("article").inner_text()
+            for delimiter in ("\\(", "\\)", "\\[", "\\]"):
+                assert delimiter not in article, f"raw {delimiter} on the method page"
             page.screenshot(path=str(tmp_path / "method.png"), full_page=True)
+            # A notebook page shows the figure saved in the notebook's outputs.
+            page.goto(base + "notebooks/01_quickstart/", wait_until="load")
+            figure = page.locator("article img[src^='data:image/png']").first
+            figure.wait_for(timeout=30_000)
+            assert figure.evaluate("img => img.complete && img.naturalWidth > 100")
             page.goto(base, wait_until="load")
             page.screenshot(path=str(tmp_path / "home.png"))
         finally:
@@ -174,3 +196,5 @@ def test_pages_render_in_chromium(site, tmp_path):
     assert (tmp_path / "home.png").stat().st_size > 0
     assert (tmp_path / "method.png").stat().st_size > 0
     assert not problems, "\n".join(problems)
+    assert not [url for url in blocked if "katex" in url or "mathjax" in url], blocked
+
