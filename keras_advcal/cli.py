@@ -84,6 +84,13 @@ _TRAIN_HELP: dict[str, str] = {
     "fixed_temperature": "T of --rule fixed.",
     "fixed_rho": "rho of --rule fixed.",
     "swa_start_epoch": "First epoch (from 0) averaged into an swa teacher.",
+    "calibration_size": "Calibrate T and rho on the first N validation images only ('all': "
+                        "every one); early stopping still reads them all.",
+    "surrogate_examples": "Where the surrogate's calibration logits are taken: teacher (on "
+                          "the examples made against the teacher) or surrogate (on its "
+                          "own PGD examples: one more attack per epoch).",
+    "separate_surrogate_temperature": "Scale the surrogate by its own fitted temperature "
+                                      "in the calibration's NLL.",
     "ema_decay": "Decay of the ema teacher (and of the ADR teacher).",
     "teacher_model": "A trained teacher (.keras: a classifier or a saved trainer) for "
                      "--teacher fixed.",
@@ -245,6 +252,7 @@ _ARG_TYPES: dict[str, Any] = {
     "fixed_temperature": _number(float, 0, strict=True),
     "fixed_rho": _number(float, 0, high=1),
     "swa_start_epoch": _number(int, 0),
+    "calibration_size": _number(int, 1, optional=("all", "none")),
     "ema_decay": _number(float, 0, strict=True, high=0.999999),
     "adr_temperature": _number(float, 0, strict=True),
     "adr_rho": _number(float, 0, high=1),
@@ -270,7 +278,8 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     choices = {"labels": experiment.RUN_LABELS, "teacher": _library("teacher").TEACHER_KINDS,
                "loss_form": _library("targets").LOSS_FORMS, "rule": calibration.RULES,
                "selection": calibration.SELECTIONS, "model": _library("models").available(),
-               "curve_split": experiment.CURVE_SPLITS}
+               "curve_split": experiment.CURVE_SPLITS,
+               "surrogate_examples": _library("teacher").SURROGATE_EXAMPLES}
     parser.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS,
                         help="JSON file of options (e.g. a run's config.json); flags given "
                              "on the command line override it.")

@@ -53,7 +53,8 @@ from keras_advcal.attacks import PGD
 from keras_advcal.averaging import WeightAverage
 from keras_advcal.calibration import RULES, SELECTIONS
 from keras_advcal.evaluation import RobustAccuracyTracker, evaluate_robustness, summarize_history
-from keras_advcal.teacher import TEACHER_KINDS, CalibratedTeacher, calibrate_teacher
+from keras_advcal.teacher import (SURROGATE_EXAMPLES, TEACHER_KINDS, CalibratedTeacher,
+                                  calibrate_teacher)
 from keras_advcal.trainer import AdvCalTrainer
 
 #: Label modes of a run: the trainer's two, plus the ADR-style baseline.
@@ -107,6 +108,14 @@ class RunConfig:
             (default) or minimum (the literal rule).
         fixed_temperature, fixed_rho: ``T`` and ``rho`` of ``rule="fixed"``.
         swa_start_epoch: first epoch (from 0) averaged into an swa teacher.
+        calibration_size: calibrate T and rho on the first ``calibration_size``
+            validation images only (``None``: all of them); early stopping and the
+            ``best`` teacher still read the whole validation split.
+        surrogate_examples: where the surrogate's logits are taken: on the PGD
+            examples made against the teacher (``"teacher"``) or on its own
+            (``"surrogate"``).
+        separate_surrogate_temperature: scale the surrogate by its own fitted
+            temperature in the calibration's NLL.
         ema_decay: decay of the ema teacher (and of the ADR teacher).
         teacher_model: ``.keras`` file of a trained teacher (``teacher="fixed"``).
         surrogate_model: ``.keras`` file of the overfitted model of the two-stage
@@ -174,6 +183,9 @@ class RunConfig:
     fixed_temperature: float = 2.0
     fixed_rho: float = 0.5
     swa_start_epoch: int = 0
+    calibration_size: int | None = None
+    surrogate_examples: str = "teacher"
+    separate_surrogate_temperature: bool = False
     ema_decay: float = 0.995
     teacher_model: str | None = None
     surrogate_model: str | None = None
@@ -258,6 +270,11 @@ class RunConfig:
         check(0.0 < self.ema_decay < 1.0, f"ema_decay must be in (0, 1), got {self.ema_decay}.")
         check(self.label_noise < 1.0, f"label_noise must be < 1, got {self.label_noise}.")
         check(self.swa_start_epoch >= 0, "swa_start_epoch must be >= 0.")
+        check(self.calibration_size is None or self.calibration_size >= 1,
+              f"calibration_size must be a positive integer or None, got "
+              f"{self.calibration_size}.")
+        check(self.surrogate_examples in SURROGATE_EXAMPLES, f"surrogate_examples must be one "
+              f"of {SURROGATE_EXAMPLES}, got {self.surrogate_examples!r}.")
         if self.teacher == "fixed" and self.labels == "calibrated":
             check(self.teacher_model is not None,
                   "teacher='fixed' needs teacher_model: the .keras file of a trained teacher.")
@@ -712,12 +729,14 @@ def build_trainer(config: RunConfig, splits: data_lib.DatasetSplits):
     else:
         teacher_net, temperature, rho, rule = None, 1.0, 0.0, config.rule
         fixed = (config.fixed_temperature, config.fixed_rho)
+        x_val, y_val = splits.validation
+        calibration_data = (x_val[:config.calibration_size], y_val[:config.calibration_size])
         if config.teacher == "fixed":
             teacher_net = load_classifier(config.teacher_model)
             teacher_net.trainable = False
             if config.surrogate_model is not None:
                 surrogate = load_classifier(config.surrogate_model)
-                result = calibrate_teacher(teacher_net, surrogate, splits.validation,
+                result = calibrate_teacher(teacher_net, surrogate, calibration_data,
                                            splits.train, eval_attack,
                                            acc_floor=config.acc_floor, rule=config.rule,
                                            selection=config.selection, seed=config.seed)
@@ -729,11 +748,12 @@ def build_trainer(config: RunConfig, splits: data_lib.DatasetSplits):
                                 loss_form=config.loss_form, teacher=teacher_net,
                                 temperature=temperature, rho=rho, **common)
         callbacks.append(CalibratedTeacher(
-            splits.validation, splits.train, kind=config.teacher, rule=rule,
+            calibration_data, splits.train, kind=config.teacher, rule=rule,
             acc_floor=config.acc_floor, selection=config.selection,
             swa_start_epoch=config.swa_start_epoch,
             ema_decay=config.ema_decay, fixed_temperature=fixed[0], fixed_rho=fixed[1],
-            seed=config.seed, verbose=0))
+            seed=config.seed, verbose=0, surrogate_examples=config.surrogate_examples,
+            separate_surrogate_temperature=config.separate_surrogate_temperature))
     if config.weight_average:
         callbacks.append(WeightAverage(splits.train[0], start_epoch=config.swa_start_epoch))
     trainer.compile(optimizer=keras.optimizers.Adam(config.learning_rate))

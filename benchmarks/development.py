@@ -1,0 +1,322 @@
+#!/usr/bin/env python
+"""The calibration study on the development split: which variant of the calibrated
+trainer, chosen without reading the test split.
+
+This docstring is the protocol, committed before its runs.
+
+Setting (the development setting of the held-out protocol): Fashion-MNIST from the
+Debian package, data seed 0, 500 training images, 1,000 validation images (the
+calibration, the ``best`` teacher and early stopping read them; a variant's
+``calibration_size`` uses the first N of them), and a *development split* of 2,000
+other images of the training pool, disjoint from all three and from the test split.
+Small CNN (width 32, dense 256, no BatchNorm, logits out); L-inf eps 0.1; training
+PGD-5 (step 0.05, random start); Adam 1e-3 constant, batch 64, 120 epochs. The
+per-epoch curve is PGD-10 (step 0.025) on the first 1,000 development images every 3
+epochs; the final number is the worst case of PGD-20 and APGD-CE (100 steps) on all
+2,000 development images. No run reads the test split.
+
+The validation split has 1,000 images in every run of this study (not the 500 of the
+robust-overfitting benchmark) so that the calibration-size variants use the same
+training images as the others; the default calibrates on the first 500 of them.
+
+Rows (``variant``; overrides of the default):
+
+* ``pgd_at`` (PGD-AT, hard labels; its early-stopped checkpoint is ``pgd_at_es``, the
+  baseline every variant is compared with, and its weight average ``pgd_at_swa``).
+* ``default``: the library's default calibrated trainer at the start of the study
+  (``swa`` teacher, KD loss, published rule, one-standard-error selection, accuracy
+  floor 0.9, averaging from epoch 0, surrogate logits on the teacher's examples).
+* sensitivity of the default, one setting changed at a time: ``floor_0.8``,
+  ``floor_0.95``, ``selection_minimum``, ``swa_start_10``, ``swa_start_30``,
+  ``calibration_250``, ``calibration_1000``, ``surrogate_attacked``.
+* candidates for a rule that decides (issue: make the calibration decide):
+  ``own_surrogate_temperature`` (the surrogate scaled by its own fitted temperature).
+
+Seeds (training seeds): 0, 1, 2 for ``pgd_at`` and ``default``; 0, 1 for the others.
+
+Analysis: per row, mean and standard error over seeds of the final development robust
+accuracy and mean smoothed gap (best 3-evaluation moving average minus the mean of the
+last 3 evaluations of the curve); for calibrated rows the share of epochs 60-120 whose
+chosen (T, rho) lies on the accuracy floor (training agreement within 0.005 of the
+floor) and the share of epochs whose fit was kept or failed. A variant replaces the
+default only if its final development accuracy is higher by more than the larger of
+the two standard errors, with a smoothed gap of at most 1 point; the change is frozen
+in its own commit, which states these numbers and that the test split was not read.
+
+Usage:
+
+    python benchmarks/development.py                  # every row (many hours; resumable)
+    python benchmarks/development.py --variants pgd_at default --seeds 0
+    python benchmarks/development.py --report-only    # summary.json, figure, RESULTS.md
+
+Runs write ``benchmarks/results/development/<variant>_s<seed>/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from robust_overfitting import (Job, execute, finished, snapshot_code,  # noqa: E402
+                                update_section)
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results" / "development"
+RESULTS_MD = ROOT / "benchmarks" / "RESULTS.md"
+FIGURE = ROOT / "benchmarks" / "figures" / "development_sensitivity.png"
+SECTION = "## Calibration study on the development split"
+
+FLOOR_MARGIN = 0.005
+LATE_EPOCHS = (60, 120)
+BASE = dict(dataset="fashion_mnist", data_seed=0, subset=500, validation_size=1000,
+            development_size=2000, curve_split="development", curve_size=1000,
+            final_splits="development", final_attacks="apgd-ce", final_attack_steps=100,
+            epsilon=0.1, width=32, dense=256, batchnorm=False, train_steps=5,
+            train_step_size=0.05, eval_steps=10, eval_step_size=0.025, eval_every=3,
+            batch_size=64, learning_rate=1e-3, epochs=120)
+DEFAULT = dict(labels="calibrated", teacher="swa", loss_form="kd", rule="published",
+               acc_floor=0.9, selection="one_standard_error", swa_start_epoch=0,
+               calibration_size=500, surrogate_examples="teacher",
+               separate_surrogate_temperature=False)
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    name: str
+    overrides: dict
+    seeds: tuple[int, ...] = (0, 1)
+    title: str = ""
+
+
+VARIANTS = [
+    Variant("pgd_at", dict(labels="hard", checkpoint_best=True, weight_average=True),
+            (0, 1, 2), "PGD-AT"),
+    Variant("default", DEFAULT, (0, 1, 2), "default (swa, floor 0.9, 1-SE, start 0, 500)"),
+    Variant("floor_0.8", dict(DEFAULT, acc_floor=0.8), title="accuracy floor 0.8"),
+    Variant("floor_0.95", dict(DEFAULT, acc_floor=0.95), title="accuracy floor 0.95"),
+    Variant("selection_minimum", dict(DEFAULT, selection="minimum"),
+            title="lowest-NLL selection (published)"),
+    Variant("swa_start_10", dict(DEFAULT, swa_start_epoch=10), title="swa from epoch 10"),
+    Variant("swa_start_30", dict(DEFAULT, swa_start_epoch=30), title="swa from epoch 30"),
+    Variant("calibration_250", dict(DEFAULT, calibration_size=250),
+            title="250 calibration images"),
+    Variant("calibration_1000", dict(DEFAULT, calibration_size=1000),
+            title="1,000 calibration images"),
+    Variant("surrogate_attacked", dict(DEFAULT, surrogate_examples="surrogate"),
+            title="surrogate logits on its own PGD examples"),
+    Variant("own_surrogate_temperature", dict(DEFAULT, separate_surrogate_temperature=True),
+            title="surrogate with its own temperature"),
+]
+VARIANT = {v.name: v for v in VARIANTS}
+
+
+def run_dir(results: Path, variant: str, seed: int) -> Path:
+    return results / f"{variant}_s{seed}"
+
+
+def plan(results: Path, variants: list[str], seeds: list[int] | None) -> list[Job]:
+    """Seed-major, so that every row gets its first seed early."""
+    jobs = []
+    for name in variants:
+        variant = VARIANT[name]
+        for seed in (seeds if seeds is not None else variant.seeds):
+            directory = run_dir(results, name, seed)
+            config = dict(BASE, **variant.overrides, seed=seed, out=str(directory),
+                          verbose=2, threads=1)
+            jobs.append(Job(variant, seed, directory, config))
+    order = [v.name for v in VARIANTS]
+    jobs.sort(key=lambda job: (job.seed, order.index(job.method.name)))
+    return jobs
+
+
+# ------------------------------------------------------------------------ analysis
+def _mean_se(values: list[float]) -> tuple[float | None, float | None]:
+    values = [v for v in values if v is not None]
+    if not values:
+        return None, None
+    se = (float(np.std(values, ddof=1) / math.sqrt(len(values))) if len(values) > 1
+          else None)
+    return float(np.mean(values)), se
+
+
+def _pp(value: float | None) -> float | None:
+    return None if value is None else round(100.0 * value, 3)
+
+
+def late_shares(history: dict, acc_floor: float) -> dict[str, float | None]:
+    """Shares of epochs 60-120 (1-based) on the floor, kept, and failed.
+
+    Example:
+
+        >>> h = {"epoch": list(range(120)), "train_agreement": [0.9] * 120,
+        ...      "calibration_status": [0.0] * 120}
+        >>> late_shares(h, 0.9)["on_floor"]
+        1.0
+    """
+    epochs = history.get("epoch", [])
+    agreement = history.get("train_agreement", [None] * len(epochs))
+    status = history.get("calibration_status", [None] * len(epochs))
+    late = [i for i, e in enumerate(epochs) if LATE_EPOCHS[0] <= e + 1 <= LATE_EPOCHS[1]]
+    if not late:
+        return {"on_floor": None, "kept_or_failed": None}
+    fitted = [i for i in late if status[i] in (None, 0.0) and agreement[i] is not None]
+    on_floor = [i for i in fitted if agreement[i] <= acc_floor + FLOOR_MARGIN]
+    kept = [i for i in late if status[i] not in (None, 0.0)]
+    return {"on_floor": len(on_floor) / len(late), "kept_or_failed": len(kept) / len(late)}
+
+
+def collect(results: Path) -> dict:
+    from keras_advcal import experiment
+
+    runs: dict = {}
+    for variant in VARIANTS:
+        for seed in (0, 1, 2):
+            directory = run_dir(results, variant.name, seed)
+            if not finished(directory):
+                continue
+            summary = json.loads((directory / "summary.json").read_text())
+            history = experiment.read_history(directory)
+            runs.setdefault(variant.name, {})[seed] = (summary, history)
+    return runs
+
+
+def analyse(results: Path) -> dict:
+    runs = collect(results)
+    es = [s.get("best_checkpoint", {}).get("final_worst_case_dev_adv_accuracy")
+          for s, _ in runs.get("pgd_at", {}).values()]
+    swa = [s.get("weight_average", {}).get("final_worst_case_dev_adv_accuracy")
+           for s, _ in runs.get("pgd_at", {}).values()]
+    es_mean, es_se = _mean_se(es)
+    rows = []
+    for variant in VARIANTS:
+        seeds = runs.get(variant.name, {})
+        if not seeds:
+            continue
+        final = _mean_se([s.get("final_worst_case_dev_adv_accuracy") for s, _ in seeds.values()])
+        gap = _mean_se([s.get("smoothed_gap") for s, _ in seeds.values()])
+        floor = variant.overrides.get("acc_floor", 0.9)
+        shares = [late_shares(h, floor) for _, h in seeds.values()]
+        on_floor = _mean_se([x["on_floor"] for x in shares])[0]
+        kept = _mean_se([x["kept_or_failed"] for x in shares])[0]
+        rows.append({"variant": variant.name, "title": variant.title, "seeds": sorted(seeds),
+                     "dev_final_mean": _pp(final[0]), "dev_final_se": _pp(final[1]),
+                     "dev_smoothed_gap_mean": _pp(gap[0]),
+                     "pgd_at_es_dev_mean": _pp(es_mean),
+                     "floor_bound_fraction": None if variant.name == "pgd_at" else on_floor,
+                     "kept_or_failed_fraction": None if variant.name == "pgd_at" else kept})
+    extra = [{"variant": "pgd_at_es", "seeds": sorted(runs.get("pgd_at", {})),
+              "dev_final_mean": _pp(es_mean), "dev_final_se": _pp(es_se),
+              "dev_smoothed_gap_mean": None, "pgd_at_es_dev_mean": _pp(es_mean)},
+             {"variant": "pgd_at_swa", "seeds": sorted(runs.get("pgd_at", {})),
+              "dev_final_mean": _pp(_mean_se(swa)[0]), "dev_final_se": _pp(_mean_se(swa)[1]),
+              "dev_smoothed_gap_mean": None, "pgd_at_es_dev_mean": _pp(es_mean)}]
+    rows = rows[:1] + (extra if es_mean is not None else []) + rows[1:]
+    default_row = next((r for r in rows if r["variant"] == "default"), {})
+    return {"rows": rows, "default": "default",
+            "floor_bound_fraction": default_row.get("floor_bound_fraction"),
+            "protocol": "benchmarks/development.py (module docstring)",
+            "generated": time.strftime("%Y-%m-%d %H:%M:%S")}
+
+
+def plot(summary: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in summary["rows"] if r["dev_final_mean"] is not None]
+    if not rows:
+        return
+    fig, ax = plt.subplots(figsize=(8, 0.45 * len(rows) + 1.5))
+    names = [r["variant"] for r in rows]
+    means = [r["dev_final_mean"] for r in rows]
+    errors = [r["dev_final_se"] or 0.0 for r in rows]
+    ax.errorbar(means, range(len(rows)), xerr=errors, fmt="o", capsize=3)
+    es = rows[0].get("pgd_at_es_dev_mean")
+    if es is not None:
+        ax.axvline(es, color="grey", linestyle="--", label="PGD-AT early-stopped")
+        ax.axvline(es + 1.0, color="tab:red", linestyle=":", label="early-stopped + 1 point")
+        ax.legend(fontsize=8)
+    ax.set_yticks(range(len(rows)), names)
+    ax.invert_yaxis()
+    ax.set_xlabel("final robust accuracy on the development split, % (PGD-20 + APGD-CE)")
+    ax.grid(alpha=0.3, axis="x")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _cell(value, digits: int = 1) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def report(summary: dict) -> str:
+    lines = [SECTION, "",
+             "Made by `python benchmarks/development.py` (protocol in its docstring; "
+             "`--report-only` rebuilds this section, "
+             "`benchmarks/results/development/summary.json` and the figure). Robust "
+             "accuracy in % on the 2,000-image development split (the test split is not "
+             "read): final = worst case of PGD-20 and APGD-CE; smoothed gap of the "
+             "PGD-10 curve on 1,000 of those images. *On the floor*: share of epochs "
+             "60-120 whose chosen (T, rho) keeps the training agreement within 0.005 of "
+             "the accuracy floor; *kept/failed*: share of those epochs whose fit was not "
+             "used.", "",
+             "| variant | seeds | final (mean ± se) | smoothed gap | on the floor | "
+             "kept/failed |", "|---|---|---|---|---|---|"]
+    for row in summary["rows"]:
+        se = row["dev_final_se"]
+        floor = row.get("floor_bound_fraction")
+        kept = row.get("kept_or_failed_fraction")
+        lines.append(f"| `{row['variant']}` | {','.join(map(str, row['seeds']))} | "
+                     f"{_cell(row['dev_final_mean'])}{'' if se is None else ' ± ' + _cell(se)}"
+                     f" | {_cell(row['dev_smoothed_gap_mean'])} | "
+                     f"{'–' if floor is None else f'{100 * floor:.0f}%'} | "
+                     f"{'–' if kept is None else f'{100 * kept:.0f}%'} |")
+    lines += ["", f"![final development robust accuracy per variant]"
+              f"(figures/{FIGURE.name})", ""]
+    return "\n".join(lines)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False)
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANT), default=list(VARIANT))
+    parser.add_argument("--seeds", nargs="+", type=int)
+    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument("--report-only", action="store_true")
+    parser.add_argument("--dry-run", action="store_true")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    results = args.results.resolve()
+    jobs = plan(results, args.variants, args.seeds)
+    if args.dry_run:
+        for job in jobs:
+            print(f"{job.name:32s} {'done' if finished(job.run_dir) else 'to run'}")
+        return 0
+    status = {}
+    if not args.report_only:
+        results.mkdir(parents=True, exist_ok=True)
+        status = execute(jobs, args.jobs, snapshot_code(results))
+    summary = analyse(results)
+    results.mkdir(parents=True, exist_ok=True)
+    (results / "summary.json").write_text(json.dumps(summary, indent=2))
+    plot(summary, FIGURE)
+    update_section(RESULTS_MD, report(summary), heading=SECTION)
+    print(report(summary))
+    return 1 if any(code != 0 for code in status.values()) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
