@@ -232,7 +232,9 @@ class PGDRestarts(PGD):
         config["restarts"] = self.restarts
         return config
 
-    def _gradient(self, model, x_adv, y):
+    def _gradient(self, model, x_adv, y, reference=None):
+        if self.loss == "kl":  # the KL from a clean prediction: PGD's own gradient
+            return super()._gradient(model, x_adv, y, reference)
         objective = lambda logits: self._objective(logits, y)  # noqa: E731
         return _loss_and_gradient(model, x_adv, objective)[1]
 
