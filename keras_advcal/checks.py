@@ -28,6 +28,28 @@ class InputError(ValueError):
     """Bad input to the library, with a message that says what to change."""
 
 
+def non_negative_number(value: Any, name: str) -> float:
+    """``value`` as a float; raises ``ValueError`` naming ``name`` unless it is a
+    finite number >= 0.
+
+    Example:
+
+        >>> non_negative_number(6, "beta")
+        6.0
+        >>> non_negative_number(-1, "gamma")
+        Traceback (most recent call last):
+        ...
+        ValueError: `gamma` must be a non-negative number, got -1.
+    """
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = float("nan")
+    if not (number >= 0 and np.isfinite(number)):
+        raise ValueError(f"`{name}` must be a non-negative number, got {value!r}.")
+    return number
+
+
 def _numpy(value: Any) -> np.ndarray:
     if isinstance(value, (tf.Tensor, tf.Variable)):
         return value.numpy()

@@ -4,7 +4,7 @@ The calibrated target of an adversarial example ``x'`` with label ``y`` is
 
     target(x') = rho * softmax(g(x') / T) + (1 - rho) * onehot(y)
 
-with ``g`` the teacher's logits. Two loss forms fit it (DESIGN.md section 1):
+with ``g`` the teacher's logits. Two loss forms fit it:
 
 * ``"kd"``: ``(1 - rho) * CE(f(x'), y) + rho * T^2 * H(softmax(g/T), softmax(f/T))``
   (the published, distillation form);

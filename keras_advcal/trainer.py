@@ -3,16 +3,23 @@
 
 One training step::
 
-    batch (x, y) -> attack(student, x, y) -> x'  -> teacher(x') -> target
-                                              \\-> student(x', training=True) -> loss(target)
+    batch (x, y) -> attack (per the objective) -> x'
+                 -> teacher(x' or x) -> target (one-hot or calibrated)
+                 -> objective loss(student(x), student(x'), target)
+                 -> (weight perturbation: ascent on the weights, descent gradient, restore)
+                 -> update
 
-With ``labels="hard"`` the target is the one-hot label: Madry et al. PGD adversarial
-training. With ``labels="calibrated"`` it is
-``rho * softmax(teacher(x') / T) + (1 - rho) * onehot(y)``, where the teacher's
-weights, ``T`` and ``rho`` are Keras variables of the trainer (saved with it, restored
-by ``BackupAndRestore``). ``rho`` is 0 until a teacher exists, so a calibrated trainer
-starts as plain PGD training; the :class:`keras_advcal.CalibratedTeacher` callback
-maintains the teacher and fits ``T`` and ``rho`` every epoch.
+The objective (:mod:`keras_advcal.objectives`: ``"pgd_at"``, the default,
+``"trades"``, ``"mart"``) says what the attack maximises and what the student
+minimises. With ``labels="hard"`` the target is the one-hot label (``"pgd_at"``:
+Madry et al. PGD adversarial training). With ``labels="calibrated"`` it is
+``rho * softmax(teacher / T) + (1 - rho) * onehot(y)`` and replaces the label in the
+objective's supervised term, where the teacher's weights, ``T`` and ``rho`` are
+Keras variables of the trainer (saved with it, restored by ``BackupAndRestore``).
+``rho`` is 0 until a teacher exists, so a calibrated trainer starts as its plain
+objective; the :class:`keras_advcal.CalibratedTeacher` callback maintains the
+teacher and fits ``T`` and ``rho`` every epoch. ``weight_perturbation=AWP(gamma)``
+adds adversarial weight perturbation (:mod:`keras_advcal.awp`) to any of them.
 
 Example:
 
@@ -37,7 +44,9 @@ import numpy as np
 import tensorflow as tf
 
 from keras_advcal import attacks as attacks_lib
+from keras_advcal import awp as awp_lib
 from keras_advcal import checks
+from keras_advcal import objectives as objectives_lib
 from keras_advcal import targets as targets_lib
 
 LABEL_MODES = ("hard", "calibrated")
@@ -119,6 +128,12 @@ class AdvCalTrainer(keras.Model):
             (``average_model``), maintained by the
             :class:`keras_advcal.averaging.WeightAverage` callback: SWA, the free
             baseline against robust overfitting. Saved with the trainer.
+        objective: the training objective: ``"pgd_at"`` (default), ``"trades"``,
+            ``"mart"`` or an instance such as ``keras_advcal.TRADES(beta=6.0)``
+            (see :mod:`keras_advcal.objectives`, which also says where the
+            calibrated target enters each one).
+        weight_perturbation: ``keras_advcal.AWP(gamma=5e-3)`` for adversarial weight
+            perturbation before every descent step; ``None`` (default): none.
         **kwargs: passed to ``keras.Model`` (e.g. ``name``).
 
     Example:
@@ -136,13 +151,19 @@ class AdvCalTrainer(keras.Model):
                  rho: float = 0.0, label_smoothing: float = 0.0,
                  track_clean_accuracy: bool = True, from_logits: bool = True,
                  num_classes: int | None = None, seed: int | None = None,
-                 average_weights: bool = False, **kwargs):
+                 average_weights: bool = False, objective: Any = "pgd_at",
+                 weight_perturbation: Any = None, **kwargs):
         super().__init__(**kwargs)
         self._validate_arguments(model, labels, loss_form, teacher, temperature, rho,
                                  label_smoothing, from_logits)
         self.student = model
         self.attack = attacks_lib.get(attack)
         self.eval_attack = attacks_lib.get(eval_attack) if eval_attack is not None else None
+        self.objective = objectives_lib.get(objective)
+        if self.objective.requires_teacher and labels != "calibrated":
+            raise ValueError(f"objective={self.objective.name!r} needs labels='calibrated'.")
+        self.objective.training_attack(self.attack)  # refuses an attack it cannot use
+        self.weight_perturbation = awp_lib.get(weight_perturbation)
         self.labels = labels
         self.loss_form = loss_form
         self.label_smoothing = float(label_smoothing)
@@ -258,6 +279,12 @@ class AdvCalTrainer(keras.Model):
         """The attack used on validation data: ``eval_attack`` or the training one."""
         return self.eval_attack if self.eval_attack is not None else self.attack
 
+    @property
+    def training_attack(self) -> attacks_lib.Attack:
+        """The attack that makes the training examples: ``attack`` with what the
+        objective maximises (TRADES: the KL from the clean prediction)."""
+        return self.objective.training_attack(self.attack)
+
     def _as_logits(self, outputs):
         if self.from_logits:
             return outputs
@@ -300,17 +327,49 @@ class AdvCalTrainer(keras.Model):
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
         return loss / replicas if replicas > 1 else loss
 
-    def _teacher_logits_when_used(self, x_adv):
-        """Teacher logits on ``x_adv``; the forward pass is skipped while ``rho == 0``
-        (plain PGD training), which returns zeros instead."""
-        shape = tf.stack([tf.shape(x_adv)[0], self.num_classes])
+    def _teacher_logits_when_used(self, inputs):
+        """Teacher logits on ``inputs``; the forward pass is skipped while ``rho == 0``
+        (the plain objective), which returns zeros instead."""
+        shape = tf.stack([tf.shape(inputs)[0], self.num_classes])
         return tf.cond(
             self.rho > 0.0,
-            lambda: tf.cast(self.teacher_logits(x_adv, training=False), "float32"),
+            lambda: tf.cast(self.teacher_logits(inputs, training=False), "float32"),
             lambda: tf.zeros(shape, "float32"))
 
-    def per_example_loss(self, y, student_logits, teacher_logits=None):
-        """The training loss of each example (hard or calibrated, per ``loss_form``).
+    def make_target(self, y, teacher_logits=None) -> targets_lib.Target:
+        """The batch's target: the one-hot label (``labels="hard"`` or no teacher
+        logits), or the calibrated target with the trainer's ``T``, ``rho`` (per the
+        objective's ratio) and ``loss_form``.
+
+        Example:
+
+            >>> from keras_advcal import PGD
+            >>> net = keras.Sequential([keras.Input((2,)), keras.layers.Dense(2)])
+            >>> AdvCalTrainer(net, PGD(0.1, steps=1)).make_target([1]).is_calibrated
+            False
+        """
+        if self.labels == "hard" or teacher_logits is None:
+            return targets_lib.Target(y, label_smoothing=self.label_smoothing)
+        rho = self.objective.target_ratio(self.rho, teacher_logits, y, self.temperature)
+        return targets_lib.Target(y, teacher_logits, self.temperature, rho, self.loss_form)
+
+    def _target(self, y, x, x_adv) -> targets_lib.Target:
+        """The target of a training batch, from the teacher on the input the
+        objective's supervised term sees (``x'``, or ``x`` for TRADES and ADR)."""
+        if self.labels == "hard":
+            return self.make_target(y)
+        seen = x if self.objective.teacher_input == "clean" else x_adv
+        return self.make_target(y, self._teacher_logits_when_used(seen))
+
+    def per_example_loss(self, y, student_logits, teacher_logits=None, clean_logits=None):
+        """The training loss of each example: the objective's, with the hard or
+        calibrated target (per ``loss_form``).
+
+        Args:
+            y: integer labels.
+            student_logits: the student's logits on the adversarial examples.
+            teacher_logits: the teacher's logits (calibrated targets), or ``None``.
+            clean_logits: the student's logits on the clean inputs (TRADES, MART).
 
         Example:
 
@@ -320,10 +379,17 @@ class AdvCalTrainer(keras.Model):
             >>> [round(float(v), 4) for v in t.per_example_loss([0], [[0.0, 0.0]])]
             [0.6931]
         """
-        if self.labels == "hard" or teacher_logits is None:
-            return targets_lib.hard_loss(y, student_logits, self.label_smoothing)
-        return targets_lib.calibrated_loss(self.loss_form, y, student_logits, teacher_logits,
-                                           self.temperature, self.rho)
+        return self.objective.per_example_loss(self.make_target(y, teacher_logits),
+                                               clean_logits, student_logits)
+
+    def _objective_loss(self, x, x_adv, target, sample_weight):
+        """The objective's loss on the batch (sum over the batch size) and the
+        student's logits on ``x'``, both forward passes in training mode."""
+        clean_logits = (self.student_logits(x, training=True)
+                        if self.objective.uses_clean_logits else None)
+        adv_logits = self.student_logits(x_adv, training=True)
+        per_example = self.objective.per_example_loss(target, clean_logits, adv_logits)
+        return self._reduce(per_example, sample_weight), adv_logits
 
     def _update_ema_teacher(self):
         if self.teacher is None or self.has_fixed_teacher:
@@ -344,20 +410,27 @@ class AdvCalTrainer(keras.Model):
     def train_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         y = self._label_indices(y)
-        x_adv = self.attack(self.student_logits, x, y, seed=self.seed_generator)
-        teacher_logits = None
-        if self.labels == "calibrated":
-            teacher_logits = self._teacher_logits_when_used(x_adv)
-
+        # The attack maximises what the objective says (TRADES: the KL from f(x)).
+        x_adv = self.objective.attack(self.attack, self.student_logits, x, y,
+                                      seed=self.seed_generator)
+        # The one-hot label, or the calibrated target from the teacher.
+        target = self._target(y, x, x_adv)
+        variables = self.student.trainable_variables
+        saved_weights = None
+        if self.weight_perturbation is not None:
+            # AWP: one ascent step on the weights, on the objective's loss.
+            saved_weights = self.weight_perturbation.perturb(
+                self.student, lambda: self.optimizer.scale_loss(
+                    self._objective_loss(x, x_adv, target, sample_weight)[0]))
         with tf.GradientTape() as tape:
-            adv_logits = self.student_logits(x_adv, training=True)
-            loss = self._reduce(self.per_example_loss(y, adv_logits, teacher_logits),
-                                sample_weight)
+            loss, adv_logits = self._objective_loss(x, x_adv, target, sample_weight)
             if self.student.losses:
                 loss = loss + tf.cast(tf.add_n(self.student.losses), "float32")
             scaled = self.optimizer.scale_loss(self._scale_for_replicas(loss))
-        variables = self.student.trainable_variables
         gradients = tape.gradient(scaled, variables)
+        if saved_weights is not None:
+            # The gradient was taken at the perturbed weights; it updates the originals.
+            self.weight_perturbation.restore(self.student, saved_weights)
         self.optimizer.apply(gradients, variables)
         if self.labels == "calibrated":
             self._update_ema_teacher()
@@ -542,6 +615,9 @@ class AdvCalTrainer(keras.Model):
             "num_classes": self.num_classes,
             "seed": self.seed,
             "average_weights": self.average is not None,
+            "objective": _SERIALIZE(self.objective),
+            "weight_perturbation": (None if self.weight_perturbation is None
+                                    else _SERIALIZE(self.weight_perturbation)),
         }
 
     @classmethod
@@ -554,6 +630,9 @@ class AdvCalTrainer(keras.Model):
                                                  custom_objects=custom_objects)
         if config.get("teacher") is not None:
             config["teacher"] = _DESERIALIZE(config["teacher"], custom_objects=custom_objects)
+        for key in ("objective", "weight_perturbation"):
+            if isinstance(config.get(key), dict):
+                config[key] = _DESERIALIZE(config[key], custom_objects=custom_objects)
         trainable = config.pop("trainable", True)
         config.pop("dtype", None)
         trainer = cls(**config)

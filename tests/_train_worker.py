@@ -46,7 +46,7 @@ if __name__ == "__main__" and len(sys.argv) > 1 and sys.argv[1] == "mirrored":
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from keras_advcal import PGD, AdvCalTrainer, CalibratedTeacher  # noqa: E402
+from keras_advcal import AWP, PGD, AdvCalTrainer, CalibratedTeacher  # noqa: E402
 
 HERE = Path(__file__).resolve()
 
@@ -232,29 +232,52 @@ def mode_resume(args) -> None:
     (out / "runs.json").write_text(json.dumps(runs))
 
 
-def _mirrored_run(strategy, kind, epochs, out, name, runs):
-    """Calibrated training with a ``kind`` teacher; ``strategy=None``: one device."""
-    if strategy is None:
-        trainer = make_trainer(seed=3, random_start=False)
-    else:
-        with strategy.scope():
-            trainer = make_trainer(seed=3, random_start=False)
-    callback = make_teacher_callback(kind)
-    # Global batch 64: 32 examples per replica under the two-device strategy.
-    history = _fit(trainer, epochs, [callback])
-    runs[name] = {"history": clean_history(history.history),
-                  "calibrations": [r.to_dict() for r in callback.results]}
-    state = trainer_state(trainer)
-    # Every replica's copy of each teacher variable, to check that they agree.
-    spread = 0.0
-    for w in trainer.teacher.weights:
+def _replica_spread(weights) -> tuple[int, float]:
+    """The number of replica copies of each variable, and the largest difference
+    between copies (0 when every replica holds the same value)."""
+    spread, copies_count = 0.0, 1
+    for w in weights:
         value = getattr(w, "value", w)
         components = getattr(value, "values", None) or (value,)
         copies = [np.array(c.numpy()) for c in components]
+        copies_count = len(copies)
         spread = max([spread] + [float(np.max(np.abs(c - copies[0]))) for c in copies])
-    runs[name]["teacher_copies"] = len(components)
-    runs[name]["teacher_replica_spread"] = spread
+    return copies_count, spread
+
+
+def _mirrored_run(strategy, kind, epochs, out, name, runs, labels="calibrated", **options):
+    """Training with a ``kind`` teacher (``None``: hard labels) and further trainer
+    ``options`` (objective, AWP); ``strategy=None``: one device."""
+    if strategy is None:
+        trainer = make_trainer(labels, seed=3, random_start=False, **options)
+    else:
+        with strategy.scope():
+            trainer = make_trainer(labels, seed=3, random_start=False, **options)
+    callbacks = [make_teacher_callback(kind)] if kind else []
+    # Global batch 64: 32 examples per replica under the two-device strategy.
+    history = _fit(trainer, epochs, callbacks)
+    runs[name] = {"history": clean_history(history.history),
+                  "calibrations": [r.to_dict() for r in callbacks[0].results] if kind else []}
+    state = trainer_state(trainer)
+    # Every replica's copy of each teacher and student variable, to check that they agree.
+    if trainer.teacher is not None:
+        copies, spread = _replica_spread(trainer.teacher.weights)
+        runs[name]["teacher_copies"] = copies
+        runs[name]["teacher_replica_spread"] = spread
+    runs[name]["student_replica_spread"] = _replica_spread(trainer.student.weights)[1]
     np.savez(out / f"{name}.npz", **state)
+
+
+#: The objective and AWP runs of the ``mirrored`` mode: name -> (labels, teacher kind,
+#: trainer options, whether to run it on one device too). TRADES's attack starts
+#: from random noise, drawn per replica: its replicated run differs from one device.
+OBJECTIVE_RUNS = {
+    "pgd_at_awp": ("hard", None, dict(weight_perturbation=AWP(0.01)), True),
+    "mart_awp": ("calibrated", "ema", dict(objective="mart", weight_perturbation=AWP(0.01)),
+                 True),
+    "trades_awp": ("calibrated", "best", dict(objective="trades",
+                                              weight_perturbation=AWP(0.01)), False),
+}
 
 
 def mode_mirrored(args) -> None:
@@ -265,6 +288,11 @@ def mode_mirrored(args) -> None:
     for kind in ("best", "ema"):
         for strategy_name, strategy in (("single", None), ("mirrored", mirrored)):
             _mirrored_run(strategy, kind, args.epochs, out, f"{kind}_{strategy_name}", runs)
+    for name, (labels, kind, options, single_too) in OBJECTIVE_RUNS.items():
+        strategies = ((("single", None),) if single_too else ()) + (("mirrored", mirrored),)
+        for strategy_name, strategy in strategies:
+            _mirrored_run(strategy, kind, args.epochs, out, f"{name}_{strategy_name}", runs,
+                          labels=labels, **options)
     (out / "runs.json").write_text(json.dumps(runs))
 
 

@@ -164,12 +164,37 @@ def test_save_load_with_fixed_teacher(digits, tmp_path):
     assert _weights_equal(loaded.teacher.get_weights(), teacher.get_weights())
 
 
+@pytest.mark.parametrize("objective", ["pgd_at", "trades", "mart"])
+def test_save_load_round_trip_with_objective_and_awp(digits, tmp_path, objective):
+    from keras_advcal import AWP, objectives
+
+    x, y = _batch(digits, 64)
+    trainer = AdvCalTrainer(tiny_cnn(0, batchnorm=True), PGD(0.1, 0.05, 2),
+                            objective=objectives.get(objective, beta=None),
+                            weight_perturbation=AWP(0.004), seed=5)
+    trainer.compile(keras.optimizers.Adam(1e-3))
+    trainer.fit(x, y, epochs=1, batch_size=32, verbose=0)
+    path = tmp_path / f"{objective}.keras"
+    trainer.save(path)
+    loaded = keras.models.load_model(path, safe_mode=True)
+    np.testing.assert_array_equal(loaded.predict(x, verbose=0), trainer.predict(x, verbose=0))
+    assert loaded.objective == trainer.objective and loaded.objective.name == objective
+    assert loaded.weight_perturbation.gamma == 0.004
+    history = loaded.fit(x, y, epochs=1, batch_size=32, verbose=0)  # the step still compiles
+    assert np.isfinite(history.history["loss"][0])
+
+
 def test_config_round_trip():
     trainer = AdvCalTrainer(tiny_cnn(0), PGD(0.1, 0.05, 2), eval_attack=PGD(0.1, 0.01, 20),
                             labels="hard", label_smoothing=0.1, seed=3, name="at")
     config = trainer.get_config()
     again = AdvCalTrainer.from_config(json.loads(json.dumps(config)))
     assert json.dumps(again.get_config(), sort_keys=True) == json.dumps(config, sort_keys=True)
+    assert config["objective"]["class_name"] == "PGDAT" and config["weight_perturbation"] is None
+    # Configs written before objectives and AWP existed load as PGD-AT without AWP.
+    old = {k: v for k, v in json.loads(json.dumps(config)).items()
+           if k not in ("objective", "weight_perturbation")}
+    assert AdvCalTrainer.from_config(old).objective.name == "pgd_at"
 
 
 # --------------------------------------------------------------------- bad input

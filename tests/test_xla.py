@@ -104,3 +104,38 @@ def test_no_retracing_when_t_rho_or_teacher_change(runs, jit):
     for name in ("_val_examples", "_student_logits", "_train_logits"):
         step = getattr(run["callback"], name)._step
         assert step.experimental_get_tracing_count() == 1, name
+
+
+@pytest.mark.parametrize("objective", ["mart", "trades"])
+def test_objectives_with_awp_compile_under_xla(objective):
+    """Calibrated MART or TRADES with AWP (EMA teacher updated in the step, the weights
+    perturbed and restored in it) compiles under XLA and is traced in the first epoch
+    only; MART's attack has no random start, so XLA also gives the graph-mode run.
+    (TRADES's Gaussian start is drawn by another random algorithm under XLA.)"""
+    from keras_advcal import AWP
+
+    results = {}
+    for jit in (False, True):
+        trainer = worker.make_trainer(seed=2, random_start=False, jit_compile=jit,
+                                      objective=objective, weight_perturbation=AWP(0.01))
+        traces = {}
+        step = trainer.train_step
+
+        def counting(data, step=step, traces=traces):
+            traces["train"] = traces.get("train", 0) + 1  # once per trace
+            return step(data)
+
+        trainer.train_step = counting
+        change = ChangeCalibration(traces)
+        history = worker._fit(trainer, 3, [change, worker.make_teacher_callback("ema")])
+        results[jit] = (history.history, trainer)
+        assert np.all(np.isfinite(history.history["loss"]))
+        assert change.per_epoch[0] == change.per_epoch[-1] and traces["train"] <= 2
+    assert results[True][1].jit_compile is True
+    if objective == "mart":
+        for key in ("loss", "adv_accuracy", "val_adv_accuracy", "rho"):
+            np.testing.assert_allclose(results[True][0][key], results[False][0][key],
+                                       rtol=1e-4, atol=1e-5, err_msg=key)
+        for u, v in zip(results[False][1].student.get_weights(),
+                        results[True][1].student.get_weights()):
+            np.testing.assert_allclose(u, v, rtol=1e-4, atol=1e-5)
