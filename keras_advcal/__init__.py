@@ -28,6 +28,7 @@ __version__ = "0.1.0"
 
 #: Each public name and the module it comes from (a module itself when they match).
 _EXPORTS = {
+    "adr": "keras_advcal.adr",
     "data": "keras_advcal.data",
     "evaluation": "keras_advcal.evaluation",
     "models": "keras_advcal.models",

@@ -69,6 +69,13 @@ _TRAIN_HELP: dict[str, str] = {
     "labels": "Targets: 'hard' (PGD-AT, one-hot labels), 'calibrated' (soft targets from a "
               "teacher with fitted T and rho) or 'adr' (ADR-style baseline: EMA teacher on "
               "the clean input, cosine-annealed T and rho, per-example rho).",
+    "objective": "Training objective: pgd_at (CE on the adversarial example), trades "
+                 "(CE on the clean input + beta KL(f(x) || f(x')), KL attack) or mart "
+                 "(boosted CE + misclassification-weighted KL). Calibrated labels replace "
+                 "the one-hot label in its supervised term.",
+    "beta": "Weight of the KL term of trades or mart ('default': 6 for trades, 5 for mart).",
+    "awp_gamma": "Adversarial weight perturbation (AWP): relative size gamma of the ascent "
+                 "step on the weights before each descent step, e.g. 0.005 (0: no AWP).",
     "teacher": "Teacher of the calibrated trainer: swa (weight average per epoch; the "
                "default), best (snapshot at the best validation robust accuracy), ema "
                "(moving average per step), fixed (a trained model: --teacher-model).",
@@ -251,6 +258,8 @@ _ARG_TYPES: dict[str, Any] = {
     "acc_floor": _number(float, 0, high=1),
     "fixed_temperature": _number(float, 0, strict=True),
     "fixed_rho": _number(float, 0, high=1),
+    "beta": _number(float, 0, optional=("default", "none")),
+    "awp_gamma": _number(float, 0),
     "swa_start_epoch": _number(int, 0),
     "calibration_size": _number(int, 1, optional=("all", "none")),
     "ema_decay": _number(float, 0, strict=True, high=0.999999),
@@ -279,19 +288,22 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
                "loss_form": _library("targets").LOSS_FORMS, "rule": calibration.RULES,
                "selection": calibration.SELECTIONS, "model": _library("models").available(),
                "curve_split": experiment.CURVE_SPLITS,
-               "surrogate_examples": _library("teacher").SURROGATE_EXAMPLES}
+               "surrogate_examples": _library("teacher").SURROGATE_EXAMPLES,
+               "objective": experiment.RUN_OBJECTIVES}
+    # Flags that are not the field's name: --awp (also --awp-gamma) for awp_gamma.
+    flag_names = {"awp_gamma": ("--awp", "--awp-gamma")}
     parser.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS,
                         help="JSON file of options (e.g. a run's config.json); flags given "
                              "on the command line override it.")
     for field in dataclasses.fields(experiment.RunConfig):
-        flag = "--" + field.name.replace("_", "-")
+        flags = flag_names.get(field.name, ("--" + field.name.replace("_", "-"),))
         default = field.default
         shown = " ".join(map(str, default)) if isinstance(default, tuple) else default
         help_text = f"{_TRAIN_HELP[field.name]} (default: {shown})"
         kwargs: dict[str, Any] = dict(dest=field.name, default=argparse.SUPPRESS,
                                       help=help_text)
         if isinstance(default, bool):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
+            parser.add_argument(*flags, action=argparse.BooleanOptionalAction, **kwargs)
             continue
         if field.name in choices:
             kwargs["choices"] = choices[field.name]
@@ -300,7 +312,7 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
         kwargs["type"] = _ARG_TYPES.get(field.name, str)
         if field.name in ("teacher_model", "surrogate_model"):
             kwargs["metavar"] = "FILE"
-        parser.add_argument(flag, **kwargs)
+        parser.add_argument(*flags, **kwargs)
 
 
 def _add_data_options(parser: argparse.ArgumentParser) -> None:

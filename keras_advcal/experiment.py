@@ -48,8 +48,11 @@ import tensorflow as tf
 
 from keras_advcal import data as data_lib
 from keras_advcal import models as models_lib
+from keras_advcal import objectives as objectives_lib
 from keras_advcal import targets as targets_lib
+from keras_advcal.adr import ADRSchedule, adr_trainer
 from keras_advcal.attacks import PGD
+from keras_advcal.awp import AWP
 from keras_advcal.averaging import WeightAverage
 from keras_advcal.calibration import RULES, SELECTIONS
 from keras_advcal.evaluation import RobustAccuracyTracker, evaluate_robustness, summarize_history
@@ -59,6 +62,8 @@ from keras_advcal.trainer import AdvCalTrainer
 
 #: Label modes of a run: the trainer's two, plus the ADR-style baseline.
 RUN_LABELS = ("hard", "calibrated", "adr")
+#: Objectives of a run (the ADR baseline's own objective comes with labels="adr").
+RUN_OBJECTIVES = ("pgd_at", "trades", "mart")
 #: Keys of the per-epoch history that carry the calibration (plotted when present).
 CALIBRATION_KEYS = ("temperature", "rho", "teacher_adv_accuracy")
 SMOOTHING_WINDOW = 3
@@ -98,8 +103,15 @@ class RunConfig:
             and the per-epoch test curve.
         eval_every: evaluate robust test accuracy every this many epochs (and at
             the last epoch).
-        labels: ``"hard"`` (PGD-AT), ``"calibrated"`` or ``"adr"`` (the ADR-style
-            baseline: EMA teacher on the clean input, annealed T and rho).
+        labels: ``"hard"`` (one-hot labels), ``"calibrated"`` or ``"adr"`` (the
+            ADR-style baseline: EMA teacher on the clean input, annealed T and rho).
+        objective: the training objective: ``"pgd_at"``, ``"trades"`` or ``"mart"``
+            (:mod:`keras_advcal.objectives`); calibrated labels replace the one-hot
+            label in its supervised term.
+        beta: the ``beta`` of TRADES or MART (``None``: the objective's default, 6
+            and 5).
+        awp_gamma: adversarial weight perturbation of this relative size before
+            every descent step (:class:`keras_advcal.AWP`; 0: none).
         teacher: teacher kind of the calibrated trainer: best, swa, ema or fixed.
         loss_form: ``"kd"`` or ``"soft"``.
         rule: calibration rule: published, confidence or fixed.
@@ -175,6 +187,9 @@ class RunConfig:
     eval_step_size: float = 0.025
     eval_every: int = 3
     labels: str = "calibrated"
+    objective: str = "pgd_at"
+    beta: float | None = None
+    awp_gamma: float = 0.0
     teacher: str = "swa"
     loss_form: str = "kd"
     rule: str = "published"
@@ -256,6 +271,17 @@ class RunConfig:
                   "development_size > 0.")
         check(self.labels in RUN_LABELS, f"labels must be one of {RUN_LABELS}, got "
               f"{self.labels!r}.")
+        check(self.objective in RUN_OBJECTIVES, f"objective must be one of {RUN_OBJECTIVES}, "
+              f"got {self.objective!r}.")
+        check(self.labels != "adr" or self.objective == "pgd_at", "labels='adr' is the ADR "
+              "baseline, with its own objective: leave objective='pgd_at'.")
+        if self.beta is not None:
+            check(self.objective in ("trades", "mart"),
+                  f"beta applies to objective trades or mart, not {self.objective!r}.")
+            check(math.isfinite(self.beta) and self.beta >= 0,
+                  f"beta must be >= 0, got {self.beta}.")
+        check(math.isfinite(self.awp_gamma) and self.awp_gamma >= 0,
+              f"awp_gamma must be >= 0, got {self.awp_gamma}.")
         check(self.teacher in TEACHER_KINDS, f"teacher must be one of {TEACHER_KINDS}, got "
               f"{self.teacher!r}.")
         check(self.loss_form in targets_lib.LOSS_FORMS, f"loss_form must be one of "
@@ -321,96 +347,6 @@ class RunConfig:
     @property
     def is_calibrated(self) -> bool:
         return self.labels in ("calibrated", "adr")
-
-
-# ------------------------------------------------------------------- ADR baseline
-@keras.saving.register_keras_serializable(package="keras_advcal")
-class ADRTrainer(AdvCalTrainer):
-    """ADR-style baseline (Wu et al., "Annealing Self-Distillation Rectification",
-    2023) as a small variant of :class:`AdvCalTrainer`.
-
-    The teacher is an EMA of the student (decay ``ema_decay`` every step) and sees the
-    *clean* input; with ``p = softmax(teacher(x) / T)`` each example gets its own ratio
-    ``rho_i = clip(rho - (max_j p_j - p_y), 0, 1)`` (less teacher where the teacher is
-    wrong) and the loss is ``CE(f(x'), rho_i * p + (1 - rho_i) * onehot(y))``. ``T``
-    and ``rho`` follow cosine schedules set by :class:`ADRSchedule`.
-
-    Build it with ``labels="calibrated"`` and ``loss_form="soft"``.
-    """
-
-    def train_step(self, data):
-        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        y = self._label_indices(y)
-        x_adv = self.attack(self.student_logits, x, y, seed=self.seed_generator)
-        teacher_logits = tf.stop_gradient(
-            tf.cast(self.teacher_logits(x, training=False), "float32"))
-        temperature = tf.cast(self.temperature, "float32")
-        probs = tf.nn.softmax(teacher_logits / temperature, axis=-1)
-        p_label = tf.gather(probs, y, axis=-1, batch_dims=1)
-        rho_i = tf.clip_by_value(
-            tf.cast(self.rho, "float32") - (tf.reduce_max(probs, axis=-1) - p_label), 0.0, 1.0)
-        target = targets_lib.calibrated_targets(teacher_logits, y, temperature, rho_i)
-        with tf.GradientTape() as tape:
-            adv_logits = self.student_logits(x_adv, training=True)
-            loss = self._reduce(targets_lib.soft_cross_entropy(target, adv_logits),
-                                sample_weight)
-            if self.student.losses:
-                loss = loss + tf.cast(tf.add_n(self.student.losses), "float32")
-            scaled = self.optimizer.scale_loss(self._scale_for_replicas(loss))
-        variables = self.student.trainable_variables
-        self.optimizer.apply(tape.gradient(scaled, variables), variables)
-        self._update_ema_teacher()
-        self.loss_tracker.update_state(loss, sample_weight=tf.shape(y)[0])
-        self.adv_accuracy_metric.update_state(y, adv_logits, sample_weight=sample_weight)
-        if self.track_clean_accuracy:
-            self.accuracy_metric.update_state(y, self.student_logits(x, training=False),
-                                              sample_weight=sample_weight)
-        return self._metric_results(training=True)
-
-
-def cosine_schedule(start: float, end: float, epoch: int, epochs: int) -> float:
-    """Cosine interpolation from ``start`` (epoch 0) to ``end`` (last epoch).
-
-    Example:
-
-        >>> cosine_schedule(0.7, 0.95, 0, 11), cosine_schedule(0.7, 0.95, 10, 11)
-        (0.7, 0.95)
-    """
-    progress = epoch / max(epochs - 1, 1)
-    return float(end + (start - end) * 0.5 * (1.0 + math.cos(math.pi * progress)))
-
-
-class ADRSchedule(keras.callbacks.Callback):
-    """Starts the EMA teacher of an :class:`ADRTrainer` and anneals T and rho per epoch
-    (cosine); logs ``temperature`` and ``rho`` at each epoch end."""
-
-    def __init__(self, temperature: tuple[float, float], rho: tuple[float, float],
-                 ema_decay: float):
-        super().__init__()
-        self.temperature = tuple(temperature)
-        self.rho = tuple(rho)
-        self.ema_decay = float(ema_decay)
-        self._epochs = 1
-
-    def on_train_begin(self, logs=None):
-        trainer = self.model
-        self._epochs = int((self.params or {}).get("epochs") or 1)
-        if float(trainer.teacher_ready.numpy()) == 0.0:
-            trainer.copy_student_to_teacher()
-            trainer.teacher_ready.assign(1.0)
-        trainer.ema_decay.assign(self.ema_decay)
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.model.temperature.assign(cosine_schedule(*self.temperature, epoch, self._epochs))
-        self.model.rho.assign(cosine_schedule(*self.rho, epoch, self._epochs))
-
-    def on_epoch_end(self, epoch, logs=None):
-        if logs is not None:
-            logs["temperature"] = float(self.model.temperature.numpy())
-            logs["rho"] = float(self.model.rho.numpy())
-
-    def on_train_end(self, logs=None):
-        self.model.ema_decay.assign(0.0)
 
 
 # ------------------------------------------------------------------ the recorder
@@ -718,14 +654,16 @@ def build_trainer(config: RunConfig, splits: data_lib.DatasetSplits):
     notes: dict[str, Any] = {}
     callbacks: list[keras.callbacks.Callback] = []
     common = dict(eval_attack=eval_attack, seed=config.seed,
-                  average_weights=config.weight_average)
-    if config.labels == "hard":
-        trainer = AdvCalTrainer(student, train_attack, labels="hard", **common)
-    elif config.labels == "adr":
-        trainer = ADRTrainer(student, train_attack, labels="calibrated", loss_form="soft",
-                             **common)
+                  average_weights=config.weight_average,
+                  weight_perturbation=AWP(config.awp_gamma) if config.awp_gamma > 0 else None)
+    objective = objectives_lib.get(config.objective, beta=config.beta)
+    if config.labels == "adr":
+        trainer = adr_trainer(student, train_attack, **common)
         callbacks.append(ADRSchedule(config.adr_temperature, config.adr_rho,
                                      config.ema_decay))
+    elif config.labels == "hard":
+        trainer = AdvCalTrainer(student, train_attack, labels="hard", objective=objective,
+                                **common)
     else:
         teacher_net, temperature, rho, rule = None, 1.0, 0.0, config.rule
         fixed = (config.fixed_temperature, config.fixed_rho)
@@ -746,7 +684,8 @@ def build_trainer(config: RunConfig, splits: data_lib.DatasetSplits):
                 temperature, rho = fixed
         trainer = AdvCalTrainer(student, train_attack, labels="calibrated",
                                 loss_form=config.loss_form, teacher=teacher_net,
-                                temperature=temperature, rho=rho, **common)
+                                temperature=temperature, rho=rho, objective=objective,
+                                **common)
         callbacks.append(CalibratedTeacher(
             calibration_data, splits.train, kind=config.teacher, rule=rule,
             acc_floor=config.acc_floor, selection=config.selection,
@@ -859,8 +798,13 @@ def _finished_training(out: Path, config: RunConfig) -> dict | None:
         done = json.loads(marker.read_text())
     except json.JSONDecodeError:
         return None
-    return done if done.get("config") == json.loads(json.dumps(_json_safe(
-        _training_settings(config)))) else None
+
+    def settings(values: RunConfig) -> dict:
+        return json.loads(json.dumps(_json_safe(_training_settings(values))))
+
+    # A setting the marker lacks did not exist when it was written: it had the default.
+    written = {**settings(RunConfig()), **(done.get("config") or {})}
+    return done if written == settings(config) else None
 
 
 def _finish(config: RunConfig, out: Path, trainer, history: dict, splits, eval_attack,
@@ -1000,12 +944,18 @@ def _checkpoint_numbers(path, history, splits, eval_attack, final_attack, config
 
 
 def _title(config: RunConfig) -> str:
+    objective = {"pgd_at": "PGD-AT", "trades": "TRADES", "mart": "MART"}[config.objective]
+    if config.beta is not None:
+        objective += f" (beta {config.beta:g})"
     if config.labels == "hard":
-        kind = "PGD-AT (hard labels)"
+        kind = f"{objective} (hard labels)"
     elif config.labels == "adr":
         kind = "ADR-style baseline"
     else:
-        kind = f"calibrated: teacher={config.teacher}, loss={config.loss_form}, rule={config.rule}"
+        kind = (f"{objective} calibrated: teacher={config.teacher}, loss={config.loss_form}, "
+                f"rule={config.rule}")
+    if config.awp_gamma > 0:
+        kind += f", AWP {config.awp_gamma:g}"
     return f"{Path(config.out).name}: {kind}"
 
 
@@ -1046,7 +996,7 @@ def read_summary(run_dir: str | os.PathLike) -> dict:
                             "history.json).")
 
 
-__all__ = ["ADRSchedule", "ADRTrainer", "curve_summary", "EpochRecorder", "RUN_LABELS", "RunConfig",
-           "build_model", "build_trainer", "cosine_schedule", "load_classifier", "load_data",
+__all__ = ["curve_summary", "EpochRecorder", "RUN_LABELS", "RUN_OBJECTIVES", "RunConfig",
+           "build_model", "build_trainer", "load_classifier", "load_data",
            "plot_curves", "read_history", "read_summary", "records", "run", "summarize_run",
            "write_history"]

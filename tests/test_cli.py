@@ -156,6 +156,30 @@ def test_every_run_option_has_a_flag_with_help():
     assert names == set(cli._TRAIN_HELP)
 
 
+def test_objective_beta_and_awp_flags():
+    from keras_advcal.experiment import RunConfig
+
+    args = cli.build_parser().parse_args(["train", "--objective", "trades", "--beta", "6",
+                                          "--awp", "0.005"])
+    values = {k: v for k, v in vars(args).items() if k != "command"}
+    config = RunConfig.from_dict(values).validate()
+    assert (config.objective, config.beta, config.awp_gamma) == ("trades", 6.0, 0.005)
+    args = cli.build_parser().parse_args(["train", "--objective", "mart", "--beta", "default",
+                                          "--awp-gamma", "0.01"])
+    assert (args.objective, args.beta, args.awp_gamma) == ("mart", None, 0.01)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--objective", "madry"], "--objective"),
+    (["train", "--beta", "-1"], "--beta"),
+    (["train", "--awp", "-0.1"], "--awp"),
+    (["train", "--beta", "6"], "beta applies to objective trades or mart"),
+])
+def test_bad_objective_options_exit_with_status_2(argv, message, capsys):
+    assert cli.main(argv) == 2
+    assert message in capsys.readouterr().err
+
+
 def test_demo_config_is_a_digits_run():
     config = cli.demo_config("x", "hard", epochs=20, epsilon=0.15, seed=0, out="runs/d",
                              verbose=0).validate()

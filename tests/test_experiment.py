@@ -37,6 +37,7 @@ def test_defaults_are_the_benchmark_protocol():
     assert (config.learning_rate, config.batch_size, config.epochs) == (1e-3, 64, 120)
     assert (config.labels, config.teacher, config.loss_form, config.rule) == (
         "calibrated", "swa", "kd", "published")
+    assert (config.objective, config.beta, config.awp_gamma) == ("pgd_at", None, 0.0)
     assert config.final_steps == 20
 
 
@@ -114,36 +115,55 @@ def test_hard_run_with_best_checkpoint_and_two_stage_recipe(tmp_path):
 
 
 def test_adr_baseline_anneals_temperature_and_rho(tmp_path):
+    import keras
+
     config = tiny_config(tmp_path, "adr", labels="adr", epochs=3, eval_every=3)
     experiment.run(config)
     history = experiment.read_history(config.out)
     np.testing.assert_allclose(history["temperature"], [2.5, 2.25, 2.0], atol=1e-6)
     np.testing.assert_allclose(history["rho"], [0.7, 0.825, 0.95], atol=1e-6)
+    # The baseline is the library's trainer with the "adr" objective, soft loss.
+    trainer = keras.models.load_model(experiment.Path(config.out) / "model.keras")
+    assert type(trainer).__name__ == "AdvCalTrainer"
+    assert (trainer.objective.name, trainer.loss_form) == ("adr", "soft")
 
 
-def test_adr_per_example_ratio_follows_the_teacher():
+def test_trades_calibrated_run_with_awp(tmp_path):
+    """objective, beta and awp_gamma reach the trainer; the run trains, saves and
+    reloads with them."""
     import keras
-    import tensorflow as tf
 
-    from keras_advcal import PGD
+    config = tiny_config(tmp_path, "trades_awp", objective="trades", beta=3.0,
+                         awp_gamma=0.01, epochs=2, eval_every=2)
+    summary = experiment.run(config)
+    assert 0.0 <= summary["final_test_adv_accuracy"] <= 1.0
+    trainer = keras.models.load_model(experiment.Path(config.out) / "model.keras")
+    assert trainer.objective.name == "trades" and trainer.objective.beta == 3.0
+    assert trainer.weight_perturbation.gamma == 0.01 and trainer.labels == "calibrated"
+    history = experiment.read_history(config.out)
+    assert len(history["rho"]) == 2 and np.all(np.isfinite(history["loss"]))
+    assert "TRADES (beta 3) calibrated" in experiment._title(config)
+    assert experiment._title(config).endswith("AWP 0.01")
 
-    keras.utils.set_random_seed(0)
-    net = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
-    trainer = experiment.ADRTrainer(net, PGD(0.0, steps=1), labels="calibrated",
-                                    loss_form="soft")
-    trainer.compile(optimizer=keras.optimizers.SGD(0.0))
-    trainer.copy_student_to_teacher()
-    trainer.rho.assign(0.9)
-    trainer.temperature.assign(1.0)
-    x = np.random.default_rng(0).random((6, 4)).astype("float32")
-    logits = net(x).numpy()
-    probs = tf.nn.softmax(logits).numpy()
-    y = np.zeros(6, "int32")
-    rho_i = np.clip(0.9 - (probs.max(1) - probs[:, 0]), 0, 1)
-    target = rho_i[:, None] * probs + (1 - rho_i[:, None]) * np.eye(3)[y]
-    expected = -np.mean(np.sum(target * tf.nn.log_softmax(logits).numpy(), axis=1))
-    logs = trainer.train_on_batch(x, y, return_dict=True)
-    assert math.isclose(logs["loss"], expected, rel_tol=1e-5)
+
+@pytest.mark.parametrize("labels, objective, beta, awp_gamma", [
+    ("hard", "mart", None, 0.0), ("hard", "pgd_at", None, 0.005), ("calibrated", "mart", 2.0, 0.0),
+])
+def test_build_trainer_takes_objective_beta_and_awp(labels, objective, beta, awp_gamma):
+    from keras_advcal import data
+
+    config = RunConfig(dataset="digits", subset=150, validation_size=120, test_size=60,
+                       width=8, dense=32, labels=labels, objective=objective, beta=beta,
+                       awp_gamma=awp_gamma).validate()
+    trainer, callbacks, _ = experiment.build_trainer(config, data.load(
+        "digits", subset=150, validation_size=120, test_size=60))
+    assert trainer.objective.name == objective and trainer.labels == labels
+    if beta is not None:
+        assert trainer.objective.beta == beta
+    assert (trainer.weight_perturbation is None) == (awp_gamma == 0.0)
+    if awp_gamma:
+        assert trainer.weight_perturbation.gamma == awp_gamma
+    assert len(callbacks) == (1 if labels == "calibrated" else 0)
 
 
 @pytest.mark.parametrize("changes, message", [
@@ -153,6 +173,12 @@ def test_adr_per_example_ratio_follows_the_teacher():
     (dict(teacher="fixed"), "teacher_model"),
     (dict(epochs=0), "epochs"),
     (dict(surrogate_model="x.keras"), "surrogate_model"),
+    (dict(objective="madry"), "objective must be one of"),
+    (dict(objective="adr"), "objective must be one of"),
+    (dict(labels="adr", objective="trades"), "labels='adr'"),
+    (dict(beta=6.0), "beta applies to objective trades or mart"),
+    (dict(objective="trades", beta=-1.0), "beta must be >= 0"),
+    (dict(awp_gamma=-0.01), "awp_gamma must be >= 0"),
 ])
 def test_invalid_configs_are_refused(changes, message):
     with pytest.raises(ValueError, match=message):
@@ -162,13 +188,6 @@ def test_invalid_configs_are_refused(changes, message):
 def test_unknown_option_in_a_config_dict():
     with pytest.raises(ValueError, match="Unknown RunConfig option"):
         RunConfig.from_dict({"epoch": 3})
-
-
-def test_cosine_schedule_endpoints_and_midpoint():
-    assert experiment.cosine_schedule(2.5, 2.0, 0, 5) == 2.5
-    assert math.isclose(experiment.cosine_schedule(2.5, 2.0, 2, 5), 2.25)
-    assert math.isclose(experiment.cosine_schedule(2.5, 2.0, 4, 5), 2.0)
-    assert experiment.cosine_schedule(0.7, 0.95, 0, 1) == 0.7
 
 
 class _Interrupted(Exception):
