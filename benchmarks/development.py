@@ -30,7 +30,9 @@ Rows (``variant``; overrides of the default):
   ``floor_0.95``, ``selection_minimum``, ``swa_start_10``, ``swa_start_30``,
   ``calibration_250``, ``calibration_1000``, ``surrogate_attacked``.
 * candidates for a rule that decides (issue: make the calibration decide):
-  ``own_surrogate_temperature`` (the surrogate scaled by its own fitted temperature).
+  ``own_surrogate_temperature`` (the surrogate scaled by its own fitted temperature),
+  ``average_fits`` (T and rho: the mean of the successful fits so far; added before
+  any run of this study).
 
 Seeds (training seeds): 0, 1, 2 for ``pgd_at`` and ``default``; 0, 1 for the others.
 
@@ -85,7 +87,7 @@ BASE = dict(dataset="fashion_mnist", data_seed=0, subset=500, validation_size=10
 DEFAULT = dict(labels="calibrated", teacher="swa", loss_form="kd", rule="published",
                acc_floor=0.9, selection="one_standard_error", swa_start_epoch=0,
                calibration_size=500, surrogate_examples="teacher",
-               separate_surrogate_temperature=False)
+               separate_surrogate_temperature=False, average_fits=False)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,6 +116,8 @@ VARIANTS = [
             title="surrogate logits on its own PGD examples"),
     Variant("own_surrogate_temperature", dict(DEFAULT, separate_surrogate_temperature=True),
             title="surrogate with its own temperature"),
+    Variant("average_fits", dict(DEFAULT, average_fits=True),
+            title="mean of the fits so far"),
 ]
 VARIANT = {v.name: v for v in VARIANTS}
 

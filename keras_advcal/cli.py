@@ -98,6 +98,8 @@ _TRAIN_HELP: dict[str, str] = {
                           "own PGD examples: one more attack per epoch).",
     "separate_surrogate_temperature": "Scale the surrogate by its own fitted temperature "
                                       "in the calibration's NLL.",
+    "average_fits": "Use the mean of the successful fits of T and rho so far, not the "
+                    "latest one.",
     "ema_decay": "Decay of the ema teacher (and of the ADR teacher).",
     "teacher_model": "A trained teacher (.keras: a classifier or a saved trainer) for "
                      "--teacher fixed.",

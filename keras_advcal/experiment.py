@@ -128,6 +128,7 @@ class RunConfig:
             (``"surrogate"``).
         separate_surrogate_temperature: scale the surrogate by its own fitted
             temperature in the calibration's NLL.
+        average_fits: use the mean of the successful fits of T and rho so far.
         ema_decay: decay of the ema teacher (and of the ADR teacher).
         teacher_model: ``.keras`` file of a trained teacher (``teacher="fixed"``).
         surrogate_model: ``.keras`` file of the overfitted model of the two-stage
@@ -201,6 +202,7 @@ class RunConfig:
     calibration_size: int | None = None
     surrogate_examples: str = "teacher"
     separate_surrogate_temperature: bool = False
+    average_fits: bool = False
     ema_decay: float = 0.995
     teacher_model: str | None = None
     surrogate_model: str | None = None
@@ -692,7 +694,8 @@ def build_trainer(config: RunConfig, splits: data_lib.DatasetSplits):
             swa_start_epoch=config.swa_start_epoch,
             ema_decay=config.ema_decay, fixed_temperature=fixed[0], fixed_rho=fixed[1],
             seed=config.seed, verbose=0, surrogate_examples=config.surrogate_examples,
-            separate_surrogate_temperature=config.separate_surrogate_temperature))
+            separate_surrogate_temperature=config.separate_surrogate_temperature,
+            average_fits=config.average_fits))
     if config.weight_average:
         callbacks.append(WeightAverage(splits.train[0], start_epoch=config.swa_start_epoch))
     trainer.compile(optimizer=keras.optimizers.Adam(config.learning_rate))

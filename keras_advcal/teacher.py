@@ -279,6 +279,10 @@ class CalibratedTeacher(keras.callbacks.Callback):
             the examples made against the teacher) or ``"surrogate"`` (on examples
             made against the student itself, as the published code does; one more
             attack per epoch).
+        average_fits: use the mean of every successful fit so far instead of the
+            latest one (steadier ``T`` and ``rho`` when the NLL surface is flat and the
+            fit jumps from epoch to epoch). The logged ``temperature`` and ``rho`` are
+            the values in use.
 
     Example:
 
@@ -298,7 +302,7 @@ class CalibratedTeacher(keras.callbacks.Callback):
                  separate_surrogate_temperature: bool = False,
                  recalibrate_on_snapshot: bool = False,
                  reuse_validation_examples: bool = True,
-                 surrogate_examples: str = "teacher"):
+                 surrogate_examples: str = "teacher", average_fits: bool = False):
         super().__init__()
         if kind not in TEACHER_KINDS:
             raise ValueError(f"`kind` must be one of {TEACHER_KINDS}, got {kind!r}.")
@@ -335,6 +339,7 @@ class CalibratedTeacher(keras.callbacks.Callback):
             raise ValueError(f"`surrogate_examples` must be one of {SURROGATE_EXAMPLES}, "
                              f"got {surrogate_examples!r}.")
         self.surrogate_examples = surrogate_examples
+        self.average_fits = bool(average_fits)
         self.results: list[calibration.CalibrationResult] = []
         # How often the validation examples were kept or made anew (moving teachers).
         self.reused_validation_examples = 0
@@ -387,8 +392,9 @@ class CalibratedTeacher(keras.callbacks.Callback):
         changed = self._update_teacher(epoch, logs)
         if changed:
             self._teacher_cache = {}
-            if self.kind in ("best", "fixed"):
-                trainer.calibration_cache.clear()  # examples of the previous teacher
+            if self.kind in ("best", "fixed"):  # drop the previous teacher's examples
+                for key in ("x_adv", "teacher_logits"):
+                    trainer.calibration_cache.pop(key, None)
         if float(trainer.teacher_ready.numpy()) == 0.0:
             trainer.rho.assign(0.0)
             self._log(logs, status=STATUS_NO_TEACHER, started=started)
@@ -406,8 +412,9 @@ class CalibratedTeacher(keras.callbacks.Callback):
         self.results.append(result)
         status = calibration_status(result)
         if status == STATUS_FITTED:
-            trainer.temperature.assign(result.temperature)
-            trainer.rho.assign(result.rho)
+            temperature, rho = self._applied(result)
+            trainer.temperature.assign(temperature)
+            trainer.rho.assign(rho)
             self._say(epoch, f"T={result.temperature:.3f} rho={result.rho:.3f} "
                       f"nll={result.nll:.4f} ({result.message})")
         else:
@@ -418,6 +425,18 @@ class CalibratedTeacher(keras.callbacks.Callback):
                 f"rho={float(trainer.rho.numpy()):.3g}.", RuntimeWarning, stacklevel=2)
         self._log(logs, status=status, started=started, result=result,
                   teacher_accuracy=teacher_accuracy)
+
+    def _applied(self, result: calibration.CalibrationResult) -> tuple[float, float]:
+        """The ``(T, rho)`` written into the trainer: this epoch's fit, or with
+        ``average_fits`` the mean of every successful fit so far (kept in the trainer's
+        ``calibration_cache``, so it survives BackupAndRestore)."""
+        if not self.average_fits:
+            return result.temperature, result.rho
+        cache = self.model.calibration_cache
+        fits = np.asarray(cache.get("fits", np.zeros((0, 2))), "float64").reshape(-1, 2)
+        fits = np.concatenate([fits, [[result.temperature, result.rho]]])
+        cache["fits"] = fits
+        return float(fits[:, 0].mean()), float(fits[:, 1].mean())
 
     def _log(self, logs: dict, status: int, started: float,
              result: calibration.CalibrationResult | None = None,

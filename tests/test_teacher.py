@@ -291,3 +291,14 @@ def test_a_failed_fit_keeps_the_last_good_values():
         size=chance.shape), labels, chance, labels)
     assert teacher_lib.calibration_status(result) in (teacher_lib.STATUS_EDGE,
                                                        teacher_lib.STATUS_INFEASIBLE)
+
+
+def test_average_fits_uses_the_mean_of_the_fits_so_far(digits):
+    trainer, callback, _, history = _fit(digits, "swa", epochs=4, average_fits=True,
+                                         recalibrate_on_snapshot=True)
+    fits = [(r.temperature, r.rho) for r in callback.results
+            if teacher_lib.calibration_status(r) == teacher_lib.STATUS_FITTED]
+    assert fits, "no successful fit to average"
+    np.testing.assert_allclose(trainer.calibration_cache["fits"], fits)
+    assert float(trainer.rho.numpy()) == pytest.approx(np.mean([f[1] for f in fits]))
+    assert float(trainer.temperature.numpy()) == pytest.approx(np.mean([f[0] for f in fits]))
