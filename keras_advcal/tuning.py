@@ -21,6 +21,8 @@ Search space (names of the hyperparameters):
 | `batch_size` | `batch_sizes` (64, 128, 256) | unless `batch_sizes=None` |
 | `label_smoothing` | 0 to 0.3 | `labels="hard"`, `search_baseline=True` |
 | `temperature`, `rho` | 1 to 4, 0 to 1 (fixed `T`, `rho`) | `labels="calibrated"`, `search_baseline=True` |
+| `objective` | `objectives` (e.g. pgd_at, trades, mart) | more than one in `objectives` |
+| `beta` | `beta_range`, log scale (trades and mart only) | `beta_range` given |
 
 Example:
 
@@ -48,6 +50,7 @@ variables, so the checkpoint's load into them).
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Callable, Sequence
 
 import keras
@@ -57,6 +60,7 @@ import tensorflow as tf
 
 from keras_advcal import attacks as attacks_lib
 from keras_advcal import models as models_lib
+from keras_advcal import objectives as objectives_lib
 from keras_advcal import targets as targets_lib
 from keras_advcal.teacher import TEACHER_KINDS, CalibratedTeacher
 from keras_advcal.trainer import LABEL_MODES, AdvCalTrainer
@@ -148,6 +152,12 @@ class AdvCalHyperModel(keras_tuner.HyperModel):
         acc_floor: accuracy floor of the published calibration rule.
         batch_sizes: candidate batch sizes; ``None`` leaves the batch size to
             ``search(batch_size=...)``.
+        objectives: the training objective (:mod:`keras_advcal.objectives`), or
+            several candidates (``"pgd_at"``, ``"trades"``, ``"mart"``) searched as
+            the ``objective`` hyperparameter.
+        beta_range: ``(low, high)`` of the ``beta`` of TRADES and MART, searched on a
+            log scale (active only when the objective is one of them); ``None``:
+            each objective's default.
         seed: seed of the trainers' attack streams and of the default train sample.
         name: name of the hypermodel.
         tunable: whether its hyperparameters join the search space (KerasTuner).
@@ -168,8 +178,11 @@ class AdvCalHyperModel(keras_tuner.HyperModel):
                  calibration_data: Any = None, train_sample: Any = None,
                  teacher_kind: str = "swa", loss_form: str = "kd", acc_floor: float = 0.9,
                  batch_sizes: Sequence[int] | None = DEFAULT_BATCH_SIZES,
-                 seed: int | None = None, name: str | None = None, tunable: bool = True):
+                 seed: int | None = None, name: str | None = None, tunable: bool = True,
+                 objectives: str | Sequence[str] = "pgd_at",
+                 beta_range: tuple[float, float] | None = None):
         super().__init__(name=name, tunable=tunable)
+        self.objectives, self.beta_range = self._check_objectives(objectives, beta_range)
         if labels not in LABEL_MODES:
             raise ValueError(f"`labels` must be one of {LABEL_MODES}, got {labels!r}.")
         if loss_form not in targets_lib.LOSS_FORMS:
@@ -224,6 +237,36 @@ class AdvCalHyperModel(keras_tuner.HyperModel):
         self._optimizer_hyperparameters(hp)
         self._batch_size(hp)
         self._baseline_hyperparameters(hp)
+        self._objective_hyperparameters(hp)
+
+    @staticmethod
+    def _check_objectives(objectives, beta_range):
+        names = (objectives,) if isinstance(objectives, str) else tuple(objectives)
+        allowed = ("pgd_at", "trades", "mart")
+        if not names or any(name not in allowed for name in names):
+            raise ValueError(f"`objectives` must name objectives among {allowed}, got "
+                             f"{objectives!r}.")
+        if beta_range is not None:
+            low, high = (float(v) for v in beta_range)
+            if not 0 < low <= high:
+                raise ValueError(f"`beta_range` must be (low, high) with 0 < low <= high, "
+                                 f"got {beta_range!r}.")
+            beta_range = (low, high)
+        return names, beta_range
+
+    def _objective_hyperparameters(self, hp) -> objectives_lib.Objective:
+        """The trial's objective (``objective`` and ``beta`` when searched)."""
+        name = (hp.Choice("objective", list(self.objectives)) if len(self.objectives) > 1
+                else self.objectives[0])
+        with_beta = [n for n in self.objectives if n in ("trades", "mart")]
+        beta = None
+        if self.beta_range is not None and with_beta:
+            # With several objectives, beta is active only for TRADES and MART.
+            scope = (hp.conditional_scope("objective", with_beta)
+                     if len(self.objectives) > 1 else contextlib.nullcontext())
+            with scope:
+                beta = hp.Float("beta", *self.beta_range, sampling="log")
+        return objectives_lib.get(name, beta=beta if name in with_beta else None)
 
     @staticmethod
     def _optimizer_hyperparameters(hp) -> tuple[float, float]:
@@ -274,7 +317,8 @@ class AdvCalHyperModel(keras_tuner.HyperModel):
         trainer = AdvCalTrainer(
             classifier, self.attack, eval_attack=self.eval_attack, labels=self.labels,
             loss_form=self.loss_form, label_smoothing=baseline.get("label_smoothing", 0.0),
-            num_classes=self.num_classes, seed=self.seed)
+            num_classes=self.num_classes, seed=self.seed,
+            objective=self._objective_hyperparameters(hp))
         trainer.compile(optimizer=keras.optimizers.AdamW(learning_rate=learning_rate,
                                                          weight_decay=weight_decay))
         # Create the optimizer's slots now (training would at its first step): a trainer

@@ -160,6 +160,30 @@ def test_calibrated_search_without_held_out_data_is_refused():
         hypermodel.fit(hp, hypermodel.build(hp), x, y, epochs=1)
 
 
+def test_search_of_the_objective_and_beta():
+    hypermodel = AdvCalHyperModel((8, 8, 1), 10, _attack(), labels="hard",
+                                  objectives=("pgd_at", "trades", "mart"),
+                                  beta_range=(1.0, 10.0))
+    hp = keras_tuner.HyperParameters()
+    hypermodel.declare_hyperparameters(hp)
+    (choice,) = [p for p in hp.space if p.name == "objective"]
+    assert list(choice.values) == ["pgd_at", "trades", "mart"]
+    (beta,) = [p for p in hp.space if p.name == "beta"]
+    assert (beta.min_value, beta.max_value, beta.sampling) == (1.0, 10.0, "log")
+    assert hypermodel.build(hp).objective.name == "pgd_at"  # the first choice
+    for name in ("trades", "mart"):
+        hp.values.update(objective=name, beta=2.5)
+        objective = hypermodel.build(hp).objective
+        assert (objective.name, objective.beta) == (name, 2.5)
+    hp.values["objective"] = "pgd_at"
+    assert not hp.is_active(beta)  # beta only goes with trades and mart
+    # One objective: no `objective` hyperparameter; its default beta unless searched.
+    single = keras_tuner.HyperParameters()
+    trainer = AdvCalHyperModel((8, 8, 1), 10, _attack(), labels="hard",
+                               objectives="mart").build(single)
+    assert trainer.objective.beta == 5.0 and "objective" not in single.values
+
+
 def test_invalid_arguments_are_refused():
     with pytest.raises(ValueError, match="labels"):
         AdvCalHyperModel((8, 8, 1), 10, _attack(), labels="soft")
@@ -169,3 +193,7 @@ def test_invalid_arguments_are_refused():
         AdvCalHyperModel((8, 8), 10, _attack())
     with pytest.raises(ValueError, match="batch_sizes"):
         AdvCalHyperModel((8, 8, 1), 10, _attack(), batch_sizes=[0])
+    with pytest.raises(ValueError, match="`objectives`"):
+        AdvCalHyperModel((8, 8, 1), 10, _attack(), objectives=("pgd_at", "adr"))
+    with pytest.raises(ValueError, match="`beta_range`"):
+        AdvCalHyperModel((8, 8, 1), 10, _attack(), objectives="trades", beta_range=(0, 5))
