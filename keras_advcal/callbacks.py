@@ -20,6 +20,9 @@ Example:
 
 from __future__ import annotations
 
+import os
+from typing import Any
+
 import keras
 
 from keras_advcal.trainer import AdvCalTrainer
@@ -54,6 +57,9 @@ class ClassifierCheckpoint(keras.callbacks.ModelCheckpoint):
         >>> type(keras.models.load_model(path)).__name__
         'Sequential'
     """
+
+    def __init__(self, filepath: str | os.PathLike, **kwargs: Any):
+        super().__init__(filepath, **kwargs)
 
     def set_model(self, model: keras.Model) -> None:
         """Keeps the trainer's classifier (any other model as it is) as the model to

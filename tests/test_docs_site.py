@@ -103,6 +103,7 @@ def test_site_has_every_page(site):
     assert not (site_dir / "hooks").exists()
     api = (site_dir / "api" / "tuning" / "index.html").read_text()
     assert "AdvCalHyperModel" in api
+    assert "ClassifierCheckpoint" in (site_dir / "api" / "trainer" / "index.html").read_text()
     assert "measure_label_noise" in (site_dir / "api" / "analysis" / "index.html").read_text()
 
 
@@ -198,3 +199,21 @@ def test_pages_render_in_chromium(site, tmp_path):
     assert not problems, "\n".join(problems)
     assert not [url for url in blocked if "katex" in url or "mathjax" in url], blocked
 
+
+def test_readme_quick_start_is_what_the_timing_script_times():
+    """The README states the quick start's measured time; the script that measures it
+    runs the README's block, and its full-size variant still applies to that block."""
+    import importlib.util
+
+    path = ROOT / "tutorials" / "scripts" / "time_quickstart.py"
+    spec = importlib.util.spec_from_file_location("time_quickstart", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    readme = (ROOT / "README.md").read_text()
+    code = script.quick_start_code(readme)
+    assert "epochs=5" in code and "subset=1000" in code
+    compile(script.timed(code), "quick start", "exec")
+    full = script.full_size(code, 2)
+    assert "subset=5000" in full and "steps=10" in full and "epochs=2" in full
+    compile(full, "full size", "exec")
+    assert "tutorials/scripts/time_quickstart.py --full-epochs 2" in readme
