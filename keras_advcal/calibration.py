@@ -359,8 +359,10 @@ def calibrate(teacher_logits, surrogate_logits, labels, train_teacher_logits, tr
             confidence rule (default: computed from ``teacher_logits``).
         fixed: ``(T, rho)`` returned by ``rule="fixed"``.
         separate_surrogate_temperature: scale the surrogate with its own fitted
-            temperature rather than the shared ``T`` (a candidate fix for the case in
-            DESIGN.md where one shared T favours the overconfident surrogate).
+            temperature rather than the shared ``T`` (a candidate fix for the case
+            where one shared T favours the overconfident surrogate, whose
+            temperature-scaled NLL then beats the teacher's and drives rho to its
+            minimum).
         selection: ``"one_standard_error"`` (default: the largest rho whose NLL is
             within one paired standard error of the minimum) or ``"minimum"`` (the
             literal published rule: the lowest NLL, ties to the smaller rho).

@@ -15,7 +15,7 @@
   calibrated runs, T and rho;
 * ``config.json`` and ``summary.json`` (see :func:`summarize_run`).
 
-The defaults are the robust-overfitting benchmark protocol of issue 4 (Fashion-MNIST,
+The defaults are the robust-overfitting benchmark's protocol (Fashion-MNIST,
 500 training / 500 validation / 2,000 test images, small CNN, eps 0.1, PGD-5 training,
 PGD-10 test curve every 3 epochs, Adam 1e-3, batch 64, 120 epochs).
 

@@ -50,6 +50,7 @@ from keras_advcal.averaging import average_into, batchnorm_layers, reestimate_ba
 from keras_advcal.trainer import AdvCalTrainer
 
 SURROGATE_EXAMPLES = ("teacher", "surrogate")
+FLOOR_EXAMPLES = ("training", "attack")
 TEACHER_KINDS = ("best", "swa", "ema", "fixed")
 
 
@@ -210,8 +211,9 @@ class CalibratedTeacher(keras.callbacks.Callback):
     Each epoch end: update the teacher (per ``kind``); then, once a teacher exists and
     differs from the student, make PGD examples of the validation data against the
     teacher (or reuse earlier ones, see ``reuse_validation_examples``), collect teacher
-    and student logits on them, make PGD examples of the training sample against the
-    teacher (only when the teacher changed), call
+    and student logits on them, take the teacher's logits on adversarial training
+    examples for the accuracy floor (those the epoch's training steps computed, see
+    ``floor_examples``), call
     :func:`keras_advcal.calibration.calibrate` with the student as the surrogate, and
     write ``T`` and ``rho`` into the trainer.
 
@@ -279,6 +281,13 @@ class CalibratedTeacher(keras.callbacks.Callback):
             the examples made against the teacher) or ``"surrogate"`` (on examples
             made against the student itself, as the published code does; one more
             attack per epoch).
+        floor_examples: where the accuracy floor is measured: ``"training"`` (default:
+            the teacher's logits that the training steps computed anyway on the
+            student's own PGD examples of this epoch, collected in the trainer, no
+            extra attack; the floor is then measured on the examples the student
+            trains on) or ``"attack"`` (PGD examples of ``train_sample`` made against
+            the teacher, one more attack whenever the teacher changes). Falls back to
+            ``"attack"`` in an epoch that recorded too few (while ``rho`` was 0).
         average_fits: use the mean of every successful fit so far instead of the
             latest one (steadier ``T`` and ``rho`` when the NLL surface is flat and the
             fit jumps from epoch to epoch). The logged ``temperature`` and ``rho`` are
@@ -302,7 +311,8 @@ class CalibratedTeacher(keras.callbacks.Callback):
                  separate_surrogate_temperature: bool = False,
                  recalibrate_on_snapshot: bool = False,
                  reuse_validation_examples: bool = True,
-                 surrogate_examples: str = "teacher", average_fits: bool = False):
+                 surrogate_examples: str = "teacher", average_fits: bool = False,
+                 floor_examples: str = "training"):
         super().__init__()
         if kind not in TEACHER_KINDS:
             raise ValueError(f"`kind` must be one of {TEACHER_KINDS}, got {kind!r}.")
@@ -340,6 +350,11 @@ class CalibratedTeacher(keras.callbacks.Callback):
                              f"got {surrogate_examples!r}.")
         self.surrogate_examples = surrogate_examples
         self.average_fits = bool(average_fits)
+        if floor_examples not in FLOOR_EXAMPLES:
+            raise ValueError(f"`floor_examples` must be one of {FLOOR_EXAMPLES}, got "
+                             f"{floor_examples!r}.")
+        self.floor_examples = floor_examples
+        self.floor_from_training = 0  # calibrations whose floor used the training steps'
         self.results: list[calibration.CalibrationResult] = []
         # How often the validation examples were kept or made anew (moving teachers).
         self.reused_validation_examples = 0
@@ -384,6 +399,9 @@ class CalibratedTeacher(keras.callbacks.Callback):
 
     def on_train_end(self, logs=None):
         self.model.ema_decay.assign(0.0)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.model.floor_count.assign(0)  # the floor sample is collected per epoch
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs if logs is not None else {}
@@ -517,14 +535,31 @@ class CalibratedTeacher(keras.callbacks.Callback):
         self.remade_validation_examples += 1
         return cache["x_adv"], cache["teacher_logits"]
 
-    def _calibrate(self, epoch: int, teacher_changed: bool):
-        # The training-sample pass is kept per teacher and seeded independently of the
-        # epoch: a cache rebuilt after a restart (BackupAndRestore) must equal the one
-        # an uninterrupted run computed when the teacher last changed.
+    def _floor_sample(self) -> tuple[np.ndarray, np.ndarray]:
+        """The teacher's logits on adversarial training examples, and their labels.
+
+        With ``floor_examples="training"``: the ones the training steps of this epoch
+        computed anyway (the teacher on the student's own PGD examples, recorded while
+        ``rho > 0``), when there are enough of them; otherwise, and with
+        ``floor_examples="attack"``, PGD examples of ``train_sample`` made against the
+        teacher (kept while the teacher does not change).
+        """
+        if self.floor_examples == "training":
+            logits, labels = self.model.floor_sample()
+            if len(labels) >= calibration.minimum_examples(self.acc_floor):
+                self.floor_from_training += 1
+                return logits, labels
         cache = self._teacher_cache
         if "train" not in cache:
             cache["train"], = self._train_logits(self.x_train, self.y_train,
                                                  self.seed * 100_003 + 100_002)
+        return cache["train"], self.y_train
+
+    def _calibrate(self, epoch: int, teacher_changed: bool):
+        # The training-sample pass is kept per teacher and seeded independently of the
+        # epoch: a cache rebuilt after a restart (BackupAndRestore) must equal the one
+        # an uninterrupted run computed when the teacher last changed.
+        train_logits, train_labels = self._floor_sample()
         x_adv, teacher_val = self._validation_examples(epoch, teacher_changed)
         if self.surrogate_examples == "surrogate":
             student_val, = self._student_val_logits(self.x_val, self.y_val,
@@ -533,7 +568,7 @@ class CalibratedTeacher(keras.callbacks.Callback):
             student_val = self._student_logits(x_adv)
         teacher_accuracy = float(np.mean(teacher_val.argmax(axis=1) == self.y_val))
         result = calibration.calibrate(
-            teacher_val, student_val, self.y_val, cache["train"], self.y_train,
+            teacher_val, student_val, self.y_val, train_logits, train_labels,
             acc_floor=self.acc_floor, rule=self.rule, teacher_accuracy=teacher_accuracy,
             fixed=self.fixed, separate_surrogate_temperature=self.separate_surrogate_temperature,
             selection=self.selection)

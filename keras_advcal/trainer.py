@@ -50,6 +50,8 @@ from keras_advcal import objectives as objectives_lib
 from keras_advcal import targets as targets_lib
 
 LABEL_MODES = ("hard", "calibrated")
+#: Teacher logits the training steps keep for the accuracy floor (per epoch, the latest).
+FLOOR_SAMPLE_SIZE = 1024
 _SERIALIZE = keras.saving.serialize_keras_object
 _DESERIALIZE = keras.saving.deserialize_keras_object
 
@@ -195,6 +197,18 @@ class AdvCalTrainer(keras.Model):
         self.ema_decay = _scalar_weight(self, "ema_decay", 0.0)
         if average_weights:  # only then, so that trainers saved before still load
             self.average_updates = _scalar_weight(self, "average_updates", 0.0)
+        if labels == "calibrated":
+            # The teacher's logits on the training batches' examples and their labels
+            # (the last FLOOR_SAMPLE_SIZE of the epoch): the accuracy floor's sample.
+            # Every replica writes the same gathered rows (a mean over identical
+            # values: the write is the same on every replica and every worker).
+            shared = dict(trainable=False, aggregation="mean", initializer="zeros",
+                          dtype="float32")
+            self.floor_logits = self.add_weight(shape=(FLOOR_SAMPLE_SIZE, self.num_classes),
+                                                name="floor_logits", **shared)
+            self.floor_labels = self.add_weight(shape=(FLOOR_SAMPLE_SIZE,),
+                                                name="floor_labels", **shared)
+            self.floor_count = self.add_weight(shape=(), name="floor_count", **shared)
         self.seed_generator = keras.random.SeedGenerator(seed, name="attack_seed")
         eval_seed = None if seed is None else seed + 1
         self.eval_seed_generator = keras.random.SeedGenerator(eval_seed, name="eval_seed")
@@ -359,7 +373,49 @@ class AdvCalTrainer(keras.Model):
         if self.labels == "hard":
             return self.make_target(y)
         seen = x if self.objective.teacher_input == "clean" else x_adv
-        return self.make_target(y, self._teacher_logits_when_used(seen))
+        teacher_logits = self._teacher_logits_when_used(seen)
+        self._record_floor_sample(teacher_logits, y)
+        return self.make_target(y, teacher_logits)
+
+    def _record_floor_sample(self, teacher_logits, y):
+        """Writes the batch's teacher logits and labels into the floor sample (a ring
+        buffer over the epoch) while ``rho > 0`` (the teacher is evaluated then).
+
+        No ``tf.cond``: writing a variable shared by the replicas synchronises them,
+        which a distribution strategy does not allow inside control flow; the write
+        is masked instead."""
+        logits, labels = tf.cast(teacher_logits, "float32"), tf.cast(y, "float32")
+        context = tf.distribute.get_replica_context()
+        if context is not None and context.num_replicas_in_sync > 1:
+            logits = context.all_gather(logits, axis=0)
+            labels = context.all_gather(labels, axis=0)
+        logits, labels = logits[-FLOOR_SAMPLE_SIZE:], labels[-FLOOR_SAMPLE_SIZE:]
+        count = tf.shape(labels)[0]
+        start = tf.cast(self.floor_count, "int32")
+        positions = tf.math.floormod(start + tf.range(count), FLOOR_SAMPLE_SIZE)[:, None]
+        used = self.rho > 0.0
+        self.floor_logits.assign(tf.where(
+            used, tf.tensor_scatter_nd_update(self.floor_logits, positions, logits),
+            self.floor_logits))
+        self.floor_labels.assign(tf.where(
+            used, tf.tensor_scatter_nd_update(self.floor_labels, positions, labels),
+            self.floor_labels))
+        self.floor_count.assign(tf.cast(tf.where(used, start + count, start), "float32"))
+
+    def floor_sample(self) -> tuple[np.ndarray, np.ndarray]:
+        """The teacher's logits and the labels recorded by the training steps since
+        ``floor_count`` was last reset (at most ``FLOOR_SAMPLE_SIZE``, the latest).
+
+        Example:
+
+            >>> from keras_advcal import PGD
+            >>> net = keras.Sequential([keras.Input((2,)), keras.layers.Dense(3)])
+            >>> [a.shape for a in AdvCalTrainer(net, PGD(0.1, steps=1)).floor_sample()]
+            [(0, 3), (0,)]
+        """
+        count = min(int(self.floor_count.numpy()), FLOOR_SAMPLE_SIZE)
+        return (np.asarray(self.floor_logits.numpy()[:count]),
+                np.asarray(self.floor_labels.numpy()[:count]).astype("int32"))
 
     def per_example_loss(self, y, student_logits, teacher_logits=None, clean_logits=None):
         """The training loss of each example: the objective's, with the hard or
@@ -648,6 +704,12 @@ class AdvCalTrainer(keras.Model):
 
     def load_own_variables(self, store):
         own = {key: store[key] for key in store.keys() if key.isdigit()}
+        # Trainers saved before the floor sample existed lack its (last) variables:
+        # they keep their initial values.
+        variables = list(self._trainable_variables) + list(self._non_trainable_variables)
+        for index in range(len(own), len(variables)):
+            if variables[index].path.split("/")[-1].startswith("floor_"):
+                own[str(index)] = variables[index].numpy()
         super().load_own_variables(own)
         if "attack_seed_state" in store:
             self.seed_generator.state.assign(store["attack_seed_state"])

@@ -302,3 +302,29 @@ def test_average_fits_uses_the_mean_of_the_fits_so_far(digits):
     np.testing.assert_allclose(trainer.calibration_cache["fits"], fits)
     assert float(trainer.rho.numpy()) == pytest.approx(np.mean([f[1] for f in fits]))
     assert float(trainer.temperature.numpy()) == pytest.approx(np.mean([f[0] for f in fits]))
+
+
+def test_floor_uses_the_teacher_logits_of_the_training_steps(digits):
+    """After the first epochs no attack is made on the training sample: the training
+    steps recorded the teacher's logits on the student's examples of the epoch."""
+    trainer, callback, _, history = _fit(digits, "best", epochs=2, recalibrate_on_snapshot=True)
+    trainer.rho.assign(0.5)
+    counter = CountingCalls(callback._train_logits)
+    callback._train_logits = counter
+    x_train, y_train = digits[0][:600], digits[1][:600]
+    trainer.fit(x_train, y_train, epochs=1, batch_size=64, verbose=0, callbacks=[callback])
+    logits, labels = trainer.floor_sample()
+    assert len(labels) == 600 and int(trainer.floor_count.numpy()) == 600
+    assert sorted(labels.tolist()) == sorted(y_train.tolist())
+    assert np.all(np.isfinite(logits)) and np.any(logits != 0.0)
+    assert counter.calls == 0 and callback.floor_from_training >= 1
+    callback.on_epoch_begin(3)
+    assert trainer.floor_sample()[1].shape == (0,)
+
+
+def test_floor_by_attack_keeps_the_published_training_sample(digits):
+    trainer, callback, _, _ = _fit(digits, "best", epochs=2, floor_examples="attack",
+                                   recalibrate_on_snapshot=True)
+    assert callback.floor_from_training == 0
+    with pytest.raises(ValueError, match="floor_examples"):
+        CalibratedTeacher(*_calibration_data(digits), floor_examples="train")
