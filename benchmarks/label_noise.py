@@ -860,7 +860,7 @@ def plot(protocol: Protocol, runs: dict, rows: list[dict], figures: Path) -> lis
              title="epoch-wise double descent? (thin: each evaluation; thick: moving average)")
     axis.grid(alpha=0.3)
     legend(axis)
-    save(fig, "label_noise_double_descent.png")
+    save(fig, "label_noise_long_runs.png")
     return written
 
 

@@ -317,8 +317,9 @@ class Reference:
                 "identity": self.identity}
 
     def save(self, directory: str | os.PathLike) -> Path:
-        """Writes ``reference.keras`` and ``reference.json`` (with the image indices)."""
-        directory = Path(directory)
+        """Writes ``reference.keras`` and ``reference.json`` (with the image indices)
+        into ``directory`` (``~`` expanded); returns it."""
+        directory = Path(directory).expanduser()
         directory.mkdir(parents=True, exist_ok=True)
         self.model.save(directory / MODEL_FILE)
         description = dict(self.describe(),
@@ -330,7 +331,7 @@ class Reference:
     @classmethod
     def load(cls, directory: str | os.PathLike) -> "Reference":
         """Reads what :meth:`save` wrote (the images are re-read from the dataset)."""
-        directory = Path(directory)
+        directory = Path(directory).expanduser()
         description = json.loads((directory / DESCRIPTION_FILE).read_text())
         data = ReferenceData.from_indices(description["dataset"],
                                           description["train_indices"],

@@ -411,4 +411,4 @@ def test_report_writes_the_verdicts_file(bench, tmp_path):
     assert all(set(v) == {"confirmed", "evidence"} and isinstance(v["confirmed"], bool)
                for v in written.values())
     assert section.startswith(bench.SECTION) and "](figures/label_noise_levels.png)" in section
-    assert (tmp_path / "figures" / "label_noise_double_descent.png").stat().st_size > 5000
+    assert (tmp_path / "figures" / "label_noise_long_runs.png").stat().st_size > 5000
