@@ -379,43 +379,48 @@ LABEL_NOISE = [
 
 Adversarial training gives each PGD example `x'` the one-hot label `y` of its clean
 input, but the perturbation moves `x'` towards other classes, so its true label
-distribution is no longer one-hot. `keras_advcal.analysis.measure_label_noise`
-estimates that distribution with the temperature-scaled prediction `p` of a robust
-*reference* model (its temperature `T` fitted on held-out PGD examples) and reports
-how far the assigned labels are from it:
+distribution is no longer one-hot. The distribution is estimated by the
+temperature-scaled prediction `p` of a robust *reference* model, and the noise is how
+far the assigned label is from it: the total variation `TV = 1 - p_y`, or the
+disagreement `argmax p != y`.
 
-* mean total variation `TV = 1 - p_y`,
-* mean `KL = -log p_y`,
-* the fraction of examples whose estimated true label `argmax p` differs from `y`,
+The reference must not be the model under study: measured with its own predictions, a
+model's "label noise" on examples made against it is its own adversarial error. So the
+reference here is trained on **other images**, with its temperature fitted on **yet
+other images** (`keras_advcal.reference`), and the examples are those the studied model
+trains on (made against it by its training attack). The noise then splits into an
+*adversarial* part (what the attack adds), an *injected* part (flipped labels) and the
+reference's own *base* error on clean inputs
+(`keras_advcal.analysis.decompose_label_noise`).
 
-for the PGD examples and, as the reference point, for the clean inputs.
-
-This notebook trains a small PGD-AT model on scikit-learn's 8x8 digits, measures the
-label noise at several radii, shows its distribution and the effect of flipped
-labels, then goes through the three predictions of the label-noise view of robust
-overfitting with the figures of the benchmark `benchmarks/label_noise.py`. It runs
-offline on a CPU (set `ADVCAL_NOTEBOOK_SIZE=small` for a smoke run in seconds)."""),
+This notebook trains a small PGD-AT model on part of scikit-learn's 8x8 digits and a
+reference on other digits, measures the noise at several radii (beside the earlier,
+circular measure), shows its distribution and the injected part of flipped labels, then
+goes through the three predictions of the label-noise view of robust overfitting with
+the figures of the benchmark `benchmarks/label_noise.py`. It runs offline on a CPU (set
+`ADVCAL_NOTEBOOK_SIZE=small` for a smoke run in seconds)."""),
     *setup_cells('''EPOCHS = 10 if SMALL else 30
-TRAIN_SUBSET = 300 if SMALL else None      # None: all 1,078 training digits
-PGD_STEPS = 3 if SMALL else 10             # training attack
-MEASURE_STEPS = 3 if SMALL else 10         # attack of the measurement
-EPSILON = 0.1                              # training radius, pixels in [0, 1]
+TRAIN_SUBSET = 300 if SMALL else 500       # the studied run's digits (the reference gets others)
+PGD_STEPS = 3 if SMALL else 10             # its training attack
+EPSILON = 0.1                              # its radius, pixels in [0, 1]
+REFERENCE_IMAGES, CALIBRATION_IMAGES = 400, 150   # other digits: the reference's
+REFERENCE_EPOCHS = 6 if SMALL else 20
 EPSILONS = (0.0, 0.05, 0.1, 0.2)           # radii of the measurement (0: clean inputs)
 FLIP_RATES = (0.0, 0.2, 0.4)               # fractions of training labels flipped
 SEED = 0''', comment='# "small": a smoke run of a few seconds (what CI executes); '
                       '"full": the real thing.'),
-    ("md", """## Data and a reference model
+    ("md", """## The studied run
 
-The reference is a PGD-AT model: `AdvCalTrainer(labels="hard")`, one-hot labels.
-In the benchmark it is the early-stopped checkpoint of a PGD-AT run; here a short run
-stands in for it. The validation split is held out from training: the temperature of
-the reference is fitted on PGD examples of it."""),
+A PGD-AT model: `AdvCalTrainer(labels="hard")`, one-hot labels, on a subset of the
+training digits. Its training images, validation images and test images are the
+studied run's; the reference below uses none of them."""),
     ("code", '''import keras
 import matplotlib.pyplot as plt
 import numpy as np
 
 from keras_advcal import PGD, AdvCalTrainer, data, models
 from keras_advcal.analysis import measure_label_noise
+from keras_advcal.reference import check_disjoint, reference_data, train_reference
 
 keras.utils.set_random_seed(SEED)
 splits = data.load("digits", subset=TRAIN_SUBSET, seed=SEED)
@@ -431,74 +436,103 @@ trainer.compile(optimizer=keras.optimizers.Adam(3e-3))
 trainer.fit(x_train, y_train, validation_data=splits.validation, epochs=EPOCHS,
             batch_size=32, verbose=0)
 print(trainer.evaluate(*splits.test, return_dict=True, verbose=0))'''),
-    ("md", """## Measuring the label noise at several radii
+    ("md", """## A reference the measurement cannot bend
 
-`measure_label_noise(reference, data, calibration_data, attack)` makes PGD examples of
-`data` against the reference (or against `model=`, the model whose training the
-labels feed), fits `T` on PGD examples of `calibration_data` made the same way, and
-returns a `LabelNoiseReport`. At radius 0 the PGD examples are the clean inputs."""),
-    ("code", '''reports = {}
+`reference_data` draws the reference's images from the training pool after leaving out
+every image of the studied run (compared by content), and splits them into a training
+set and a calibration set; `check_disjoint` raises if any image were shared.
+`train_reference` adversarially trains a small CNN on the first and fits its
+temperature `T` on the clean images of the second (plain temperature scaling)."""),
+    ("code", '''images = reference_data("digits", [splits], size=REFERENCE_IMAGES,
+                        calibration_size=CALIBRATION_IMAGES, seed=SEED)
+check_disjoint(images, [splits])           # raises if an image were shared
+print(f"{images.left_out} pool images left out (the studied run's); "
+      f"{len(images.train[1])} train the reference, {len(images.calibration[1])} fit T")
+reference = train_reference(images, epsilon=EPSILON, epochs=REFERENCE_EPOCHS,
+                            steps=2 if SMALL else 5, width=16, dense=64, batch_size=32,
+                            learning_rate=3e-3, seed=SEED)
+print(f"T = {reference.temperature:.2f};", reference.metrics)'''),
+    ("md", """## The noise of what the model trains on, in parts
+
+`reference.measure(model, data, attack)` makes `x'` against the studied `model` with
+`attack` (at radius `eps`, the examples PGD-AT at that radius trains on), reads the
+reference's `p` on `x'` and on `x` with one temperature, and splits the mean TV (and
+the disagreement) into
+
+* **adversarial** = TV(x', y) - TV(x, y): what the attack adds (exactly 0 at radius 0),
+* **injected** = TV(x, y) - TV(x, true label): what flipped labels add,
+* **base** = TV(x, true label): the reference's own error on the clean images,
+
+which add up to the total. It checks first that `data` shares no image with the
+reference.
+
+For contrast, the earlier measure, `measure_label_noise` with the studied model as its
+own reference (how issue 7 used it), reads the model's own adversarial error: it
+rises with the radius whatever the labels' true distribution does."""),
+    ("code", '''parts, earlier = {}, {}
 for eps in EPSILONS:
-    measure_attack = PGD(epsilon=eps, step_size=2.5 * eps / MEASURE_STEPS,
-                         steps=MEASURE_STEPS)
-    reports[eps] = measure_label_noise(model, splits.train, splits.validation,
-                                       measure_attack, seed=SEED)
+    attack_at = PGD(epsilon=eps, step_size=2.5 * eps / PGD_STEPS, steps=PGD_STEPS)
+    parts[eps] = reference.measure(model, splits.train, attack_at, studied=[splits],
+                                   seed=SEED)
+    earlier[eps] = measure_label_noise(model, splits.train, splits.validation, attack_at,
+                                       seed=SEED).adversarial.total_variation
     print(f"epsilon = {eps:g}")
-    print(reports[eps].table(), end="\\n\\n")'''),
+    print(parts[eps].table(), end="\\n\\n")'''),
     ("code", '''fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.5))
-noise = [reports[eps].adversarial for eps in EPSILONS]
-ax1.plot(EPSILONS, [s.total_variation for s in noise], "o-", label="mean TV")
-ax1.plot(EPSILONS, [s.disagreement for s in noise], "s--",
-         label="label != estimated true label")
-ax1.set_xlabel("epsilon"); ax1.set_title("label noise of PGD examples"); ax1.legend()
-ax2.plot(EPSILONS, [s.kl for s in noise], "o-")
-ax2.set_xlabel("epsilon"); ax2.set_title("mean KL = -log p_y")
+tv = [parts[eps].total_variation for eps in EPSILONS]
+ax1.plot(EPSILONS, [p.adversarial for p in tv], "o-", label="adversarial part")
+ax1.plot(EPSILONS, [p.base for p in tv], "s:", label="base (reference's own error)")
+ax1.plot(EPSILONS, [earlier[eps] for eps in EPSILONS], "^--",
+         label="earlier measure (model as its own reference)")
+ax1.set_xlabel("epsilon"); ax1.set_ylabel("mean TV"); ax1.legend(fontsize=8)
+ax1.set_title("label noise of the training examples")
+ax2.plot(EPSILONS, [parts[eps].disagreement.adversarial for eps in EPSILONS], "o-")
+ax2.set_xlabel("epsilon"); ax2.set_title("adversarial part of label != argmax p")
 plt.tight_layout()
 plt.show()'''),
     ("md", """## The distribution of the noise
 
-The report keeps the per-example total variation (`adversarial_tv`, `clean_tv`). For a
-well-trained reference the clean inputs concentrate near 0; the PGD examples spread
-towards 1.
-`report.plot_histogram("label_noise.png")` writes the same histogram to a file (it is
-what `advcal analyze` writes)."""),
-    ("code", '''report = reports[EPSILON]
+`parts.per_example` keeps the per-example TV on the clean images (`tv_clean`) and on
+the PGD examples (`tv_adversarial`). For a good reference the clean images concentrate
+near 0; the attack moves part of the PGD examples towards 1."""),
+    ("code", '''per_example = parts[EPSILON].per_example
 bins = np.linspace(0.0, 1.0, 41)
 plt.figure(figsize=(6, 3.6))
-plt.hist(report.clean_tv, bins=bins, alpha=0.6,
-         label=f"clean (mean {report.clean.total_variation:.3f})")
-plt.hist(report.adversarial_tv, bins=bins, alpha=0.6,
-         label=f"PGD (mean {report.adversarial.total_variation:.3f})")
-plt.xlabel("TV between one-hot label and estimated distribution")
+plt.hist(per_example["tv_clean"], bins=bins, alpha=0.6,
+         label=f"clean (mean {per_example['tv_clean'].mean():.3f})")
+plt.hist(per_example["tv_adversarial"], bins=bins, alpha=0.6,
+         label=f"PGD (mean {per_example['tv_adversarial'].mean():.3f})")
+plt.xlabel("TV between one-hot label and the reference's estimate")
 plt.ylabel("training examples"); plt.title(f"label noise at epsilon {EPSILON:g}")
 plt.legend(); plt.tight_layout()
 plt.show()'''),
-    ("md", """## Flipped labels add to it
+    ("md", """## Flipped labels: the injected part
 
-Poorer data means noisier labels. `data.flip_labels` flips a fraction of the training
-labels to another class (`data.load(..., label_noise=0.2)` does the same when
-loading). The reference still estimates the true distribution, so the flipped
-examples get a large TV, on clean inputs and on PGD examples alike."""),
-    ("code", '''attack_at_eps = PGD(epsilon=EPSILON, step_size=2.5 * EPSILON / MEASURE_STEPS,
-                    steps=MEASURE_STEPS)
-print(f"{'flipped':>8}{'clean TV':>10}{'PGD TV':>9}{'PGD TV, flipped':>17}"
-      f"{'PGD TV, kept':>14}")
+`data.flip_labels` flips a fraction of the training labels to another class
+(`data.load(..., label_noise=0.2)` does the same when loading). Given the true labels
+(`clean_labels=`), the measure reports what they add as the injected part: for a
+reference right on every clean image it is the flipped fraction itself. The adversarial
+part falls as more labels are flipped: a flipped label already has a TV near 1 under
+the reference, and the attack has nothing to add to it."""),
+    ("code", '''attack_at_eps = PGD(epsilon=EPSILON, step_size=2.5 * EPSILON / PGD_STEPS,
+                    steps=PGD_STEPS)
+print(f"{'flipped':>8}{'injected TV':>13}{'injected flips':>16}{'adversarial TV':>16}")
 for rate in FLIP_RATES:
     noisy, flipped = data.flip_labels(y_train, rate, splits.num_classes, seed=SEED)
-    r = measure_label_noise(model, (x_train, noisy), splits.validation, attack_at_eps,
-                            seed=SEED)
-    on_flipped = f"{r.adversarial_tv[flipped].mean():.3f}" if flipped.any() else "-"
-    print(f"{rate:>8.0%}{r.clean.total_variation:>10.3f}{r.adversarial.total_variation:>9.3f}"
-          f"{on_flipped:>17}{r.adversarial_tv[~flipped].mean():>14.3f}")'''),
+    r = reference.measure(model, (x_train, noisy), attack_at_eps, clean_labels=y_train,
+                          studied=[splits], seed=SEED)
+    print(f"{r.flipped_fraction:>8.0%}{r.total_variation.injected:>13.3f}"
+          f"{r.disagreement.injected:>16.1%}{r.total_variation.adversarial:>16.3f}")'''),
     ("md", """## Three predictions
 
 If robust overfitting is the network fitting the noisy labels of its adversarial
 examples, three things follow. The benchmark `benchmarks/label_noise.py` tests them on
-Fashion-MNIST (PGD-AT against the calibrated trainer with the `best` teacher) and writes the
-"Label noise" section of
-[`benchmarks/RESULTS.md`]({repository}/blob/main/benchmarks/RESULTS.md)
-and the figures below. The cells show them when the benchmark has been run in this
-checkout (paths relative to `notebooks/`)."""),
+Fashion-MNIST (PGD-AT against the calibrated default, two seeds per cell, the noise
+measured with a reference trained on 10,000 other images), writes its verdicts to
+`benchmarks/results/label_noise/verdicts.json` and the "Label noise" section of
+[`benchmarks/RESULTS.md`]({repository}/blob/main/benchmarks/RESULTS.md),
+and draws the figures below. The cells show them when the benchmark has been run in
+this checkout (paths relative to `notebooks/`)."""),
     ("code", '''from pathlib import Path
 
 from IPython.display import Image, display
@@ -517,33 +551,36 @@ def show_benchmark_figure(name):
     ("md", """### Prediction 1: the radius
 
 A larger `epsilon` moves PGD examples further from their clean input, so their labels
-are noisier (the measurement above), and there is more noise to fit: PGD-AT's robust
-overfitting (best minus final robust test accuracy) should grow with the radius, while
-calibrated targets, which follow the estimated distribution instead of the one-hot
-label, should keep it small. Left: the measured noise per radius; right: the gap of
-both trainers. Then the histogram of the training set's noise at the benchmark's
-main radius."""),
-    ("code", '''show_benchmark_figure("label_noise_epsilon.png")
-show_benchmark_figure("label_noise_histogram.png")'''),
+are noisier (the adversarial part above), and there is more noise to fit: PGD-AT's
+robust overfitting (best minus final robust test accuracy) should grow with the
+radius, while calibrated targets, which follow an estimated distribution instead of
+the one-hot label, should keep it small. The benchmark trains 200 epochs at every
+radius, long enough for PGD-AT to peak and decline. First the robust test curves per
+radius; then, per level, the noise parts (top) and the gaps of both trainers
+(bottom): the radius, and the two forms of poorer data of prediction 2."""),
+    ("code", '''show_benchmark_figure("label_noise_radius_curves.png")
+show_benchmark_figure("label_noise_levels.png")'''),
     ("md", """### Prediction 2: data quality
 
-Flipped training labels add noise on top of the adversarial one (the table above), so
-PGD-AT should overfit more as the flipped fraction grows, at a fixed radius; the
-calibrated trainer's targets put less weight on a label the reference disagrees
-with."""),
-    ("code", '''show_benchmark_figure("label_noise_flips.png")'''),
+Poorer data should make PGD-AT overfit more at a fixed radius: flipped training labels
+add the injected part on top of the adversarial one (the table above), and fewer
+training images leave the noisy labels easier to memorise. The benchmark compares 10,
+20 and 40% flipped labels, and 250 or 125 images instead of 500, over the same number
+of optimizer steps (the middle and right columns of the figure above)."""),
     ("md", """### Prediction 3: epoch-wise double descent
 
 In standard training with label noise, test error falls, rises while the network
 memorises the noisy labels, and can fall again with much longer training (epoch-wise
 double descent). The label-noise view predicts the same shape for the robust test
-error of adversarial training. The benchmark reads the longest runs made for it (the
-robust-overfitting benchmark's) and says in `RESULTS.md` whether a second descent
-shows; it claims none beyond what those runs show."""),
-    ("code", '''show_benchmark_figure("label_noise_double_descent.png")'''),
-    ("md", """To measure a saved model from the command line:
-`advcal analyze REFERENCE.keras --dataset fashion_mnist --epsilon 0.1 --out runs/noise`
-writes `label_noise.json` and the histogram `label_noise.png`."""),
+error of adversarial training. The benchmark looks for it on 150 training images for
+1,500 epochs (the robust test error of 500 test images every 5 epochs), and counts a
+double descent only when the moving average rises and then falls again by 3 points or
+more, in both seeds."""),
+    ("code", '''show_benchmark_figure("label_noise_long_runs.png")'''),
+    ("md", """From the command line, `advcal analyze REFERENCE.keras --dataset fashion_mnist
+--epsilon 0.1 --out runs/noise` runs the earlier measure (`label_noise.json` and the
+histogram `label_noise.png`): given a run's own checkpoint, it reads that checkpoint's
+adversarial error, not the label noise."""),
 ]
 
 NOTEBOOKS = {
