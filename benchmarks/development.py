@@ -33,6 +33,12 @@ Rows (``variant``; overrides of the default):
   ``own_surrogate_temperature`` (the surrogate scaled by its own fitted temperature),
   ``average_fits`` (T and rho: the mean of the successful fits so far; added before
   any run of this study).
+* the cost change of the calibration (issue: calibration that reuses what training
+  computes): ``before_cost_change`` measures the accuracy floor on PGD examples of the
+  training images made against the teacher and makes new validation examples every
+  epoch, as before that change (the default now uses the teacher's logits from the
+  training steps and keeps validation examples while the teacher has not moved); the
+  same fitted (T, rho) and final accuracy within seed noise is the check.
 
 Seeds (training seeds): 0, 1, 2 for ``pgd_at`` and ``default``; 0, 1 for the others.
 
@@ -87,7 +93,8 @@ BASE = dict(dataset="fashion_mnist", data_seed=0, subset=500, validation_size=10
 DEFAULT = dict(labels="calibrated", teacher="swa", loss_form="kd", rule="published",
                acc_floor=0.9, selection="one_standard_error", swa_start_epoch=0,
                calibration_size=500, surrogate_examples="teacher",
-               separate_surrogate_temperature=False, average_fits=False)
+               separate_surrogate_temperature=False, average_fits=False,
+               floor_examples="training", reuse_validation_examples=True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,6 +125,9 @@ VARIANTS = [
             title="surrogate with its own temperature"),
     Variant("average_fits", dict(DEFAULT, average_fits=True),
             title="mean of the fits so far"),
+    Variant("before_cost_change", dict(DEFAULT, floor_examples="attack",
+                                       reuse_validation_examples=False),
+            title="floor by attack, new validation examples every epoch"),
 ]
 VARIANT = {v.name: v for v in VARIANTS}
 

@@ -127,7 +127,7 @@ SECTION = "## Held-out evaluation"
 #: until then the rows that run the default are not started.
 DEFAULT_FROZEN = False
 #: The library has the TRADES objective (``RunConfig.objective``).
-HAS_TRADES = False
+HAS_TRADES = True
 
 KEEP_GAP = 0.03
 GOAL_DIFF = 0.01

@@ -100,6 +100,11 @@ _TRAIN_HELP: dict[str, str] = {
                                       "in the calibration's NLL.",
     "average_fits": "Use the mean of the successful fits of T and rho so far, not the "
                     "latest one.",
+    "floor_examples": "Where the accuracy floor is measured: training (the teacher's logits "
+                      "from the training steps, no extra attack) or attack (PGD examples "
+                      "of the training images made against the teacher).",
+    "reuse_validation_examples": "Keep the calibration's validation PGD examples while "
+                                 "they still fit the teacher.",
     "ema_decay": "Decay of the ema teacher (and of the ADR teacher).",
     "teacher_model": "A trained teacher (.keras: a classifier or a saved trainer) for "
                      "--teacher fixed.",
@@ -291,6 +296,7 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
                "selection": calibration.SELECTIONS, "model": _library("models").available(),
                "curve_split": experiment.CURVE_SPLITS,
                "surrogate_examples": _library("teacher").SURROGATE_EXAMPLES,
+               "floor_examples": _library("teacher").FLOOR_EXAMPLES,
                "objective": experiment.RUN_OBJECTIVES}
     # Flags that are not the field's name: --awp (also --awp-gamma) for awp_gamma.
     flag_names = {"awp_gamma": ("--awp", "--awp-gamma")}

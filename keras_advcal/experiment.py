@@ -56,8 +56,8 @@ from keras_advcal.awp import AWP
 from keras_advcal.averaging import WeightAverage
 from keras_advcal.calibration import RULES, SELECTIONS
 from keras_advcal.evaluation import RobustAccuracyTracker, evaluate_robustness, summarize_history
-from keras_advcal.teacher import (SURROGATE_EXAMPLES, TEACHER_KINDS, CalibratedTeacher,
-                                  calibrate_teacher)
+from keras_advcal.teacher import (FLOOR_EXAMPLES, SURROGATE_EXAMPLES, TEACHER_KINDS,
+                                  CalibratedTeacher, calibrate_teacher)
 from keras_advcal.trainer import AdvCalTrainer
 
 #: Label modes of a run: the trainer's two, plus the ADR-style baseline.
@@ -129,6 +129,11 @@ class RunConfig:
         separate_surrogate_temperature: scale the surrogate by its own fitted
             temperature in the calibration's NLL.
         average_fits: use the mean of the successful fits of T and rho so far.
+        floor_examples: where the accuracy floor is measured: ``"training"`` (the
+            teacher's logits from the training steps) or ``"attack"`` (PGD examples of
+            the training images made against the teacher).
+        reuse_validation_examples: keep the calibration's validation PGD examples
+            while they still fit the teacher.
         ema_decay: decay of the ema teacher (and of the ADR teacher).
         teacher_model: ``.keras`` file of a trained teacher (``teacher="fixed"``).
         surrogate_model: ``.keras`` file of the overfitted model of the two-stage
@@ -203,6 +208,8 @@ class RunConfig:
     surrogate_examples: str = "teacher"
     separate_surrogate_temperature: bool = False
     average_fits: bool = False
+    floor_examples: str = "training"
+    reuse_validation_examples: bool = True
     ema_decay: float = 0.995
     teacher_model: str | None = None
     surrogate_model: str | None = None
@@ -301,6 +308,8 @@ class RunConfig:
         check(self.calibration_size is None or self.calibration_size >= 1,
               f"calibration_size must be a positive integer or None, got "
               f"{self.calibration_size}.")
+        check(self.floor_examples in FLOOR_EXAMPLES, f"floor_examples must be one of "
+              f"{FLOOR_EXAMPLES}, got {self.floor_examples!r}.")
         check(self.surrogate_examples in SURROGATE_EXAMPLES, f"surrogate_examples must be one "
               f"of {SURROGATE_EXAMPLES}, got {self.surrogate_examples!r}.")
         if self.teacher == "fixed" and self.labels == "calibrated":
@@ -695,7 +704,8 @@ def build_trainer(config: RunConfig, splits: data_lib.DatasetSplits):
             ema_decay=config.ema_decay, fixed_temperature=fixed[0], fixed_rho=fixed[1],
             seed=config.seed, verbose=0, surrogate_examples=config.surrogate_examples,
             separate_surrogate_temperature=config.separate_surrogate_temperature,
-            average_fits=config.average_fits))
+            average_fits=config.average_fits, floor_examples=config.floor_examples,
+            reuse_validation_examples=config.reuse_validation_examples))
     if config.weight_average:
         callbacks.append(WeightAverage(splits.train[0], start_epoch=config.swa_start_epoch))
     trainer.compile(optimizer=keras.optimizers.Adam(config.learning_rate))
