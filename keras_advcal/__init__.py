@@ -33,6 +33,8 @@ _EXPORTS = {
     "evaluation": "keras_advcal.evaluation",
     "models": "keras_advcal.models",
     "objectives": "keras_advcal.objectives",
+    "reference": "keras_advcal.reference",
+    "WeightAverage": "keras_advcal.averaging",
     "LabelNoiseReport": "keras_advcal.analysis",
     "measure_label_noise": "keras_advcal.analysis",
     "Attack": "keras_advcal.attacks",
