@@ -355,7 +355,9 @@ def train_reference(data: ReferenceData, epsilon: float = 0.1, epochs: int = 20,
             random start).
         epochs: training epochs (Adam, constant learning rate).
         steps: PGD steps of its training attack.
-        width, dense: the small CNN's sizes (:func:`keras_advcal.models.small_cnn`).
+        width: the small CNN's first convolution's filters
+            (:func:`keras_advcal.models.small_cnn`).
+        dense: the small CNN's hidden dense units.
         batch_size: training batch size.
         learning_rate: Adam's learning rate.
         seed: seed of the initialisation, shuffling and attacks.
