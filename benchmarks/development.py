@@ -73,8 +73,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from robust_overfitting import (Job, execute, finished, snapshot_code,  # noqa: E402
-                                update_section)
+from robust_overfitting import (Job, add_run_options, execute, finished,  # noqa: E402
+                                snapshot_code, update_section)
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "development"
@@ -303,11 +303,7 @@ def report(summary: dict) -> str:
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False)
     parser.add_argument("--variants", nargs="+", choices=list(VARIANT), default=list(VARIANT))
-    parser.add_argument("--seeds", nargs="+", type=int)
-    parser.add_argument("--jobs", type=int, default=2)
-    parser.add_argument("--results", type=Path, default=RESULTS)
-    parser.add_argument("--report-only", action="store_true")
-    parser.add_argument("--dry-run", action="store_true")
+    add_run_options(parser, RESULTS)
     return parser.parse_args(argv)
 
 

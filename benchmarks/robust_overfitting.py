@@ -620,6 +620,16 @@ def update_section(path: Path, section: str, heading: str = SECTION) -> None:
 
 
 # --------------------------------------------------------------------------- main
+def add_run_options(parser: argparse.ArgumentParser, results: Path) -> None:
+    """The options every run-directory benchmark shares: seeds, parallel jobs, the
+    results directory, report-only and dry-run."""
+    parser.add_argument("--seeds", nargs="+", type=int)
+    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--results", type=Path, default=results)
+    parser.add_argument("--report-only", action="store_true")
+    parser.add_argument("--dry-run", action="store_true")
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Robust-overfitting benchmark (issue 4): runs the methods and writes "

@@ -426,7 +426,7 @@ class CalibratedTeacher(keras.callbacks.Callback):
             self._log(logs, status=STATUS_SAME_MODEL, started=started)
             self._say(epoch, "the teacher is the student; T and rho kept")
             return
-        result, teacher_accuracy = self._calibrate(epoch, changed)
+        result, teacher_accuracy = self._calibrate(epoch)
         self.results.append(result)
         status = calibration_status(result)
         if status == STATUS_FITTED:
@@ -502,8 +502,7 @@ class CalibratedTeacher(keras.callbacks.Callback):
     def _attack(self) -> attacks_lib.Attack:
         return self.attack if self.attack is not None else self.model.validation_attack
 
-    def _validation_examples(self, epoch: int, teacher_changed: bool
-                             ) -> tuple[np.ndarray, np.ndarray]:
+    def _validation_examples(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
         """PGD examples of the validation data against the teacher, and the teacher's
         logits on them: made anew only when the teacher has moved enough to matter.
 
@@ -555,12 +554,12 @@ class CalibratedTeacher(keras.callbacks.Callback):
                                                  self.seed * 100_003 + 100_002)
         return cache["train"], self.y_train
 
-    def _calibrate(self, epoch: int, teacher_changed: bool):
+    def _calibrate(self, epoch: int):
         # The training-sample pass is kept per teacher and seeded independently of the
         # epoch: a cache rebuilt after a restart (BackupAndRestore) must equal the one
         # an uninterrupted run computed when the teacher last changed.
         train_logits, train_labels = self._floor_sample()
-        x_adv, teacher_val = self._validation_examples(epoch, teacher_changed)
+        x_adv, teacher_val = self._validation_examples(epoch)
         if self.surrogate_examples == "surrogate":
             student_val, = self._student_val_logits(self.x_val, self.y_val,
                                                     self.seed * 100_003 + 200_000 + epoch)

@@ -266,11 +266,11 @@ def test_moving_teacher_keeps_its_examples_until_it_moves(digits):
     assert callback.reused_validation_examples + callback.remade_validation_examples == 2
     counter = CountingCalls(callback._val_examples)
     callback._val_examples = counter
-    callback._validation_examples(5, teacher_changed=True)  # the teacher did not move
+    callback._validation_examples(5)  # the teacher did not move
     assert counter.calls == 0
     kernel = trainer.teacher.layers[-1].kernel
     kernel.assign(kernel * 0.2)  # a teacher that moved a lot
-    callback._validation_examples(6, teacher_changed=True)
+    callback._validation_examples(6)
     assert counter.calls == 1
     assert np.all(np.isfinite(history.history["calibration_seconds"]))
 
