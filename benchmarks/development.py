@@ -40,16 +40,26 @@ Rows (``variant``; overrides of the default):
   training steps and keeps validation examples while the teacher has not moved); the
   same fitted (T, rho) and final accuracy within seed noise is the check.
 
-Seeds (training seeds): 0, 1, 2 for ``pgd_at`` and ``default``; 0, 1 for the others.
+* the training objectives (issue: TRADES, MART and AWP in the same trainer; added in
+  its own commit before any of their runs): ``trades`` (TRADES, beta 6, one-hot
+  labels), ``trades_calibrated`` (the same with the default's calibrated targets in
+  its supervised term), ``mart`` (MART, beta 5), ``pgd_at_awp`` (PGD-AT with
+  adversarial weight perturbation, gamma 0.005) and ``calibrated_awp`` (the default
+  with the same AWP). They are not candidates for the default: they answer whether
+  calibration removes TRADES's robust overfitting and whether calibrated + AWP beats
+  AWP alone, on the same development split.
+
+Seeds (training seeds): 0, 1, 2 for ``pgd_at``, ``default``, ``trades`` and
+``trades_calibrated``; 0, 1 for the others.
 
 Analysis: per row, mean and standard error over seeds of the final development robust
 accuracy and mean smoothed gap (best 3-evaluation moving average minus the mean of the
 last 3 evaluations of the curve); for calibrated rows the share of epochs 60-120 whose
 chosen (T, rho) lies on the accuracy floor (training agreement within 0.005 of the
-floor) and the share of epochs whose fit was kept or failed. A variant replaces the
-default only if its final development accuracy is higher by more than the larger of
-the two standard errors, with a smoothed gap of at most 1 point; the change is frozen
-in its own commit, which states these numbers and that the test split was not read.
+floor) and the share of epochs whose fit was kept or failed. A calibration variant
+(not one of the objective rows) replaces the default only if its final development
+accuracy is higher by more than the larger of the two standard errors, with a smoothed
+gap of at most 1 point; the change is frozen in its own commit, which states these numbers and that the test split was not read.
 
 Usage:
 
@@ -128,7 +138,18 @@ VARIANTS = [
     Variant("before_cost_change", dict(DEFAULT, floor_examples="attack",
                                        reuse_validation_examples=False),
             title="floor by attack, new validation examples every epoch"),
+    Variant("trades", dict(labels="hard", objective="trades", beta=6.0), (0, 1, 2),
+            "TRADES (beta 6)"),
+    Variant("trades_calibrated", dict(DEFAULT, objective="trades", beta=6.0), (0, 1, 2),
+            "TRADES (beta 6), calibrated targets"),
+    Variant("mart", dict(labels="hard", objective="mart", beta=5.0), title="MART (beta 5)"),
+    Variant("pgd_at_awp", dict(labels="hard", awp_gamma=0.005), title="PGD-AT + AWP 0.005"),
+    Variant("calibrated_awp", dict(DEFAULT, awp_gamma=0.005),
+            title="default + AWP 0.005"),
 ]
+#: Rows that answer questions about the training objectives, not candidates for the
+#: default calibration.
+OBJECTIVE_ROWS = ("trades", "trades_calibrated", "mart", "pgd_at_awp", "calibrated_awp")
 VARIANT = {v.name: v for v in VARIANTS}
 
 
@@ -220,12 +241,13 @@ def analyse(results: Path) -> dict:
         shares = [late_shares(h, floor) for _, h in seeds.values()]
         on_floor = _mean_se([x["on_floor"] for x in shares])[0]
         kept = _mean_se([x["kept_or_failed"] for x in shares])[0]
+        calibrated = variant.overrides.get("labels") == "calibrated"
         rows.append({"variant": variant.name, "title": variant.title, "seeds": sorted(seeds),
                      "dev_final_mean": _pp(final[0]), "dev_final_se": _pp(final[1]),
                      "dev_smoothed_gap_mean": _pp(gap[0]),
                      "pgd_at_es_dev_mean": _pp(es_mean),
-                     "floor_bound_fraction": None if variant.name == "pgd_at" else on_floor,
-                     "kept_or_failed_fraction": None if variant.name == "pgd_at" else kept})
+                     "floor_bound_fraction": on_floor if calibrated else None,
+                     "kept_or_failed_fraction": kept if calibrated else None})
     extra = [{"variant": "pgd_at_es", "seeds": sorted(runs.get("pgd_at", {})),
               "dev_final_mean": _pp(es_mean), "dev_final_se": _pp(es_se),
               "dev_smoothed_gap_mean": None, "pgd_at_es_dev_mean": _pp(es_mean)},
