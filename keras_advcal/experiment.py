@@ -367,17 +367,27 @@ class EpochRecorder(keras.callbacks.Callback):
     leaves a readable history. Put it after the callbacks that add keys to the logs.
 
     Given ``previous`` (the history of an interrupted run being resumed), it keeps
-    those rows; an epoch that is run again replaces its old row."""
+    those rows; an epoch that is run again replaces its old row.
+
+    Besides the logs, each row has ``time`` (wall-clock seconds since the run started)
+    and ``cpu_time`` (CPU seconds of this process since the run started, every thread
+    counted), both cumulative over a resumed run: the cost of an epoch is the difference
+    between consecutive rows, and with one TensorFlow thread ``cpu_time`` does not
+    depend on what else the machine runs."""
 
     def __init__(self, out: Path, previous: dict[str, list] | None = None):
         super().__init__()
         self.out = Path(out)
         self.rows: list[dict] = _rows(previous or {})
         self._offset = max((row.get("time") or 0.0 for row in self.rows), default=0.0)
+        self._cpu_offset = max((row.get("cpu_time") or 0.0 for row in self.rows),
+                               default=0.0)
         self._start = time.perf_counter()
+        self._cpu_start = time.process_time()
 
     def on_train_begin(self, logs=None):
         self._start = time.perf_counter()
+        self._cpu_start = time.process_time()
 
     def on_epoch_end(self, epoch, logs=None):
         self.rows = [row for row in self.rows if row["epoch"] < epoch]
@@ -388,6 +398,7 @@ class EpochRecorder(keras.callbacks.Callback):
             except (TypeError, ValueError):
                 continue
         row["time"] = self._offset + time.perf_counter() - self._start
+        row["cpu_time"] = self._cpu_offset + time.process_time() - self._cpu_start
         self.rows.append(row)
         write_history(self.history(), self.out)
 

@@ -50,7 +50,7 @@ def test_run_writes_every_artifact(calibrated_run):
     history = experiment.read_history(out)
     assert history["epoch"] == [0, 1, 2]
     for key in ("temperature", "rho", "teacher_adv_accuracy", "test_adv_accuracy",
-                "test_accuracy", "val_adv_accuracy", "adv_accuracy", "loss", "time"):
+                "test_accuracy", "val_adv_accuracy", "adv_accuracy", "loss", "time", "cpu_time"):
         assert key in history and len(history[key]) == 3, key
     assert all(0.0 <= value <= 1.0 for value in history["rho"])
     header = (out / "history.csv").read_text().splitlines()[0].split(",")
@@ -220,6 +220,7 @@ def test_an_interrupted_run_resumes_from_its_backup(tmp_path, monkeypatch):
     # Epoch 0 was backed up before the crash: its row is the one from the first run.
     assert history["val_adv_accuracy"][0] == before["val_adv_accuracy"][0]
     assert history["time"] == sorted(history["time"])
+    assert history["cpu_time"] == sorted(history["cpu_time"]) and history["cpu_time"][0] > 0
     assert not (out / "backup" / "training_metadata.json").exists()  # deleted at the end
     assert summary["final_test_adv_accuracy"] == pytest.approx(history["test_adv_accuracy"][-1])
 
