@@ -104,7 +104,11 @@ _TRAIN_HELP: dict[str, str] = {
                       "from the training steps, no extra attack) or attack (PGD examples "
                       "of the training images made against the teacher).",
     "reuse_validation_examples": "Keep the calibration's validation PGD examples while "
-                                 "they still fit the teacher.",
+                                 "they still fit the teacher (--calibration-examples "
+                                 "attack).",
+    "calibration_examples": "The calibration's validation examples: validation_pass (the "
+                            "validation pass's PGD examples, made against the student; no "
+                            "extra attack) or attack (made against the teacher).",
     "ema_decay": "Decay of the ema teacher (and of the ADR teacher).",
     "teacher_model": "A trained teacher (.keras: a classifier or a saved trainer) for "
                      "--teacher fixed.",
@@ -297,6 +301,7 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
                "curve_split": experiment.CURVE_SPLITS,
                "surrogate_examples": _library("teacher").SURROGATE_EXAMPLES,
                "floor_examples": _library("teacher").FLOOR_EXAMPLES,
+               "calibration_examples": _library("teacher").CALIBRATION_EXAMPLES,
                "objective": experiment.RUN_OBJECTIVES}
     # Flags that are not the field's name: --awp (also --awp-gamma) for awp_gamma.
     flag_names = {"awp_gamma": ("--awp", "--awp-gamma")}

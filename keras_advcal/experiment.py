@@ -56,9 +56,9 @@ from keras_advcal.awp import AWP
 from keras_advcal.averaging import WeightAverage
 from keras_advcal.calibration import RULES, SELECTIONS
 from keras_advcal.evaluation import RobustAccuracyTracker, evaluate_robustness, summarize_history
-from keras_advcal.teacher import (FLOOR_EXAMPLES, SURROGATE_EXAMPLES, TEACHER_KINDS,
-                                  CalibratedTeacher, calibrate_teacher)
-from keras_advcal.trainer import AdvCalTrainer
+from keras_advcal.teacher import (CALIBRATION_EXAMPLES, FLOOR_EXAMPLES, SURROGATE_EXAMPLES,
+                                  TEACHER_KINDS, CalibratedTeacher, calibrate_teacher)
+from keras_advcal.trainer import VALIDATION_SAMPLE_SIZE, AdvCalTrainer
 
 #: Label modes of a run: the trainer's two, plus the ADR-style baseline.
 RUN_LABELS = ("hard", "calibrated", "adr")
@@ -133,7 +133,11 @@ class RunConfig:
             teacher's logits from the training steps) or ``"attack"`` (PGD examples of
             the training images made against the teacher).
         reuse_validation_examples: keep the calibration's validation PGD examples
-            while they still fit the teacher.
+            while they still fit the teacher (``calibration_examples="attack"``).
+        calibration_examples: ``"validation_pass"`` (the teacher's and the student's
+            logits on the PGD examples of the validation pass, made against the
+            student; no attack of the calibration's own) or ``"attack"`` (PGD examples
+            made against the teacher by the calibration).
         ema_decay: decay of the ema teacher (and of the ADR teacher).
         teacher_model: ``.keras`` file of a trained teacher (``teacher="fixed"``).
         surrogate_model: ``.keras`` file of the overfitted model of the two-stage
@@ -210,6 +214,7 @@ class RunConfig:
     average_fits: bool = False
     floor_examples: str = "training"
     reuse_validation_examples: bool = True
+    calibration_examples: str = "validation_pass"
     ema_decay: float = 0.995
     teacher_model: str | None = None
     surrogate_model: str | None = None
@@ -312,6 +317,16 @@ class RunConfig:
               f"{FLOOR_EXAMPLES}, got {self.floor_examples!r}.")
         check(self.surrogate_examples in SURROGATE_EXAMPLES, f"surrogate_examples must be one "
               f"of {SURROGATE_EXAMPLES}, got {self.surrogate_examples!r}.")
+        check(self.calibration_examples in CALIBRATION_EXAMPLES, f"calibration_examples must "
+              f"be one of {CALIBRATION_EXAMPLES}, got {self.calibration_examples!r}.")
+        sizes = [n for n in (self.validation_size, self.calibration_size) if n is not None]
+        calibrated_on = min(sizes) if sizes else 0  # None: the loader's default (500)
+        check(self.labels != "calibrated" or self.calibration_examples != "validation_pass"
+              or calibrated_on <= VALIDATION_SAMPLE_SIZE,
+              f"calibration_examples='validation_pass' calibrates on at most "
+              f"{VALIDATION_SAMPLE_SIZE} validation images, but {calibrated_on} are used: "
+              f"set calibration_size <= {VALIDATION_SAMPLE_SIZE} or "
+              f"calibration_examples='attack'.")
         if self.teacher == "fixed" and self.labels == "calibrated":
             check(self.teacher_model is not None,
                   "teacher='fixed' needs teacher_model: the .keras file of a trained teacher.")
@@ -716,7 +731,8 @@ def build_trainer(config: RunConfig, splits: data_lib.DatasetSplits):
             seed=config.seed, verbose=0, surrogate_examples=config.surrogate_examples,
             separate_surrogate_temperature=config.separate_surrogate_temperature,
             average_fits=config.average_fits, floor_examples=config.floor_examples,
-            reuse_validation_examples=config.reuse_validation_examples))
+            reuse_validation_examples=config.reuse_validation_examples,
+            calibration_examples=config.calibration_examples))
     if config.weight_average:
         callbacks.append(WeightAverage(splits.train[0], start_epoch=config.swa_start_epoch))
     trainer.compile(optimizer=keras.optimizers.Adam(config.learning_rate))

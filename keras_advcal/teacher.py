@@ -47,10 +47,11 @@ import tensorflow as tf
 from keras_advcal import attacks as attacks_lib
 from keras_advcal import calibration
 from keras_advcal.averaging import average_into, batchnorm_layers, reestimate_batchnorm
-from keras_advcal.trainer import AdvCalTrainer
+from keras_advcal.trainer import VALIDATION_SAMPLE_SIZE, AdvCalTrainer
 
 SURROGATE_EXAMPLES = ("teacher", "surrogate")
 FLOOR_EXAMPLES = ("training", "attack")
+CALIBRATION_EXAMPLES = ("validation_pass", "attack")
 TEACHER_KINDS = ("best", "swa", "ema", "fixed")
 
 
@@ -208,14 +209,17 @@ class CalibratedTeacher(keras.callbacks.Callback):
     """Maintains the teacher of an ``AdvCalTrainer`` and fits ``T`` and ``rho``
     at the end of every epoch.
 
-    Each epoch end: update the teacher (per ``kind``); then, once a teacher exists and
-    differs from the student, make PGD examples of the validation data against the
-    teacher (or reuse earlier ones, see ``reuse_validation_examples``), collect teacher
-    and student logits on them, take the teacher's logits on adversarial training
-    examples for the accuracy floor (those the epoch's training steps computed, see
-    ``floor_examples``), call
-    :func:`keras_advcal.calibration.calibrate` with the student as the surrogate, and
-    write ``T`` and ``rho`` into the trainer.
+    Each epoch end: update the teacher (per ``kind``; the ``swa`` average is taken
+    just before ``fit``'s validation pass, so that the pass sees the new teacher); then,
+    once a teacher exists and differs from the student, take the teacher's and the
+    student's logits on PGD examples of the validation data (by default those of
+    ``fit``'s own validation pass, made against the student, see
+    ``calibration_examples``), the teacher's logits on adversarial training examples for
+    the accuracy floor (those the epoch's training steps computed, see
+    ``floor_examples``), call :func:`keras_advcal.calibration.calibrate` with the
+    student as the surrogate, and write ``T`` and ``rho`` into the trainer. With the
+    defaults the calibration attacks nothing itself: its cost is a teacher forward pass
+    on the validation examples and the grid.
 
     ``T`` and ``rho`` are kept as they are (``rho`` stays 0 before the first
     calibration) in an epoch where the fit cannot be trusted, for every teacher kind:
@@ -227,7 +231,8 @@ class CalibratedTeacher(keras.callbacks.Callback):
 
     Adds to the epoch logs (History, CSVLogger and TensorBoard record them):
     ``temperature``, ``rho``, ``calibration_nll``, ``train_agreement``,
-    ``teacher_adv_accuracy``, ``calibration_status`` (0 fitted, 1 no teacher yet, 2
+    ``teacher_adv_accuracy`` (the teacher's accuracy on the calibration's validation
+    examples), ``calibration_status`` (0 fitted, 1 no teacher yet, 2
     teacher equals student, 3 ``T`` on the grid's edge, 4 no point meets the floor; see
     :data:`STATUS_TEXT`) and ``calibration_seconds`` (the time this callback took at
     the epoch's end, which Keras' progress bar folds into the epoch's step time).
@@ -288,6 +293,17 @@ class CalibratedTeacher(keras.callbacks.Callback):
             trains on) or ``"attack"`` (PGD examples of ``train_sample`` made against
             the teacher, one more attack whenever the teacher changes). Falls back to
             ``"attack"`` in an epoch that recorded too few (while ``rho`` was 0).
+        calibration_examples: the validation PGD examples the fit uses.
+            ``"validation_pass"`` (default): those of ``fit``'s validation pass, made
+            against the student (as in training, where the teacher's logits are taken on
+            the student's PGD examples); the trainer records the teacher's and the
+            student's logits on them, so the calibration makes no attack of its own.
+            This needs ``fit(validation_data=...)`` with the same examples, in the same
+            order, as ``validation_data`` here (the first ones are used; at most
+            ``VALIDATION_SAMPLE_SIZE`` = 1024); in an epoch without a validation pass it
+            falls back to ``"attack"``. ``"attack"``: PGD examples made against the
+            teacher by the callback (see ``reuse_validation_examples`` and
+            ``surrogate_examples``), as before.
         average_fits: use the mean of every successful fit so far instead of the
             latest one (steadier ``T`` and ``rho`` when the NLL surface is flat and the
             fit jumps from epoch to epoch). The logged ``temperature`` and ``rho`` are
@@ -312,7 +328,8 @@ class CalibratedTeacher(keras.callbacks.Callback):
                  recalibrate_on_snapshot: bool = False,
                  reuse_validation_examples: bool = True,
                  surrogate_examples: str = "teacher", average_fits: bool = False,
-                 floor_examples: str = "training"):
+                 floor_examples: str = "training",
+                 calibration_examples: str = "validation_pass"):
         super().__init__()
         if kind not in TEACHER_KINDS:
             raise ValueError(f"`kind` must be one of {TEACHER_KINDS}, got {kind!r}.")
@@ -354,7 +371,26 @@ class CalibratedTeacher(keras.callbacks.Callback):
             raise ValueError(f"`floor_examples` must be one of {FLOOR_EXAMPLES}, got "
                              f"{floor_examples!r}.")
         self.floor_examples = floor_examples
+        if calibration_examples not in CALIBRATION_EXAMPLES:
+            raise ValueError(f"`calibration_examples` must be one of {CALIBRATION_EXAMPLES}, "
+                             f"got {calibration_examples!r}.")
+        if calibration_examples == "validation_pass" and len(self.y_val) > VALIDATION_SAMPLE_SIZE:
+            raise ValueError(
+                f"calibration_examples='validation_pass' records at most "
+                f"{VALIDATION_SAMPLE_SIZE} validation examples, but validation_data has "
+                f"{len(self.y_val)}: pass its first {VALIDATION_SAMPLE_SIZE} (the fit's "
+                f"validation data may stay larger) or use calibration_examples='attack'.")
+        self.calibration_examples = calibration_examples
         self.floor_from_training = 0  # calibrations whose floor used the training steps'
+        # Calibrations made on the validation pass's examples, and those that fell back
+        # to an attack (no validation pass in the epoch, or other validation data).
+        self.calibrations_from_validation_pass = 0
+        self.calibrations_from_attack = 0
+        self._warned_other_validation = False
+        self._epoch: int | None = None  # the epoch in progress (between begin and end)
+        self._teacher_changed: bool | None = None  # swa update done before validation
+        self._record_current = True  # the recorded teacher is the current one
+        self._update_seconds = 0.0
         self.results: list[calibration.CalibrationResult] = []
         # How often the validation examples were kept or made anew (moving teachers).
         self.reused_validation_examples = 0
@@ -387,6 +423,8 @@ class CalibratedTeacher(keras.callbacks.Callback):
         else:
             trainer.ema_decay.assign(0.0)
         self._teacher_cache = {}
+        trainer.validation_recording.assign(
+            1.0 if self.calibration_examples == "validation_pass" else 0.0)
         attack = self._attack()
         teacher, student = trainer.teacher_logits, trainer.student_logits
         self._val_examples = AdversarialLogits(attack, teacher, [teacher], self.batch_size,
@@ -399,15 +437,37 @@ class CalibratedTeacher(keras.callbacks.Callback):
 
     def on_train_end(self, logs=None):
         self.model.ema_decay.assign(0.0)
+        self.model.validation_recording.assign(0.0)  # no teacher pass in evaluate()
+        self._epoch = None
 
     def on_epoch_begin(self, epoch, logs=None):
         self.model.floor_count.assign(0)  # the floor sample is collected per epoch
+        self.model.validation_record_count.assign(0)
+        self._epoch, self._teacher_changed, self._update_seconds = epoch, None, 0.0
+
+    def on_test_begin(self, logs=None):
+        """``fit``'s validation pass is about to start: the ``swa`` teacher takes in
+        this epoch's weights now (the student does not change before the epoch's end),
+        so the pass records the teacher that the calibration fits."""
+        if self._epoch is None:  # an evaluate() outside fit
+            return
+        self.model.validation_record_count.assign(0)
+        if self.kind == "swa" and self._teacher_changed is None:
+            started = time.perf_counter()
+            self._teacher_changed = self._update_teacher(self._epoch, {})
+            self._update_seconds = time.perf_counter() - started
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs if logs is not None else {}
         trainer = self.model
-        started = time.perf_counter()
-        changed = self._update_teacher(epoch, logs)
+        started = time.perf_counter() - self._update_seconds
+        if self._teacher_changed is not None:  # done before the validation pass
+            changed = self._teacher_changed
+        else:
+            changed = self._update_teacher(epoch, logs)
+        # A best snapshot taken now is not the teacher the validation pass recorded.
+        self._record_current = not (changed and self.kind == "best")
+        self._epoch = None
         if changed:
             self._teacher_cache = {}
             if self.kind in ("best", "fixed"):  # drop the previous teacher's examples
@@ -559,12 +619,12 @@ class CalibratedTeacher(keras.callbacks.Callback):
         # epoch: a cache rebuilt after a restart (BackupAndRestore) must equal the one
         # an uninterrupted run computed when the teacher last changed.
         train_logits, train_labels = self._floor_sample()
-        x_adv, teacher_val = self._validation_examples(epoch)
-        if self.surrogate_examples == "surrogate":
-            student_val, = self._student_val_logits(self.x_val, self.y_val,
-                                                    self.seed * 100_003 + 200_000 + epoch)
+        recorded = self._validation_pass_logits()
+        if recorded is not None:
+            teacher_val, student_val = recorded
+            self.calibrations_from_validation_pass += 1
         else:
-            student_val = self._student_logits(x_adv)
+            teacher_val, student_val = self._attacked_validation_logits(epoch)
         teacher_accuracy = float(np.mean(teacher_val.argmax(axis=1) == self.y_val))
         result = calibration.calibrate(
             teacher_val, student_val, self.y_val, train_logits, train_labels,
@@ -572,6 +632,39 @@ class CalibratedTeacher(keras.callbacks.Callback):
             fixed=self.fixed, separate_surrogate_temperature=self.separate_surrogate_temperature,
             selection=self.selection)
         return result, teacher_accuracy
+
+    def _validation_pass_logits(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """The teacher's and the student's logits that this epoch's validation pass
+        recorded on ``validation_data`` (``None``: use an attack instead)."""
+        if self.calibration_examples != "validation_pass" or not self._record_current:
+            return None
+        teacher_val, student_val, labels = self.model.validation_sample()
+        count = len(self.y_val)
+        if len(labels) < count:  # no validation pass this epoch, or a shorter one
+            return None
+        if not np.array_equal(labels[:count], self.y_val):
+            if not self._warned_other_validation:
+                warnings.warn(
+                    "CalibratedTeacher: fit's validation data is not the callback's "
+                    "validation_data (its labels differ): calibrating on PGD examples of "
+                    "validation_data made by the callback instead (one more attack per "
+                    "epoch). Pass the same examples, in the same order, to both.",
+                    RuntimeWarning, stacklevel=2)
+                self._warned_other_validation = True
+            return None
+        return teacher_val[:count], student_val[:count]
+
+    def _attacked_validation_logits(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+        """The teacher's and the student's logits on PGD examples that the callback
+        makes itself (``calibration_examples="attack"``, or its fallback)."""
+        self.calibrations_from_attack += 1
+        x_adv, teacher_val = self._validation_examples(epoch)
+        if self.surrogate_examples == "surrogate":
+            student_val, = self._student_val_logits(self.x_val, self.y_val,
+                                                    self.seed * 100_003 + 200_000 + epoch)
+        else:
+            student_val = self._student_logits(x_adv)
+        return teacher_val, student_val
 
 
 #: ``calibration_status`` values logged each epoch by :class:`CalibratedTeacher`.

@@ -52,6 +52,12 @@ from keras_advcal import targets as targets_lib
 LABEL_MODES = ("hard", "calibrated")
 #: Teacher logits the training steps keep for the accuracy floor (per epoch, the latest).
 FLOOR_SAMPLE_SIZE = 1024
+#: Validation examples whose teacher and student logits the validation pass keeps for
+#: the calibration (per pass, the first ones).
+VALIDATION_SAMPLE_SIZE = 1024
+#: Name prefixes of the trainer's recording buffers: trainers saved before a buffer
+#: existed load with it at its initial value.
+_BUFFER_PREFIXES = ("floor_", "validation_record")
 _SERIALIZE = keras.saving.serialize_keras_object
 _DESERIALIZE = keras.saving.deserialize_keras_object
 
@@ -209,6 +215,22 @@ class AdvCalTrainer(keras.Model):
             self.floor_labels = self.add_weight(shape=(FLOOR_SAMPLE_SIZE,),
                                                 name="floor_labels", **shared)
             self.floor_count = self.add_weight(shape=(), name="floor_count", **shared)
+            # The teacher's and the student's logits on the validation pass's PGD
+            # examples (made against the student) and their labels, the first
+            # VALIDATION_SAMPLE_SIZE of the pass, while ``validation_recording`` is 1:
+            # the CalibratedTeacher calibrates on them instead of attacking again.
+            self.validation_recording = self.add_weight(
+                shape=(), name="validation_recording", **shared)
+            self.validation_record_teacher = self.add_weight(
+                shape=(VALIDATION_SAMPLE_SIZE, self.num_classes),
+                name="validation_record_teacher", **shared)
+            self.validation_record_student = self.add_weight(
+                shape=(VALIDATION_SAMPLE_SIZE, self.num_classes),
+                name="validation_record_student", **shared)
+            self.validation_record_labels = self.add_weight(
+                shape=(VALIDATION_SAMPLE_SIZE,), name="validation_record_labels", **shared)
+            self.validation_record_count = self.add_weight(
+                shape=(), name="validation_record_count", **shared)
         self.seed_generator = keras.random.SeedGenerator(seed, name="attack_seed")
         eval_seed = None if seed is None else seed + 1
         self.eval_seed_generator = keras.random.SeedGenerator(eval_seed, name="eval_seed")
@@ -402,6 +424,55 @@ class AdvCalTrainer(keras.Model):
             self.floor_labels))
         self.floor_count.assign(tf.cast(tf.where(used, start + count, start), "float32"))
 
+    def _record_validation_sample(self, x_adv, adv_logits, y):
+        """Writes the teacher's and the student's logits on a validation batch's PGD
+        examples, and its labels, after those already recorded in this pass (the first
+        ``VALIDATION_SAMPLE_SIZE`` are kept), while ``validation_recording`` is 1 and the
+        teacher exists. Masked writes, as for the floor sample."""
+        recording = tf.logical_and(self.validation_recording > 0.0, self.teacher_ready > 0.0)
+        shape = tf.stack([tf.shape(x_adv)[0], self.num_classes])
+        teacher = tf.cond(
+            recording,
+            lambda: tf.cast(self.teacher_logits(x_adv, training=False), "float32"),
+            lambda: tf.zeros(shape, "float32"))
+        student, labels = tf.cast(adv_logits, "float32"), tf.cast(y, "float32")
+        context = tf.distribute.get_replica_context()
+        if context is not None and context.num_replicas_in_sync > 1:
+            teacher = context.all_gather(teacher, axis=0)
+            student = context.all_gather(student, axis=0)
+            labels = context.all_gather(labels, axis=0)
+        start = tf.cast(self.validation_record_count, "int32")
+        count = tf.shape(labels)[0]
+        # Rows past the buffer's end land in a scratch extension that is cut off (no
+        # boolean masks: the shapes stay static under XLA).
+        rows = (tf.minimum(start, VALIDATION_SAMPLE_SIZE) + tf.range(count))[:, None]
+        for buffer, values in ((self.validation_record_teacher, teacher),
+                               (self.validation_record_student, student),
+                               (self.validation_record_labels, labels)):
+            extended = tf.concat([tf.convert_to_tensor(buffer), tf.zeros_like(values)], 0)
+            written = tf.tensor_scatter_nd_update(extended, rows, values)
+            buffer.assign(tf.where(recording, written[:VALIDATION_SAMPLE_SIZE], buffer))
+        self.validation_record_count.assign(tf.cast(
+            tf.where(recording, start + count, start), "float32"))
+
+    def validation_sample(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The teacher's and the student's logits on the PGD examples of the
+        validation pass (made against the student) and their labels, as recorded since
+        ``validation_record_count`` was last reset (at most ``VALIDATION_SAMPLE_SIZE``,
+        the first of the pass).
+
+        Example:
+
+            >>> from keras_advcal import PGD
+            >>> net = keras.Sequential([keras.Input((2,)), keras.layers.Dense(3)])
+            >>> [a.shape for a in AdvCalTrainer(net, PGD(0.1, steps=1)).validation_sample()]
+            [(0, 3), (0, 3), (0,)]
+        """
+        count = min(int(self.validation_record_count.numpy()), VALIDATION_SAMPLE_SIZE)
+        return (np.asarray(self.validation_record_teacher.numpy()[:count]),
+                np.asarray(self.validation_record_student.numpy()[:count]),
+                np.asarray(self.validation_record_labels.numpy()[:count]).astype("int32"))
+
     def floor_sample(self) -> tuple[np.ndarray, np.ndarray]:
         """The teacher's logits and the labels recorded by the training steps since
         ``floor_count`` was last reset (at most ``FLOOR_SAMPLE_SIZE``, the latest).
@@ -505,6 +576,9 @@ class AdvCalTrainer(keras.Model):
         clean_logits = self.student_logits(x, training=False)
         x_adv = self.validation_attack(self.student_logits, x, y, seed=self.eval_seed_generator)
         adv_logits = self.student_logits(x_adv, training=False)
+        if self.labels == "calibrated":
+            # The calibration's examples, when the CalibratedTeacher asks for them.
+            self._record_validation_sample(x_adv, adv_logits, y)
         loss = self._reduce(targets_lib.hard_loss(y, adv_logits), sample_weight)
         self.loss_tracker.update_state(loss, sample_weight=tf.shape(y)[0])
         self.accuracy_metric.update_state(y, clean_logits, sample_weight=sample_weight)
@@ -704,11 +778,11 @@ class AdvCalTrainer(keras.Model):
 
     def load_own_variables(self, store):
         own = {key: store[key] for key in store.keys() if key.isdigit()}
-        # Trainers saved before the floor sample existed lack its (last) variables:
+        # Trainers saved before a recording buffer existed lack its (last) variables:
         # they keep their initial values.
         variables = list(self._trainable_variables) + list(self._non_trainable_variables)
         for index in range(len(own), len(variables)):
-            if variables[index].path.split("/")[-1].startswith("floor_"):
+            if variables[index].path.split("/")[-1].startswith(_BUFFER_PREFIXES):
                 own[str(index)] = variables[index].numpy()
         super().load_own_variables(own)
         if "attack_seed_state" in store:

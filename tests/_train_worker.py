@@ -62,13 +62,14 @@ def digits() -> tuple[np.ndarray, np.ndarray]:
 
 def splits():
     """Fixed train (640), validation (192, for val_adv_accuracy) and calibration
-    (validation 128 / train sample 128) splits; sizes are multiples of the batch sizes
-    used so that each fit traces one training step only."""
+    (validation 128: the first of the validation split, so that the calibration uses
+    the validation pass's examples / train sample 128) splits; sizes are multiples of
+    the batch sizes used so that each fit traces one training step only."""
     x, y = digits()
     return {
         "train": (x[:640], y[:640]),
         "val": (x[640:832], y[640:832]),
-        "cal_val": (x[832:960], y[832:960]),
+        "cal_val": (x[640:768], y[640:768]),
         "cal_train": (x[:128], y[:128]),
     }
 
@@ -257,7 +258,9 @@ def _mirrored_run(strategy, kind, epochs, out, name, runs, labels="calibrated", 
     # Global batch 64: 32 examples per replica under the two-device strategy.
     history = _fit(trainer, epochs, callbacks)
     runs[name] = {"history": clean_history(history.history),
-                  "calibrations": [r.to_dict() for r in callbacks[0].results] if kind else []}
+                  "calibrations": [r.to_dict() for r in callbacks[0].results] if kind else [],
+                  "calibrations_from_validation_pass": (
+                      callbacks[0].calibrations_from_validation_pass if kind else 0)}
     state = trainer_state(trainer)
     # Every replica's copy of each teacher and student variable, to check that they agree.
     if trainer.teacher is not None:

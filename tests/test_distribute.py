@@ -55,6 +55,9 @@ def test_mirrored_matches_single_device(mirrored, kind):
                                    rtol=1e-4, atol=1e-5, err_msg=key)
     assert [c["rho"] for c in replicated["calibrations"]] == [
         c["rho"] for c in single["calibrations"]]
+    if kind == "ema":  # calibrated on the validation pass's records (both replicas')
+        assert replicated["calibrations_from_validation_pass"] == len(
+            replicated["calibrations"])
     differences = worker.state_differences(states[f"{kind}_single"],
                                            states[f"{kind}_mirrored"], atol=1e-5)
     assert differences == {}

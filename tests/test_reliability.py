@@ -262,12 +262,16 @@ class RestoredState(keras.callbacks.Callback):
         self.state = worker.trainer_state(self.model)
 
 
-@pytest.mark.parametrize("kind, save_freq, interrupt_at, epochs", [
-    ("best", "epoch", (2, None), 3),  # between epochs
-    ("ema", 3, (1, 7), 2),  # mid-epoch: saved after batch 5 of epoch 1 (batches 3, 6, 9...)
-], ids=["between_epochs_best", "mid_epoch_ema"])
+@pytest.mark.parametrize("kind, save_freq, interrupt_at, epochs, options", [
+    ("best", "epoch", (2, None), 3, {}),  # between epochs
+    # mid-epoch: saved after batch 5 of epoch 1 (batches 3, 6, 9...); calibrated on its
+    # own attack (on the validation pass's examples this tiny EMA teacher's first fit
+    # fails, which would leave T and rho at their initial values)
+    ("ema", 3, (1, 7), 2, dict(calibration_examples="attack")),
+    ("swa", "epoch", (2, None), 3, {}),  # calibrated on the validation pass's examples
+], ids=["between_epochs_best", "mid_epoch_ema", "between_epochs_swa"])
 def test_backup_and_restore_resumes_the_whole_state(tmp_path, kind, save_freq, interrupt_at,
-                                                    epochs):
+                                                    epochs, options):
     """Weights, optimizer state, teacher weights, T, rho, teacher_score/ready/updates,
     EMA decay and the attack's random state are all restored, into a trainer built with
     another seed (so everything must come from the backup). Keras 3.15 resumes a
@@ -279,7 +283,7 @@ def test_backup_and_restore_resumes_the_whole_state(tmp_path, kind, save_freq, i
     snapshots = Snapshots(weights_path, interrupt_at)
     with pytest.raises(KeyboardInterrupt):
         worker._fit(trainer, epochs, [
-            worker.make_teacher_callback(kind),
+            worker.make_teacher_callback(kind, **options),
             keras.callbacks.BackupAndRestore(backup_dir, save_freq=save_freq), snapshots])
     saved = snapshots.saved
     assert saved is not None and os.path.exists(weights_path)
@@ -287,13 +291,13 @@ def test_backup_and_restore_resumes_the_whole_state(tmp_path, kind, save_freq, i
     assert saved["temperature"] != 1.0  # fitted at the end of epoch 0
     if kind == "ema":
         assert saved["ema_decay"] == pytest.approx(0.995)
-    else:
+    elif kind == "best":
         assert np.isfinite(saved["teacher_score"])
 
     resumed = worker.make_trainer(seed=5)
     probe = RestoredState()
     history = worker._fit(resumed, epochs, [
-        worker.make_teacher_callback(kind),
+        worker.make_teacher_callback(kind, **options),
         keras.callbacks.BackupAndRestore(backup_dir, save_freq=save_freq), probe])
     assert worker.state_differences(probe.state, saved) == {}
     assert history.epoch == list(range(interrupt_at[0], epochs))

@@ -217,7 +217,7 @@ def test_best_teacher_reuses_validation_examples_until_it_changes(digits):
     """Between snapshots the validation PGD examples are made once and reused (one
     attack pass for two epochs); a snapshot drops them; a fresh callback seeded the
     same way computes the same calibration from scratch."""
-    trainer, callback, _, _ = _fit(digits, "best", epochs=1)
+    trainer, callback, _, _ = _fit(digits, "best", epochs=1, calibration_examples="attack")
     assert callback.reuse_validation_examples
     _nudge(trainer)
     no_improvement = {"val_adv_accuracy": -1.0}
@@ -231,7 +231,8 @@ def test_best_teacher_reuses_validation_examples_until_it_changes(digits):
     kept = trainer.calibration_cache["x_adv"].copy()
 
     trainer.calibration_cache.clear()
-    fresh = CalibratedTeacher(*_calibration_data(digits), kind="best")
+    fresh = CalibratedTeacher(*_calibration_data(digits), kind="best",
+                              calibration_examples="attack")
     fresh.set_model(trainer)
     fresh.on_train_begin()
     fresh.on_epoch_end(2, dict(no_improvement))
@@ -250,7 +251,8 @@ def test_best_teacher_reuses_validation_examples_until_it_changes(digits):
 
 
 def test_validation_examples_are_remade_every_epoch_without_reuse(digits):
-    trainer, callback, _, _ = _fit(digits, "best", epochs=1, reuse_validation_examples=False)
+    trainer, callback, _, _ = _fit(digits, "best", epochs=1, reuse_validation_examples=False,
+                                   calibration_examples="attack")
     _nudge(trainer)
     counter = CountingCalls(callback._val_examples)
     callback._val_examples = counter
@@ -262,7 +264,7 @@ def test_validation_examples_are_remade_every_epoch_without_reuse(digits):
 def test_moving_teacher_keeps_its_examples_until_it_moves(digits):
     """swa: the examples are kept while the teacher's NLL on them stays within its
     standard error, and made anew once the teacher has changed."""
-    trainer, callback, _, history = _fit(digits, "swa", epochs=3)
+    trainer, callback, _, history = _fit(digits, "swa", epochs=3, calibration_examples="attack")
     assert callback.reused_validation_examples + callback.remade_validation_examples == 2
     counter = CountingCalls(callback._val_examples)
     callback._val_examples = counter
@@ -328,3 +330,65 @@ def test_floor_by_attack_keeps_the_published_training_sample(digits):
     assert callback.floor_from_training == 0
     with pytest.raises(ValueError, match="floor_examples"):
         CalibratedTeacher(*_calibration_data(digits), floor_examples="train")
+
+
+def test_calibration_uses_the_validation_pass_without_an_attack(digits):
+    """By default the calibration takes the teacher's and the student's logits on the
+    PGD examples of fit's validation pass: no attack of its own, the swa teacher
+    averaged once per epoch (before the pass), the student's recorded logits giving
+    the logged val_adv_accuracy."""
+    x_train, y_train, x_test, y_test = digits
+    trainer = AdvCalTrainer(tiny_cnn(0), PGD(0.15, 0.05, 3), seed=0)
+    trainer.compile(keras.optimizers.Adam(2e-3))
+    callback = CalibratedTeacher(*_calibration_data(digits), kind="swa")
+    attacks = CountingCalls(None)
+
+    class CountAttacks(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):  # after the CalibratedTeacher's
+            attacks.function = callback._val_examples
+            callback._val_examples = attacks
+
+    history = trainer.fit(x_train[:600], y_train[:600], validation_data=(x_test[:200],
+                          y_test[:200]), epochs=3, batch_size=64, verbose=0,
+                          callbacks=[callback, CountAttacks()])
+    assert attacks.calls == 0 and callback.calibrations_from_attack == 0
+    assert callback.calibrations_from_validation_pass == 2  # epoch 0: teacher == student
+    assert float(trainer.teacher_updates.numpy()) == 3.0  # once per epoch
+    teacher_logits, student_logits, labels = trainer.validation_sample()
+    np.testing.assert_array_equal(labels, y_test[:200])
+    assert np.mean(student_logits.argmax(1) == labels) == pytest.approx(
+        history.history["val_adv_accuracy"][-1], abs=1e-6)
+    assert not np.allclose(teacher_logits, student_logits)  # the average, not the student
+    assert history.history["teacher_adv_accuracy"][-1] == pytest.approx(
+        np.mean(teacher_logits.argmax(1) == labels))
+    assert float(trainer.validation_recording.numpy()) == 0.0  # off after fit
+    trainer.evaluate(x_test[:64], y_test[:64], verbose=0)
+    assert int(trainer.validation_record_count.numpy()) == 200  # evaluate() records nothing
+
+
+def test_calibration_falls_back_to_an_attack_without_a_validation_pass(digits):
+    x_train, y_train, x_test, y_test = digits
+    trainer = AdvCalTrainer(tiny_cnn(0), PGD(0.15, 0.05, 3), seed=0)
+    trainer.compile(keras.optimizers.Adam(2e-3))
+    callback = CalibratedTeacher(*_calibration_data(digits), kind="swa")
+    trainer.fit(x_train[:600], y_train[:600], epochs=2, batch_size=64, verbose=0,
+                callbacks=[callback])
+    assert callback.calibrations_from_attack == 1
+    assert callback.calibrations_from_validation_pass == 0
+    # Validation data other than the callback's: a warning, and an attack.
+    with pytest.warns(RuntimeWarning, match="validation data"):
+        trainer.fit(x_train[:600], y_train[:600], validation_data=(x_test[200:400],
+                    y_test[200:400]), epochs=1, batch_size=64, verbose=0,
+                    callbacks=[callback])
+    assert callback.calibrations_from_attack == 2
+    assert callback.calibrations_from_validation_pass == 0
+
+
+def test_validation_pass_calibration_size_is_bounded(digits):
+    x_train, y_train = digits[0], digits[1]
+    many = (np.repeat(x_train[:100], 11, axis=0), np.repeat(y_train[:100], 11))
+    with pytest.raises(ValueError, match="calibration_examples='attack'"):
+        CalibratedTeacher(many, (x_train[:200], y_train[:200]))
+    CalibratedTeacher(many, (x_train[:200], y_train[:200]), calibration_examples="attack")
+    with pytest.raises(ValueError, match="calibration_examples"):
+        CalibratedTeacher(*_calibration_data(digits), calibration_examples="pass")

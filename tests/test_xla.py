@@ -101,9 +101,12 @@ def test_no_retracing_when_t_rho_or_teacher_change(runs, jit):
     assert run["per_epoch"][0] == run["per_epoch"][-1] == run["traces"]
     assert run["traces"]["test"] == 1
     assert run["traces"]["train"] <= 2
+    # The calibration used the validation pass's records (recorded inside the one
+    # traced test step); its own attack functions were traced at most once.
+    assert run["callback"].calibrations_from_validation_pass > 0
     for name in ("_val_examples", "_student_logits", "_train_logits"):
         step = getattr(run["callback"], name)._step
-        assert step.experimental_get_tracing_count() == 1, name
+        assert step.experimental_get_tracing_count() <= 1, name
 
 
 @pytest.mark.parametrize("objective", ["mart", "trades"])
