@@ -767,6 +767,9 @@ def run(config: RunConfig, splits: data_lib.DatasetSplits | None = None) -> dict
     for stale in ("summary.json", "history.json", "history.csv", TRAINED_MARKER):
         if stale not in keep:
             (out / stale).unlink(missing_ok=True)
+    if trained is None:  # the models evaluated before are about to be replaced
+        for stale in out.glob(EVALUATED_PATTERN.format(label="*")):
+            stale.unlink()
     if splits is None:
         splits = load_data(config)
     if trained is not None:
@@ -817,6 +820,9 @@ def run(config: RunConfig, splits: data_lib.DatasetSplits | None = None) -> dict
 # Written once training has ended (model.keras and the history saved): a run
 # interrupted afterwards, during its final evaluation, restarts from there.
 TRAINED_MARKER = "training_done.json"
+# The final numbers of one evaluated model (final, best, average) of a run whose
+# evaluation is not finished: a restart does not attack that model again.
+EVALUATED_PATTERN = "evaluated_{label}.json"
 
 
 def _training_settings(config: RunConfig) -> dict:
@@ -871,6 +877,8 @@ def _finish(config: RunConfig, out: Path, trainer, history: dict, splits, eval_a
     summary["wall_seconds"] = time.perf_counter() - start
     summary["epoch_seconds"] = train_seconds / max(len(history.get("epoch", [])), 1)
     (out / "summary.json").write_text(json.dumps(_json_safe(summary), indent=2))
+    for done in out.glob(EVALUATED_PATTERN.format(label="*")):  # now in the summary
+        done.unlink()
     plot_curves(history, out / "curves.png", title=_title(config))
     return summary
 
@@ -895,7 +903,18 @@ def curve_summary(history: dict[str, list], split: str = "test") -> dict:
 def _final_numbers(model, splits, eval_attack, final_attack, config, out: Path | None = None,
                    label: str = "final") -> dict:
     """Training robust accuracy (eval PGD), and PGD-20 plus the extra final attacks on
-    each final split; writes the per-example correctness to ``correctness_<label>.npz``."""
+    each final split; writes the per-example correctness to ``correctness_<label>.npz``.
+
+    With ``out``, a model evaluated before with the same configuration (a run
+    interrupted later in its final evaluation) is not evaluated again: its numbers are
+    read back from ``evaluated_<label>.json``."""
+    evaluated = None if out is None else Path(out) / EVALUATED_PATTERN.format(label=label)
+    settings = _json_safe(config.to_dict())
+    if evaluated is not None and evaluated.is_file() and (
+            Path(out) / f"correctness_{label}.npz").is_file():
+        saved = json.loads(evaluated.read_text())
+        if saved.get("config") == settings:
+            return saved["numbers"]
     numbers: dict[str, Any] = {}
     train_tracker = RobustAccuracyTracker(splits.train, eval_attack)
     clean, robust = train_tracker.evaluate(model)
@@ -956,6 +975,8 @@ def _final_numbers(model, splits, eval_attack, final_attack, config, out: Path |
         arrays[f"{split}_labels"] = np.asarray(y)
     if out is not None:
         np.savez_compressed(Path(out) / f"correctness_{label}.npz", **arrays)
+        evaluated.write_text(json.dumps(_json_safe({"config": settings, "numbers": numbers}),
+                                        indent=2))
     return numbers
 
 

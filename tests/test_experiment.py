@@ -257,6 +257,44 @@ def test_a_run_killed_during_its_final_evaluation_does_not_train_again(tmp_path,
     assert not (out / experiment.TRAINED_MARKER).exists()
 
 
+def test_a_restarted_final_evaluation_skips_the_models_already_evaluated(tmp_path,
+                                                                         monkeypatch):
+    """Killed while attacking the weight average: the restart attacks only that model
+    (the final one and the early-stopped checkpoint keep their numbers and files), and
+    the finished run keeps no evaluated_*.json."""
+    config = tiny_config(tmp_path, "partial", epochs=2, labels="hard", checkpoint_best=True,
+                         weight_average=True)
+    original = experiment.evaluate_robustness
+    attacked = []
+
+    def killed_at_the_average(model, *args, **kwargs):
+        attacked.append(model.name)
+        if len(attacked) == 3:  # final, best, then the average
+            raise KeyboardInterrupt("killed")
+        return original(model, *args, **kwargs)
+
+    monkeypatch.setattr(experiment, "evaluate_robustness", killed_at_the_average)
+    with pytest.raises(KeyboardInterrupt):
+        experiment.run(config)
+    out = experiment.Path(config.out)
+    assert sorted(p.name for p in out.glob("evaluated_*.json")) == [
+        "evaluated_best.json", "evaluated_final.json"]
+    kept = {label: (out / f"correctness_{label}.npz").stat().st_mtime_ns
+            for label in ("final", "best")}
+    attacked.clear()
+    monkeypatch.setattr(experiment, "evaluate_robustness", original)
+    counted = []
+    monkeypatch.setattr(experiment, "evaluate_robustness",
+                        lambda *a, **k: counted.append(1) or original(*a, **k))
+    summary = experiment.run(config)
+    assert len(counted) == 1  # the average only
+    for label, written in kept.items():
+        assert (out / f"correctness_{label}.npz").stat().st_mtime_ns == written
+    assert 0.0 <= summary["weight_average"]["final_pgd20_test_adv_accuracy"] <= 1.0
+    assert 0.0 <= summary["best_checkpoint"]["final_pgd20_test_adv_accuracy"] <= 1.0
+    assert not list(out.glob("evaluated_*.json"))
+
+
 def test_hard_run_with_weight_average_dev_curve_and_cascade(tmp_path):
     config = tiny_config(tmp_path, "hard_avg", labels="hard", checkpoint_best=True,
                          weight_average=True, development_size=100, curve_split="development",
