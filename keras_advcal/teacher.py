@@ -292,7 +292,8 @@ class CalibratedTeacher(keras.callbacks.Callback):
             extra attack; the floor is then measured on the examples the student
             trains on) or ``"attack"`` (PGD examples of ``train_sample`` made against
             the teacher, one more attack whenever the teacher changes). Falls back to
-            ``"attack"`` in an epoch that recorded too few (while ``rho`` was 0).
+            ``"attack"`` in an epoch that recorded too few (before the teacher
+            existed).
         calibration_examples: the validation PGD examples the fit uses.
             ``"validation_pass"`` (default): those of ``fit``'s validation pass, made
             against the student (as in training, where the teacher's logits are taken on
@@ -598,8 +599,8 @@ class CalibratedTeacher(keras.callbacks.Callback):
         """The teacher's logits on adversarial training examples, and their labels.
 
         With ``floor_examples="training"``: the ones the training steps of this epoch
-        computed anyway (the teacher on the student's own PGD examples, recorded while
-        ``rho > 0``), when there are enough of them; otherwise, and with
+        computed anyway (the teacher on the student's own PGD examples, recorded once
+        the teacher exists), when there are enough of them; otherwise, and with
         ``floor_examples="attack"``, PGD examples of ``train_sample`` made against the
         teacher (kept while the teacher does not change).
         """

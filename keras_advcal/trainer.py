@@ -364,13 +364,21 @@ class AdvCalTrainer(keras.Model):
         return loss / replicas if replicas > 1 else loss
 
     def _teacher_logits_when_used(self, inputs):
-        """Teacher logits on ``inputs``; the forward pass is skipped while ``rho == 0``
-        (the plain objective), which returns zeros instead."""
+        """Teacher logits on ``inputs``; the forward pass is skipped (zeros returned)
+        while ``rho == 0`` and the teacher does not exist yet (``teacher_ready``). Once
+        it exists they are computed even while ``rho == 0``, when they do not enter the
+        loss: they are recorded for the accuracy floor, so that the first calibration
+        after the teacher appears needs no attack of its own."""
         shape = tf.stack([tf.shape(inputs)[0], self.num_classes])
         return tf.cond(
-            self.rho > 0.0,
+            self._teacher_evaluated(),
             lambda: tf.cast(self.teacher_logits(inputs, training=False), "float32"),
             lambda: tf.zeros(shape, "float32"))
+
+    def _teacher_evaluated(self):
+        """Whether the training steps evaluate the teacher: it is used (``rho > 0``)
+        or it exists."""
+        return tf.logical_or(self.rho > 0.0, self.teacher_ready > 0.0)
 
     def make_target(self, y, teacher_logits=None) -> targets_lib.Target:
         """The batch's target: the one-hot label (``labels="hard"`` or no teacher
@@ -401,7 +409,7 @@ class AdvCalTrainer(keras.Model):
 
     def _record_floor_sample(self, teacher_logits, y):
         """Writes the batch's teacher logits and labels into the floor sample (a ring
-        buffer over the epoch) while ``rho > 0`` (the teacher is evaluated then).
+        buffer over the epoch) while the teacher is evaluated.
 
         No ``tf.cond``: writing a variable shared by the replicas synchronises them,
         which a distribution strategy does not allow inside control flow; the write
@@ -415,7 +423,7 @@ class AdvCalTrainer(keras.Model):
         count = tf.shape(labels)[0]
         start = tf.cast(self.floor_count, "int32")
         positions = tf.math.floormod(start + tf.range(count), FLOOR_SAMPLE_SIZE)[:, None]
-        used = self.rho > 0.0
+        used = self._teacher_evaluated()
         self.floor_logits.assign(tf.where(
             used, tf.tensor_scatter_nd_update(self.floor_logits, positions, logits),
             self.floor_logits))
