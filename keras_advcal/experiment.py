@@ -58,7 +58,7 @@ from keras_advcal.calibration import RULES, SELECTIONS
 from keras_advcal.evaluation import RobustAccuracyTracker, evaluate_robustness, summarize_history
 from keras_advcal.teacher import (CALIBRATION_EXAMPLES, FLOOR_EXAMPLES, SURROGATE_EXAMPLES,
                                   TEACHER_KINDS, CalibratedTeacher, calibrate_teacher)
-from keras_advcal.trainer import VALIDATION_SAMPLE_SIZE, AdvCalTrainer
+from keras_advcal.trainer import AdvCalTrainer
 
 #: Label modes of a run: the trainer's two, plus the ADR-style baseline.
 RUN_LABELS = ("hard", "calibrated", "adr")
@@ -136,8 +136,9 @@ class RunConfig:
             while they still fit the teacher (``calibration_examples="attack"``).
         calibration_examples: ``"validation_pass"`` (the teacher's and the student's
             logits on the PGD examples of the validation pass, made against the
-            student; no attack of the calibration's own) or ``"attack"`` (PGD examples
-            made against the teacher by the calibration).
+            student; no attack of the calibration's own; at most the first 1,024
+            validation images) or ``"attack"`` (PGD examples made against the teacher
+            by the calibration).
         ema_decay: decay of the ema teacher (and of the ADR teacher).
         teacher_model: ``.keras`` file of a trained teacher (``teacher="fixed"``).
         surrogate_model: ``.keras`` file of the overfitted model of the two-stage
@@ -319,14 +320,6 @@ class RunConfig:
               f"of {SURROGATE_EXAMPLES}, got {self.surrogate_examples!r}.")
         check(self.calibration_examples in CALIBRATION_EXAMPLES, f"calibration_examples must "
               f"be one of {CALIBRATION_EXAMPLES}, got {self.calibration_examples!r}.")
-        sizes = [n for n in (self.validation_size, self.calibration_size) if n is not None]
-        calibrated_on = min(sizes) if sizes else 0  # None: the loader's default (500)
-        check(self.labels != "calibrated" or self.calibration_examples != "validation_pass"
-              or calibrated_on <= VALIDATION_SAMPLE_SIZE,
-              f"calibration_examples='validation_pass' calibrates on at most "
-              f"{VALIDATION_SAMPLE_SIZE} validation images, but {calibrated_on} are used: "
-              f"set calibration_size <= {VALIDATION_SAMPLE_SIZE} or "
-              f"calibration_examples='attack'.")
         if self.teacher == "fixed" and self.labels == "calibrated":
             check(self.teacher_model is not None,
                   "teacher='fixed' needs teacher_model: the .keras file of a trained teacher.")

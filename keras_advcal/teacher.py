@@ -299,10 +299,11 @@ class CalibratedTeacher(keras.callbacks.Callback):
             against the student (as in training, where the teacher's logits are taken on
             the student's PGD examples); the trainer records the teacher's and the
             student's logits on them, so the calibration makes no attack of its own.
-            This needs ``fit(validation_data=...)`` with the same examples, in the same
-            order, as ``validation_data`` here (the first ones are used; at most
-            ``VALIDATION_SAMPLE_SIZE`` = 1024); in an epoch without a validation pass it
-            falls back to ``"attack"``. ``"attack"``: PGD examples made against the
+            This needs ``fit(validation_data=...)`` to start with the examples of
+            ``validation_data`` here, in the same order (the fit's may be more); only
+            the first 1,024 (``VALIDATION_SAMPLE_SIZE``) of ``validation_data`` are
+            used. In an epoch without a validation pass it falls back to ``"attack"``
+            on the same examples. ``"attack"``: PGD examples made against the
             teacher by the callback (see ``reuse_validation_examples`` and
             ``surrogate_examples``), as before.
         average_fits: use the mean of every successful fit so far instead of the
@@ -375,12 +376,10 @@ class CalibratedTeacher(keras.callbacks.Callback):
         if calibration_examples not in CALIBRATION_EXAMPLES:
             raise ValueError(f"`calibration_examples` must be one of {CALIBRATION_EXAMPLES}, "
                              f"got {calibration_examples!r}.")
-        if calibration_examples == "validation_pass" and len(self.y_val) > VALIDATION_SAMPLE_SIZE:
-            raise ValueError(
-                f"calibration_examples='validation_pass' records at most "
-                f"{VALIDATION_SAMPLE_SIZE} validation examples, but validation_data has "
-                f"{len(self.y_val)}: pass its first {VALIDATION_SAMPLE_SIZE} (the fit's "
-                f"validation data may stay larger) or use calibration_examples='attack'.")
+        if calibration_examples == "validation_pass":
+            # The trainer records the first VALIDATION_SAMPLE_SIZE of the pass.
+            self.x_val = self.x_val[:VALIDATION_SAMPLE_SIZE]
+            self.y_val = self.y_val[:VALIDATION_SAMPLE_SIZE]
         self.calibration_examples = calibration_examples
         self.floor_from_training = 0  # calibrations whose floor used the training steps'
         # Calibrations made on the validation pass's examples, and those that fell back

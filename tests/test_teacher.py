@@ -384,11 +384,14 @@ def test_calibration_falls_back_to_an_attack_without_a_validation_pass(digits):
     assert callback.calibrations_from_validation_pass == 0
 
 
-def test_validation_pass_calibration_size_is_bounded(digits):
+def test_validation_pass_calibrates_on_the_first_1024_validation_examples(digits):
     x_train, y_train = digits[0], digits[1]
     many = (np.repeat(x_train[:100], 11, axis=0), np.repeat(y_train[:100], 11))
-    with pytest.raises(ValueError, match="calibration_examples='attack'"):
-        CalibratedTeacher(many, (x_train[:200], y_train[:200]))
-    CalibratedTeacher(many, (x_train[:200], y_train[:200]), calibration_examples="attack")
+    callback = CalibratedTeacher(many, (x_train[:200], y_train[:200]))
+    assert len(callback.y_val) == teacher_lib.VALIDATION_SAMPLE_SIZE == 1024
+    np.testing.assert_array_equal(callback.x_val, many[0][:1024])
+    attacked = CalibratedTeacher(many, (x_train[:200], y_train[:200]),
+                                 calibration_examples="attack")
+    assert len(attacked.y_val) == 1100
     with pytest.raises(ValueError, match="calibration_examples"):
         CalibratedTeacher(*_calibration_data(digits), calibration_examples="pass")
