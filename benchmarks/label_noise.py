@@ -159,6 +159,7 @@ Usage
 -----
     python benchmarks/label_noise.py                 # reference, runs (resumable), report
     python benchmarks/label_noise.py --dry-run       # the plan and its cost
+    python benchmarks/label_noise.py --methods pgd_at  # only the PGD-AT runs (and the report)
     python benchmarks/label_noise.py --report-only   # measure finished runs, verdicts, report
     python benchmarks/label_noise.py --quick         # smoke test under results/label_noise/quick/
 
@@ -930,6 +931,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="no training: measure finished runs (with a cached reference), "
                              "write the verdicts, the report and the figures")
     parser.add_argument("--dry-run", action="store_true", help="print the plan and its cost")
+    parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS),
+                        help="train only these methods' runs (default: both); the reference, "
+                             "the measurement and the report still cover every finished run")
     parser.add_argument("--results", type=Path, default=DEFAULT_RESULTS,
                         help="run directories (default: benchmarks/results/label_noise)")
     parser.add_argument("--no-snapshot", action="store_true",
@@ -946,15 +950,17 @@ def main(argv=None) -> int:
     results = args.results.resolve() / ("quick" if args.quick else "")
     figures = results / "figures" if args.quick else ro.FIGURES
     jobs = plan(protocol, results)
+    # The reference leaves out the images of every planned run, trained now or not.
+    chosen = [job for job in jobs if job.method.name in args.methods]
     if args.dry_run:
         total = 0.0
-        for job in jobs:
+        for job in chosen:
             seconds = estimate_seconds(job.config)
             total += 0.0 if ro.finished(job.run_dir) else seconds
             print(f"{job.name:34s} {'done' if ro.finished(job.run_dir) else 'to run':7s} "
                   f"{seconds / 60:7.1f} min  {json.dumps(job.config)}")
         total += reference_seconds(protocol.reference)
-        print(f"{len(jobs)} runs + the reference: about {total / 3600:.1f} core-hours left on "
+        print(f"{len(chosen)} runs + the reference: about {total / 3600:.1f} core-hours left on "
               f"quiet cores, up to {SHARED_FACTOR * total / 3600:.1f} on shared ones")
         return 0
     started = time.time()
@@ -964,9 +970,9 @@ def main(argv=None) -> int:
     experiment.set_threads(args.jobs)
     reference = get_reference(protocol, jobs, results, train=not args.report_only)
     if not args.report_only:
-        print(f"{len(jobs)} runs, {args.jobs} at a time -> {results}", flush=True)
+        print(f"{len(chosen)} runs, {args.jobs} at a time -> {results}", flush=True)
         code_dir = None if args.no_snapshot else ro.snapshot_code(results)
-        status = ro.execute(jobs, args.jobs, code_dir)
+        status = ro.execute(chosen, args.jobs, code_dir)
     measure_all(protocol, results, reference)
     markdown = results / "RESULTS_quick.md" if args.quick else ro.RESULTS_MD
     section, found = report(protocol, results, figures, markdown, _reference_text(results))
