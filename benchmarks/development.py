@@ -216,6 +216,61 @@ def late_shares(history: dict, acc_floor: float) -> dict[str, float | None]:
     return {"on_floor": len(on_floor) / len(late), "kept_or_failed": len(kept) / len(late)}
 
 
+def late_fits(history: dict) -> dict[str, float | None]:
+    """Medians of the (T, rho) used in epochs 60-120 (1-based).
+
+    Example:
+
+        >>> h = {"epoch": [58, 59, 60], "temperature": [2.0, 1.0, 3.0], "rho": [0.1, 0.5, 0.7]}
+        >>> late_fits(h)
+        {'temperature': 2.0, 'rho': 0.6}
+    """
+    from keras_advcal import experiment
+
+    medians: dict[str, float | None] = {}
+    for key in ("temperature", "rho"):
+        values = [value for epoch, value in experiment.records(history, key)
+                  if LATE_EPOCHS[0] <= epoch + 1 <= LATE_EPOCHS[1]]
+        medians[key] = float(np.median(values)) if values else None
+    return medians
+
+
+def decide(rows: list[dict]) -> dict:
+    """The protocol's rule: a calibration variant (not an objective row) replaces the
+    default when its final development accuracy is higher by more than the larger of the
+    two standard errors, with a smoothed gap of at most 1 point, both rows with at least
+    2 seeds. Rows with one seed cannot decide yet.
+
+    Example:
+
+        >>> rows = [{"variant": "default", "seeds": [0, 1], "dev_final_mean": 58.0,
+        ...          "dev_final_se": 0.3, "dev_smoothed_gap_mean": 0.5},
+        ...         {"variant": "floor_0.8", "seeds": [0, 1], "dev_final_mean": 59.0,
+        ...          "dev_final_se": 0.4, "dev_smoothed_gap_mean": 0.8}]
+        >>> decide(rows)["better"]
+        ['floor_0.8']
+    """
+    by_name = {row["variant"]: row for row in rows}
+    default = by_name.get("default")
+    candidates = [name for name in VARIANT if name not in OBJECTIVE_ROWS
+                  and name not in ("pgd_at", "default")]
+    waiting = [name for name in candidates
+               if name not in by_name or len(by_name[name]["seeds"]) < 2]
+    if default is None or len(default["seeds"]) < 2:
+        return {"better": [], "waiting": ["default"] + waiting, "complete": False}
+    better = []
+    for name in candidates:
+        row = by_name.get(name)
+        if row is None or len(row["seeds"]) < 2:
+            continue
+        margin = max(row["dev_final_se"] or 0.0, default["dev_final_se"] or 0.0)
+        if (row["dev_final_mean"] - default["dev_final_mean"] > margin
+                and row["dev_smoothed_gap_mean"] <= 1.0):
+            better.append(name)
+    better.sort(key=lambda name: -by_name[name]["dev_final_mean"])
+    return {"better": better, "waiting": waiting, "complete": not waiting}
+
+
 def collect(results: Path) -> dict:
     from keras_advcal import experiment
 
@@ -250,12 +305,18 @@ def analyse(results: Path) -> dict:
         on_floor = _mean_se([x["on_floor"] for x in shares])[0]
         kept = _mean_se([x["kept_or_failed"] for x in shares])[0]
         calibrated = variant.overrides.get("labels") == "calibrated"
+        fits = [late_fits(h) for _, h in seeds.values()]
+        medians = {key: (float(np.median([f[key] for f in fits if f[key] is not None]))
+                         if calibrated and any(f[key] is not None for f in fits) else None)
+                   for key in ("temperature", "rho")}
         rows.append({"variant": variant.name, "title": variant.title, "seeds": sorted(seeds),
                      "dev_final_mean": _pp(final[0]), "dev_final_se": _pp(final[1]),
                      "dev_smoothed_gap_mean": _pp(gap[0]),
                      "pgd_at_es_dev_mean": _pp(es_mean),
                      "floor_bound_fraction": on_floor if calibrated else None,
-                     "kept_or_failed_fraction": kept if calibrated else None})
+                     "kept_or_failed_fraction": kept if calibrated else None,
+                     "late_temperature_median": medians["temperature"],
+                     "late_rho_median": medians["rho"]})
     extra = [{"variant": "pgd_at_es", "seeds": sorted(runs.get("pgd_at", {})),
               "dev_final_mean": _pp(es_mean), "dev_final_se": _pp(es_se),
               "dev_smoothed_gap_mean": None, "pgd_at_es_dev_mean": _pp(es_mean)},
@@ -266,6 +327,7 @@ def analyse(results: Path) -> dict:
     default_row = next((r for r in rows if r["variant"] == "default"), {})
     return {"rows": rows, "default": "default",
             "floor_bound_fraction": default_row.get("floor_bound_fraction"),
+            "decision": decide(rows),
             "protocol": "benchmarks/development.py (module docstring)",
             "generated": time.strftime("%Y-%m-%d %H:%M:%S")}
 
@@ -313,9 +375,10 @@ def report(summary: dict) -> str:
              "PGD-10 curve on 1,000 of those images. *On the floor*: share of epochs "
              "60-120 whose chosen (T, rho) keeps the training agreement within 0.005 of "
              "the accuracy floor; *kept/failed*: share of those epochs whose fit was not "
-             "used.", "",
+             "used; *T, rho*: medians over those epochs and the seeds of the values used.",
+             "",
              "| variant | seeds | final (mean ± se) | smoothed gap | on the floor | "
-             "kept/failed |", "|---|---|---|---|---|---|"]
+             "kept/failed | T | rho |", "|---|---|---|---|---|---|---|---|"]
     for row in summary["rows"]:
         se = row["dev_final_se"]
         floor = row.get("floor_bound_fraction")
@@ -324,7 +387,20 @@ def report(summary: dict) -> str:
                      f"{_cell(row['dev_final_mean'])}{'' if se is None else ' ± ' + _cell(se)}"
                      f" | {_cell(row['dev_smoothed_gap_mean'])} | "
                      f"{'–' if floor is None else f'{100 * floor:.0f}%'} | "
-                     f"{'–' if kept is None else f'{100 * kept:.0f}%'} |")
+                     f"{'–' if kept is None else f'{100 * kept:.0f}%'} | "
+                     f"{_cell(row.get('late_temperature_median'), 2)} | "
+                     f"{_cell(row.get('late_rho_median'), 2)} |")
+    decision = summary.get("decision")
+    if decision:
+        if decision["better"]:
+            verdict = ("Variants that beat the default by the protocol's rule: "
+                       + ", ".join(f"`{name}`" for name in decision["better"]) + ".")
+        else:
+            verdict = "No variant beats the default by the protocol's rule so far."
+        if decision["waiting"]:
+            verdict += (" Rows without 2 seeds yet (no decision from them): "
+                        + ", ".join(f"`{name}`" for name in decision["waiting"]) + ".")
+        lines += ["", verdict]
     lines += ["", f"![final development robust accuracy per variant]"
               f"(figures/{FIGURE.name})", ""]
     return "\n".join(lines)
