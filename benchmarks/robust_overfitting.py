@@ -597,9 +597,11 @@ def exit_status(status: dict[str, int]) -> int:
     return 0
 
 
-def update_section(path: Path, section: str, heading: str = SECTION) -> None:
+def update_section(path: Path, section: str, heading: str = SECTION,
+                   first: bool = False) -> None:
     """Replaces the ``## `` section titled ``heading`` (default: this benchmark's) of
-    ``path`` (or appends it), leaving the other sections as they are."""
+    ``path`` (or adds it: at the end, or before the first ``## `` section with
+    ``first``), leaving the other sections as they are."""
     if path.is_file():
         lines = path.read_text().splitlines(keepends=True)
     else:
@@ -608,9 +610,13 @@ def update_section(path: Path, section: str, heading: str = SECTION) -> None:
                  "says which and how to re-run it.\n", "\n"]
     start = next((i for i, line in enumerate(lines) if line.rstrip() == heading), None)
     if start is None:
-        if lines and lines[-1].strip():
-            lines.append("\n")
-        new = lines + [section]
+        top = next((i for i, line in enumerate(lines) if line.startswith("## ")), None)
+        if first and top is not None:
+            new = lines[:top] + [section, "\n"] + lines[top:]
+        else:
+            if lines and lines[-1].strip():
+                lines.append("\n")
+            new = lines + [section]
     else:
         end = next((i for i in range(start + 1, len(lines))
                     if lines[i].startswith("## ")), len(lines))
