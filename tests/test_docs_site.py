@@ -217,3 +217,19 @@ def test_readme_quick_start_is_what_the_timing_script_times():
     assert "subset=5000" in full and "steps=10" in full and "epochs=2" in full
     compile(full, "full size", "exec")
     assert "tutorials/scripts/time_quickstart.py --full-epochs 2" in readme
+
+
+def test_math_in_the_sources_opens_on_its_own_line():
+    """A LaTeX command written through a Python string can lose its backslash (``\\rho``
+    becomes a carriage return and ``ho``): no inline math may open at a line's end, and
+    no source may hold control characters."""
+    sources = [ROOT / "README.md", ROOT / "benchmarks" / "RESULTS.md",
+               *sorted((ROOT / "tutorials").glob("*.md"))]
+    problems = []
+    for path in sources:
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            if line.rstrip().endswith("\\("):
+                problems.append(f"{path.name}:{number}: inline math opens at the line's end")
+            if any(ord(c) < 32 and c != "\t" for c in line):
+                problems.append(f"{path.name}:{number}: control character")
+    assert not problems, "\n".join(problems)
