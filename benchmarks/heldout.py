@@ -357,10 +357,19 @@ def mean_se(values: list[float]) -> tuple[float | None, float | None]:
 
 
 def kept(runs: dict, setting: Setting) -> bool | None:
-    """Whether PGD-AT overfits in ``setting`` (None: no PGD-AT run yet)."""
+    """Whether PGD-AT overfits in ``setting``: the mean smoothed gap over all of its
+    PGD-AT seeds (None until every one of them has finished)."""
     gaps = [r["gap"] for r in runs.get((setting.name, "pgd_at"), {}).values()
             if r["gap"] is not None]
-    return None if not gaps else float(np.mean(gaps)) >= KEEP_GAP
+    if len(gaps) < len(METHOD["pgd_at"].seeds):
+        return None
+    return float(np.mean(gaps)) >= KEEP_GAP
+
+
+def _gap_so_far(runs: dict, setting: Setting) -> tuple[float | None, int]:
+    gaps = [r["gap"] for r in runs.get((setting.name, "pgd_at"), {}).values()
+            if r["gap"] is not None]
+    return (float(np.mean(gaps)) if gaps else None), len(gaps)
 
 
 def _paired(runs: dict, setting: str, method: str, baseline: str):
@@ -413,6 +422,8 @@ def analyse(results: Path, seed: int = 0) -> dict:
         entry = setting.describe()
         keep = kept(runs, setting)
         entry["kept"] = True if setting.role == "development" else keep
+        gap, count = _gap_so_far(runs, setting)
+        entry["pgd_at_gap_so_far"], entry["pgd_at_gap_seeds"] = _pp(gap), count
         settings.append(entry)
     rows = []
     for setting in SETTINGS:
@@ -479,6 +490,9 @@ def report(summary: dict) -> str:
               "|---|---|---|---|---|---|---|"]
     for s in summary["settings"]:
         keep = {True: "yes", False: "no (dropped)", None: "not decided yet"}[s["kept"]]
+        if s.get("pgd_at_gap_seeds"):
+            keep += (f" (gap {s['pgd_at_gap_so_far']:.1f} over {s['pgd_at_gap_seeds']} "
+                     f"seed{'s' if s['pgd_at_gap_seeds'] > 1 else ''})")
         lines.append(f"| `{s['name']}` | {s['role']} | {s['data_seed']} | {s['subset']} | "
                      f"{s['epsilon']} | {s['model']} | {keep} |")
     lines += ["", "| setting | method | seeds | final worst case (mean ± se) | PGD-20 + "

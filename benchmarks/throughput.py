@@ -540,6 +540,21 @@ def calibrated_target(train_size: int) -> float:
     return 1.0 / 1.10 if train_size < 4096 else 0.95
 
 
+def _step_costs_text(path: Path | None = None) -> str:
+    """The parts of one training step (``benchmarks/step_costs.py``), when measured."""
+    path = RESULTS_DIR / "step_costs.json" if path is None else path
+    if not path.is_file():
+        return ""
+    costs = json.loads(path.read_text())
+    part = costs["parts_ms"]
+    return (f". Timed apart on one batch (`{costs['command']}`, {costs['machine']}), "
+            f"AWP's ascent costs {part['ascent']:.1f} ms against {part['attack_pass']:.1f} "
+            f"ms for one PGD pass and {part['update']:.1f} ms for PGD-AT's update: the step "
+            f"with AWP does {part['awp_ratio']:.2f} of PGD-AT's steps per CPU-second, so the "
+            "ascent itself is one pass; the epoch-level ratio above is lower on this loaded "
+            "machine, and that difference is not explained")
+
+
 def findings(results: list[dict]) -> list[str]:
     """Sentences with the ratios the issue's targets are about, from one results list."""
     lines = []
@@ -579,6 +594,7 @@ def findings(results: list[dict]) -> list[str]:
                 # AWP costs one forward and backward pass per batch, PGD-AT steps + 1.
                 text += ("; against AWP's extra pass and nothing more: "
                          f"{_against_target(ratio, (STEPS + 1) / (STEPS + 2))}")
+                text += _step_costs_text()
             lines.append(text + ".")
     art, minimal = _rows(results, "art"), _rows(results, "minimal")
     hard = _rows(results, "hard")
