@@ -1,0 +1,80 @@
+"""The benchmark scripts' own examples (their docstrings' doctests) still hold.
+
+The scripts are not part of the package, so pytest's ``--doctest-modules`` does not
+collect them; their analysis helpers (the replacement rule of the development study,
+the README lines of the held-out report, the bootstrap, the step-cost arithmetic) are
+checked here instead."""
+
+from __future__ import annotations
+
+import doctest
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+SCRIPTS = ["development", "heldout", "step_costs", "throughput"]
+
+
+def _load(name: str):
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        spec = importlib.util.spec_from_file_location(f"benchmark_{name}",
+                                                      BENCHMARKS / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # dataclasses look their module up there
+        spec.loader.exec_module(module)
+        return module
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_benchmark_examples(name):
+    module = _load(name)
+    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 0, f"{name}.py has no examples"
+    assert result.failed == 0
+
+
+def test_development_rule_needs_two_seeds_and_a_margin():
+    rule = _load("development").decide
+    base = {"variant": "default", "seeds": [0, 1], "dev_final_mean": 58.0,
+            "dev_final_se": 0.5, "dev_smoothed_gap_mean": 0.5}
+    # Higher by less than the larger standard error: no replacement.
+    close = dict(base, variant="floor_0.8", dev_final_mean=58.4, dev_final_se=0.2)
+    assert rule([base, close])["better"] == []
+    # Higher by more, but overfitting: no replacement.
+    gappy = dict(base, variant="floor_0.95", dev_final_mean=60.0, dev_smoothed_gap_mean=1.5)
+    assert rule([base, gappy])["better"] == []
+    # One seed cannot decide, and the study is not complete.
+    single = dict(base, variant="swa_start_10", seeds=[0], dev_final_mean=65.0)
+    decision = rule([base, single])
+    assert decision["better"] == [] and "swa_start_10" in decision["waiting"]
+    assert not decision["complete"]
+    # Objective rows are not candidates for the default.
+    trades = dict(base, variant="trades", dev_final_mean=70.0)
+    assert rule([base, trades])["better"] == []
+
+
+def test_heldout_readme_lines_name_only_finished_rows(tmp_path):
+    heldout = _load("heldout")
+    summary = {"settings": [{"name": "dev", "role": "development"},
+                            {"name": "seed1", "role": "heldout"}],
+               "rows": [{"setting": "dev", "method": "pgd_at", "seeds": [0],
+                         "final_worst_case_mean": 45.7},
+                        {"setting": "dev", "method": "pgd_at_es", "seeds": [0],
+                         "final_worst_case_mean": 50.8}],
+               "comparisons": []}
+    text = heldout.readme_lines(summary)
+    assert "PGD-AT 45.7%" in text and "early-stopped 50.8%" in text
+    assert "seed1" not in text and "support no claim" in text
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{heldout.README_MARKERS[0]}\nold\n{heldout.README_MARKERS[1]}\n"
+                      "rest\n")
+    heldout.replace_marked(readme, text)
+    content = readme.read_text()
+    assert "old" not in content and "PGD-AT 45.7%" in content
+    assert content.startswith("intro\n") and content.endswith("rest\n")
