@@ -127,6 +127,34 @@ def test_one_standard_error_rule_matches_a_direct_computation():
     assert floor.nll == pytest.approx(column_nll.min())
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_one_standard_error_choice_on_the_default_grid(seed):
+    """On the default grid, with a floor that binds and one that does not, the choice is
+    the largest rho holding a feasible point within one paired standard error of the
+    lowest feasible NLL, at that column's lowest NLL among those points."""
+    rng = np.random.default_rng(seed)
+    count, classes = 600, 10
+    y = rng.integers(0, classes, count)
+    onehot = np.eye(classes)[y]
+    g = rng.normal(size=(count, classes)) * rng.uniform(1, 3) + onehot * rng.uniform(0, 4)
+    s = rng.normal(size=(count, classes)) * rng.uniform(1, 5) + onehot * rng.uniform(0, 4)
+    train = rng.normal(size=(count, classes)) * 2 + onehot * rng.uniform(1, 5)
+    for floor in (0.0, 0.9):
+        result = calibrate(g, s, y, train, y, acc_floor=floor)
+        temps, rhos = result.temperatures, result.rhos
+        nll, feasible = result.nll_grid, result.agreement_grid >= floor - 1e-9
+        masked = np.where(feasible, nll, np.inf)
+        best = np.unravel_index(np.argmin(masked), nll.shape)
+        mixture = calibration._MixtureNLL(g, s, y, rhos, None)
+        squared = mixture.squared_difference_grid(temps, *best)
+        error = np.sqrt(np.maximum(squared - (nll - nll[best]) ** 2, 0.0) / count)
+        candidates = feasible & (nll - nll[best] <= error + 1e-12)
+        candidates[best] = True
+        column = int(np.max(np.nonzero(candidates.any(axis=0))[0]))
+        row = int(np.argmin(np.where(candidates[:, column], nll[:, column], np.inf)))
+        assert (result.temperature, result.rho) == (temps[row], rhos[column])
+
+
 def test_unknown_selection_is_refused():
     z = np.zeros((200, 3))
     with pytest.raises(ValueError, match="selection"):
