@@ -89,13 +89,27 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from robust_overfitting import (Job, add_run_options, execute, finished,  # noqa: E402
-                                snapshot_code, update_section)
+                                replace_marked, snapshot_code, update_section)
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "development"
 RESULTS_MD = ROOT / "benchmarks" / "RESULTS.md"
 FIGURE = ROOT / "benchmarks" / "figures" / "development_sensitivity.png"
 SECTION = "## Calibration study on the development split"
+METHOD_PAGE = ROOT / "tutorials" / "method.md"
+#: The method page's generated sensitivity table sits between these markers.
+SENSITIVITY_MARKERS = ("<!-- sensitivity:start -->", "<!-- sensitivity:end -->")
+#: The setting of CalibratedTeacher each sensitivity row changes.
+SETTING_OF = {"floor_0.8": "acc_floor=0.8", "floor_0.95": "acc_floor=0.95",
+              "selection_minimum": 'selection="minimum"',
+              "swa_start_10": "swa_start_epoch=10", "swa_start_30": "swa_start_epoch=30",
+              "calibration_250": "250 calibration examples",
+              "calibration_1000": "1,000 calibration examples",
+              "surrogate_attacked": 'calibration_examples="attack", surrogate_examples="surrogate"',
+              "own_surrogate_temperature": "separate_surrogate_temperature=True",
+              "average_fits": "average_fits=True",
+              "before_cost_change": ('calibration_examples="attack", floor_examples="attack", '
+                                     "reuse_validation_examples=False")}
 
 FLOOR_MARGIN = 0.005
 LATE_EPOCHS = (60, 120)
@@ -309,7 +323,10 @@ def analyse(results: Path) -> dict:
         medians = {key: (float(np.median([f[key] for f in fits if f[key] is not None]))
                          if calibrated and any(f[key] is not None for f in fits) else None)
                    for key in ("temperature", "rho")}
+        per_seed = {str(seed): _pp(summary.get("final_worst_case_dev_adv_accuracy"))
+                    for seed, (summary, _) in sorted(seeds.items())}
         rows.append({"variant": variant.name, "title": variant.title, "seeds": sorted(seeds),
+                     "dev_final_by_seed": per_seed,
                      "dev_final_mean": _pp(final[0]), "dev_final_se": _pp(final[1]),
                      "dev_smoothed_gap_mean": _pp(gap[0]),
                      "pgd_at_es_dev_mean": _pp(es_mean),
@@ -406,6 +423,72 @@ def report(summary: dict) -> str:
     return "\n".join(lines)
 
 
+def paired_difference(row: dict, default: dict) -> float | None:
+    """Mean over the seeds both rows have of the row's final accuracy minus the
+    default's (None without a common seed).
+
+    Example:
+
+        >>> paired_difference({"dev_final_by_seed": {"0": 58.1}},
+        ...                   {"dev_final_by_seed": {"0": 58.4, "1": 59.5}})
+        -0.3
+    """
+    mine, theirs = row.get("dev_final_by_seed", {}), default.get("dev_final_by_seed", {})
+    common = [seed for seed in mine if seed in theirs
+              and mine[seed] is not None and theirs[seed] is not None]
+    if not common:
+        return None
+    return round(float(np.mean([mine[seed] - theirs[seed] for seed in common])), 3)
+
+
+def sensitivity_table(summary: dict) -> str:
+    """The method page's table: each setting changed alone, against the default on
+    the same seeds, on the development split (what has run so far).
+
+    Example:
+
+        >>> rows = [{"variant": "default", "seeds": [0, 1], "dev_final_mean": 58.9,
+        ...          "dev_final_se": 0.6, "dev_smoothed_gap_mean": 0.7,
+        ...          "dev_final_by_seed": {"0": 58.4, "1": 59.5}},
+        ...         {"variant": "floor_0.8", "seeds": [0], "dev_final_mean": 58.1,
+        ...          "dev_final_se": None, "dev_smoothed_gap_mean": 0.1,
+        ...          "dev_final_by_seed": {"0": 58.1}}]
+        >>> [line for line in sensitivity_table({"rows": rows}).splitlines()
+        ...  if line.startswith("| `acc_floor")]
+        ['| `acc_floor=0.8` | 0 | 58.1 | -0.3 | 0.1 |']
+    """
+    by_name = {row["variant"]: row for row in summary["rows"]}
+    default = by_name.get("default")
+    if default is None:
+        return "The calibration study has no run of the default yet.\n"
+    lines = ["| setting changed | seeds | final robust accuracy (%) | minus the default, "
+             "same seeds | smoothed gap |", "|---|---|---|---|---|",
+             f"| none (the default) | {','.join(map(str, default['seeds']))} | "
+             f"{_cell(default['dev_final_mean'])}"
+             f"{'' if default['dev_final_se'] is None else ' ± ' + _cell(default['dev_final_se'])}"
+             f" | – | {_cell(default['dev_smoothed_gap_mean'])} |"]
+    for name, setting in SETTING_OF.items():
+        row = by_name.get(name)
+        if row is None:
+            continue
+        se = row["dev_final_se"]
+        difference = paired_difference(row, default)
+        lines.append(f"| `{setting}` | {','.join(map(str, row['seeds']))} | "
+                     f"{_cell(row['dev_final_mean'])}{'' if se is None else ' ± ' + _cell(se)}"
+                     f" | {'–' if difference is None else f'{difference:+.1f}'} | "
+                     f"{_cell(row['dev_smoothed_gap_mean'])} |")
+    missing = [SETTING_OF[name] for name in SETTING_OF if name not in by_name]
+    text = ("Generated by `python benchmarks/development.py --report-only` from the runs "
+            "finished so far (development split of Fashion-MNIST, 500 training images, "
+            "small CNN, eps 0.1; final robust accuracy = worst case of PGD-20 and APGD-CE "
+            "on 2,000 development images; the test split is not read). A setting counts "
+            "as a knob to leave alone only if the result moves by less than 0.5 point "
+            "over its range, with at least 2 seeds per row.\n\n" + "\n".join(lines) + "\n")
+    if missing:
+        text += "\nNot run yet: " + ", ".join(f"`{m}`" for m in missing) + ".\n"
+    return text
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False)
     parser.add_argument("--variants", nargs="+", choices=list(VARIANT), default=list(VARIANT))
@@ -430,6 +513,7 @@ def main(argv=None) -> int:
     (results / "summary.json").write_text(json.dumps(summary, indent=2))
     plot(summary, FIGURE)
     update_section(RESULTS_MD, report(summary), heading=SECTION)
+    replace_marked(METHOD_PAGE, sensitivity_table(summary), SENSITIVITY_MARKERS)
     print(report(summary))
     return 1 if any(code != 0 for code in status.values()) else 0
 

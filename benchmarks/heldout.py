@@ -116,7 +116,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from robust_overfitting import (Job, add_run_options, execute, finished,  # noqa: E402
-                                snapshot_code, update_section)
+                                replace_marked, snapshot_code, update_section)
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "heldout"
@@ -573,20 +573,6 @@ def readme_lines(summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def replace_marked(path: Path, text: str, markers: tuple[str, str] = README_MARKERS) -> None:
-    """Replaces what lies between the two marker lines of ``path`` by ``text``; a file
-    without the markers is left as it is (the generated lines go where a person put
-    the markers)."""
-    if not path.is_file():
-        return
-    content = path.read_text()
-    start, end = content.find(markers[0]), content.find(markers[1])
-    if start < 0 or end < start:
-        return
-    head = content[:start + len(markers[0])]
-    path.write_text(head + "\n" + text + content[end:])
-
-
 # --------------------------------------------------------------------------- main
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False)
@@ -626,7 +612,7 @@ def main(argv=None) -> int:
     (results / "summary.json").write_text(json.dumps(summary, indent=2))
     update_section(RESULTS_MD, report(summary), heading=SECTION, first=True)
     update_section(RESULTS_PAGE, report(summary), heading=SECTION, first=True)
-    replace_marked(README, readme_lines(summary))
+    replace_marked(README, readme_lines(summary), README_MARKERS)
     print(report(summary))
     return 1 if any(code != 0 for code in status.values()) else 0
 

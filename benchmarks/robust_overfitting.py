@@ -625,6 +625,20 @@ def update_section(path: Path, section: str, heading: str = SECTION,
     path.write_text("".join(new))
 
 
+def replace_marked(path: Path, text: str, markers: tuple[str, str]) -> None:
+    """Replaces what lies between the two marker lines of ``path`` by ``text``; a file
+    without the markers is left as it is (the generated lines go where a person put
+    the markers)."""
+    if not path.is_file():
+        return
+    content = path.read_text()
+    start, end = content.find(markers[0]), content.find(markers[1])
+    if start < 0 or end < start:
+        return
+    head = content[:start + len(markers[0])]
+    path.write_text(head + "\n" + text + content[end:])
+
+
 # --------------------------------------------------------------------------- main
 def add_run_options(parser: argparse.ArgumentParser, results: Path) -> None:
     """The options every run-directory benchmark shares: seeds, parallel jobs, the

@@ -74,7 +74,7 @@ def test_heldout_readme_lines_name_only_finished_rows(tmp_path):
     readme = tmp_path / "README.md"
     readme.write_text(f"intro\n{heldout.README_MARKERS[0]}\nold\n{heldout.README_MARKERS[1]}\n"
                       "rest\n")
-    heldout.replace_marked(readme, text)
+    heldout.replace_marked(readme, text, heldout.README_MARKERS)
     content = readme.read_text()
     assert "old" not in content and "PGD-AT 45.7%" in content
     assert content.startswith("intro\n") and content.endswith("rest\n")
