@@ -94,10 +94,40 @@ def batchnorm_layers(model: keras.Model) -> list[keras.layers.BatchNormalization
     return found
 
 
-def reestimate_batchnorm(model: keras.Model, x: np.ndarray, batch_size: int = 256) -> int:
+def _batch_statistics_pass(model: keras.Model, layers: list, batches) -> None:
+    """Sets the moving statistics of ``layers`` to the exact average of the batch
+    statistics over ``batches`` (a forward pass in training mode per batch)."""
+    for layer in layers:
+        layer.moving_mean.assign(keras.ops.zeros_like(layer.moving_mean))
+        layer.moving_variance.assign(keras.ops.ones_like(layer.moving_variance))
+    for index, batch in enumerate(batches):
+        for layer in layers:
+            # moving = m * moving + (1 - m) * batch with m = k / (k + 1): the mean.
+            layer.momentum = index / (index + 1.0)
+        model(batch, training=True)
+
+
+def reestimate_batchnorm(model: keras.Model, x: np.ndarray, batch_size: int = 256,
+                         attack: Any = None, y: np.ndarray | None = None) -> int:
     """Recomputes BatchNorm moving statistics of ``model`` as the exact average of the
     batch statistics over one pass of ``x`` (what SWA needs after averaging weights).
     Returns the number of BatchNorm layers updated (0: nothing to do).
+
+    An adversarially trained model's statistics come from the adversarial examples it
+    trained on, not from clean images, and on adversarial inputs clean statistics
+    make it much less robust. With ``attack`` (and the labels ``y``), the statistics
+    are therefore recomputed on ``attack``'s examples of ``x`` made against ``model``
+    itself (in inference mode, with the statistics of a first, clean pass), as in
+    training; the attack's random start is seeded by the batch's position, so the
+    result does not depend on what ran before.
+
+    Args:
+        model: the model (logits out) whose BatchNorm statistics are recomputed.
+        x: images of the training distribution (a sample is enough).
+        batch_size: batch size of the passes.
+        attack: a :class:`keras_advcal.Attack` (the training attack), or ``None``
+            for clean statistics.
+        y: integer labels of ``x``, needed with ``attack``.
 
     Example:
 
@@ -110,18 +140,19 @@ def reestimate_batchnorm(model: keras.Model, x: np.ndarray, batch_size: int = 25
     layers = batchnorm_layers(model)
     if not layers:
         return 0
+    if attack is not None and y is None:
+        raise ValueError("reestimate_batchnorm with an `attack` needs the labels `y`.")
+    starts = range(0, len(x), batch_size)
     saved = [(layer, layer.momentum) for layer in layers]
     trainable = model.trainable
     model.trainable = True
     try:
-        for layer in layers:
-            layer.moving_mean.assign(keras.ops.zeros_like(layer.moving_mean))
-            layer.moving_variance.assign(keras.ops.ones_like(layer.moving_variance))
-        for index, start in enumerate(range(0, len(x), batch_size)):
-            for layer in layers:
-                # moving = m * moving + (1 - m) * batch with m = k / (k + 1): the mean.
-                layer.momentum = index / (index + 1.0)
-            model(tf.constant(x[start:start + batch_size]), training=True)
+        _batch_statistics_pass(model, layers, (tf.constant(x[i:i + batch_size]) for i in starts))
+        if attack is not None:
+            adversarial = [attack(model, x[i:i + batch_size], y[i:i + batch_size],
+                                  seed=keras.random.SeedGenerator(index))
+                           for index, i in enumerate(starts)]
+            _batch_statistics_pass(model, layers, adversarial)
     finally:
         for layer, momentum in saved:
             layer.momentum = momentum
@@ -134,29 +165,35 @@ class WeightAverage(keras.callbacks.Callback):
 
     From epoch ``start_epoch`` (0-based) on, every epoch end adds the student's
     weights to a uniform average (SWA with a constant learning rate); at the end of
-    ``fit`` the average's BatchNorm statistics are re-estimated on ``train_x``. The
+    ``fit`` the average's BatchNorm statistics are re-estimated on the trainer's
+    training-attack examples of ``train_data`` made against the average (see
+    :func:`reestimate_batchnorm`; clean images only when no labels are given). The
     trainer must be built with ``AdvCalTrainer(..., average_weights=True)``, which
     keeps the average in its variables (saved, and restored by ``BackupAndRestore``).
 
     Args:
-        train_x: training images for the BatchNorm re-estimation (a sample is enough;
-            ignored by models without BatchNorm).
+        train_data: ``(images, labels)`` of the training set for the BatchNorm
+            re-estimation (a sample is enough; ignored by models without BatchNorm),
+            or images alone for clean statistics.
         start_epoch: first epoch averaged.
         batch_size: batch size of the re-estimation pass.
 
     Example:
 
-        >>> WeightAverage(np.zeros((4, 2), "float32"), start_epoch=10).start_epoch
+        >>> WeightAverage((np.zeros((4, 2), "float32"), np.zeros(4)), start_epoch=10).start_epoch
         10
     """
 
-    def __init__(self, train_x: Any, start_epoch: int = 0, batch_size: int = 256):
+    def __init__(self, train_data: Any, start_epoch: int = 0, batch_size: int = 256):
         super().__init__()
         if int(start_epoch) != start_epoch or start_epoch < 0:
             raise ValueError(f"start_epoch must be a non-negative integer, got {start_epoch!r}.")
-        if isinstance(train_x, (tuple, list)) and len(train_x) == 2:
-            train_x = train_x[0]
-        self.train_x = np.asarray(train_x, dtype="float32")
+        train_y = None
+        if isinstance(train_data, (tuple, list)) and len(train_data) == 2:
+            train_data, train_y = train_data
+            train_y = np.asarray(train_y)
+        self.train_x = np.asarray(train_data, dtype="float32")
+        self.train_y = train_y
         self.start_epoch = int(start_epoch)
         self.batch_size = int(batch_size)
 
@@ -171,7 +208,10 @@ class WeightAverage(keras.callbacks.Callback):
 
     def on_train_end(self, logs=None):
         if float(self.model.average_updates.numpy()) > 0:
-            reestimate_batchnorm(self.model.average, self.train_x, self.batch_size)
+            attack = (None if self.train_y is None
+                      else self.model.objective.training_attack(self.model.attack))
+            reestimate_batchnorm(self.model.average, self.train_x, self.batch_size,
+                                 attack=attack, y=self.train_y)
 
 
 __all__ = ["WeightAverage", "average_into", "batchnorm_layers", "reestimate_batchnorm"]

@@ -727,7 +727,7 @@ def build_trainer(config: RunConfig, splits: data_lib.DatasetSplits):
             reuse_validation_examples=config.reuse_validation_examples,
             calibration_examples=config.calibration_examples))
     if config.weight_average:
-        callbacks.append(WeightAverage(splits.train[0], start_epoch=config.swa_start_epoch))
+        callbacks.append(WeightAverage(splits.train, start_epoch=config.swa_start_epoch))
     trainer.compile(optimizer=keras.optimizers.Adam(config.learning_rate))
     return trainer, callbacks, notes
 

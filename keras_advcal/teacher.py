@@ -553,7 +553,9 @@ class CalibratedTeacher(keras.callbacks.Callback):
             if epoch < self.swa_start_epoch:
                 return False
             average_into_teacher(trainer)
-            reestimate_batchnorm(trainer.teacher, self.x_train, self.batch_size)
+            reestimate_batchnorm(trainer.teacher, self.x_train, self.batch_size,
+                                 attack=trainer.objective.training_attack(trainer.attack),
+                                 y=self.y_train)
             trainer.teacher_ready.assign(1.0)
             return True
         return self.kind == "ema" or not self._teacher_cache

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from keras_advcal import PGD, AdvCalTrainer
-from keras_advcal.averaging import WeightAverage, average_into
+from keras_advcal.averaging import WeightAverage, average_into, reestimate_batchnorm
 
 
 def _net(batchnorm=False):
@@ -68,6 +68,37 @@ def test_batchnorm_statistics_of_the_average_are_reestimated():
     hidden = trainer.average_model.layers[0](x).numpy()
     np.testing.assert_allclose(bn.moving_mean.numpy(), hidden.mean(axis=0), rtol=1e-4,
                                atol=1e-5)
+
+
+def test_batchnorm_statistics_come_from_the_training_attack_against_the_average():
+    """An adversarially trained model's BatchNorm statistics are those of adversarial
+    inputs: with labels, the average's statistics are the mean of the batch
+    statistics of the training attack's examples made against the average itself
+    (in inference mode, with the statistics of a clean pass)."""
+    attack = PGD(0.3, step_size=0.1, steps=3, random_start=False)
+    trainer = AdvCalTrainer(_net(batchnorm=True), attack, labels="hard", average_weights=True)
+    trainer.compile(optimizer="adam")
+    x, y = _data()
+    trainer.fit(x, y, epochs=2, batch_size=16, verbose=0,
+                callbacks=[WeightAverage((x, y), batch_size=64)])
+    average = trainer.average_model
+    bn = average.layers[1]
+    # Rebuild the expectation: a clean pass, then the attack against that model.
+    copy = keras.models.clone_model(average)
+    copy.set_weights(average.get_weights())
+    reestimate_batchnorm(copy, x, batch_size=64)
+    x_adv = attack(copy, x, y).numpy()
+    hidden_adv = average.layers[0](x_adv).numpy()
+    hidden_clean = average.layers[0](x).numpy()
+    np.testing.assert_allclose(bn.moving_mean.numpy(), hidden_adv.mean(axis=0), rtol=1e-4,
+                               atol=1e-5)
+    assert not np.allclose(bn.moving_mean.numpy(), hidden_clean.mean(axis=0), atol=1e-3)
+
+
+def test_reestimation_with_an_attack_needs_labels():
+    x, _ = _data()
+    with pytest.raises(ValueError, match="labels"):
+        reestimate_batchnorm(_net(batchnorm=True), x, attack=PGD(0.1, steps=1))
 
 
 def test_errors_name_the_problem():

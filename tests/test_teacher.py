@@ -6,6 +6,7 @@ import pytest
 
 from keras_advcal import AdvCalTrainer, CalibratedTeacher, PGD, calibrate_teacher
 from keras_advcal import teacher as teacher_lib
+from keras_advcal.averaging import reestimate_batchnorm
 from tests.conftest import tiny_cnn
 
 
@@ -97,13 +98,26 @@ def test_swa_teacher_is_the_mean_of_epoch_weights(digits):
     assert history.history["rho"][0] == 0.0
 
 
-def test_swa_reestimates_batchnorm(digits):
+def test_swa_reestimates_batchnorm_on_the_training_attack(digits):
+    """The swa teacher's BatchNorm statistics are those of the training attack's
+    examples of the training sample made against the teacher (seeded per batch), not
+    of the clean images."""
     trainer, callback, _, _ = _fit(digits, "swa", epochs=2, batchnorm=True)
-    bn = teacher_lib.batchnorm_layers(trainer.teacher)[0]
-    features = keras.Model(trainer.teacher.inputs, trainer.teacher.layers[0].output)
-    activations = features(callback.x_train).numpy()
-    np.testing.assert_allclose(bn.moving_mean.numpy(), activations.mean(axis=(0, 1, 2)),
-                               atol=1e-4)
+    teacher = trainer.teacher
+    bn = teacher_lib.batchnorm_layers(teacher)[0]
+    features = keras.Model(teacher.inputs, teacher.layers[0].output)
+    copy = keras.models.clone_model(teacher)
+    copy.set_weights(teacher.get_weights())
+    reestimate_batchnorm(copy, callback.x_train, callback.batch_size)  # the clean pass
+    size = callback.batch_size
+    adversarial = np.concatenate([
+        trainer.attack(copy, callback.x_train[i:i + size], callback.y_train[i:i + size],
+                       seed=keras.random.SeedGenerator(k)).numpy()
+        for k, i in enumerate(range(0, len(callback.x_train), size))])
+    np.testing.assert_allclose(bn.moving_mean.numpy(),
+                               features(adversarial).numpy().mean(axis=(0, 1, 2)), atol=1e-4)
+    clean = features(callback.x_train).numpy().mean(axis=(0, 1, 2))
+    assert not np.allclose(bn.moving_mean.numpy(), clean, atol=1e-4)
     assert bn.momentum == 0.99  # restored
 
 
