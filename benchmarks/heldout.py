@@ -41,7 +41,11 @@ Methods (row names as in ``summary.json``):
 * ``pgd_at_es``: the same runs' checkpoint with the best validation robust accuracy
   (early stopping, Rice et al. 2020).
 * ``pgd_at_swa``: the same runs' uniform average of the per-epoch weights (from epoch
-  0; BatchNorm statistics re-estimated on the training images).
+  0; BatchNorm statistics re-estimated on the training attack's examples of the
+  training images, made against the average. Amended in commit dbe155a: the first
+  ``batchnorm`` run re-estimated them on the clean images, and its average kept its
+  clean accuracy but fell to 25.5% worst-case robust accuracy against 39.5% for the
+  final model; that run was repeated. Only PGD-AT's own run was read for this.)
 * ``calibrated_default``: ``advcal train`` with the library's default calibrated
   configuration as frozen by the development-split calibration study; its rows run only
   after that freeze (``DEFAULT_FROZEN`` below).
