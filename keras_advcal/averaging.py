@@ -18,7 +18,7 @@ Example:
     ...                         average_weights=True)
     >>> trainer.compile(optimizer="adam")
     >>> x = np.random.rand(16, 4).astype("float32"); y = np.arange(16) % 3
-    >>> _ = trainer.fit(x, y, epochs=2, verbose=0, callbacks=[WeightAverage(x)])
+    >>> _ = trainer.fit(x, y, epochs=2, verbose=0, callbacks=[WeightAverage((x, y))])
     >>> int(trainer.average_updates.numpy())
     2
 """
