@@ -45,7 +45,8 @@ Methods (row names as in ``summary.json``):
   training images, made against the average. Amended in commit dbe155a: the first
   ``batchnorm`` run re-estimated them on the clean images, and its average kept its
   clean accuracy but fell to 25.5% worst-case robust accuracy against 39.5% for the
-  final model; that run was repeated. Only PGD-AT's own run was read for this.)
+  final model; that run was repeated with adversarial statistics and its average gave
+  26.0%, so the statistics were not the cause. Only PGD-AT's own runs were read.)
 * ``calibrated_default``: ``advcal train`` with the library's default calibrated
   configuration as frozen by the development-split calibration study; its rows run only
   after that freeze (``DEFAULT_FROZEN`` below).
