@@ -361,20 +361,20 @@ def mean_se(values: list[float]) -> tuple[float | None, float | None]:
     return mean, se
 
 
-def kept(runs: dict, setting: Setting) -> bool | None:
-    """Whether PGD-AT overfits in ``setting``: the mean smoothed gap over all of its
-    PGD-AT seeds (None until every one of them has finished)."""
-    gaps = [r["gap"] for r in runs.get((setting.name, "pgd_at"), {}).values()
-            if r["gap"] is not None]
-    if len(gaps) < len(METHOD["pgd_at"].seeds):
-        return None
-    return float(np.mean(gaps)) >= KEEP_GAP
-
-
 def _gap_so_far(runs: dict, setting: Setting) -> tuple[float | None, int]:
+    """PGD-AT's mean smoothed gap in ``setting`` over its finished seeds, and their count."""
     gaps = [r["gap"] for r in runs.get((setting.name, "pgd_at"), {}).values()
             if r["gap"] is not None]
     return (float(np.mean(gaps)) if gaps else None), len(gaps)
+
+
+def kept(runs: dict, setting: Setting) -> bool | None:
+    """Whether PGD-AT overfits in ``setting``: the mean smoothed gap over all of its
+    PGD-AT seeds (None until every one of them has finished)."""
+    gap, count = _gap_so_far(runs, setting)
+    if count < len(METHOD["pgd_at"].seeds):
+        return None
+    return gap >= KEEP_GAP
 
 
 def _paired(runs: dict, setting: str, method: str, baseline: str):
@@ -615,10 +615,11 @@ def main(argv=None) -> int:
         status = execute(runnable, args.jobs, code_dir)
     summary = analyse(results)
     (results / "summary.json").write_text(json.dumps(summary, indent=2))
-    update_section(RESULTS_MD, report(summary), heading=SECTION, first=True)
-    update_section(RESULTS_PAGE, report(summary), heading=SECTION, first=True)
+    section = report(summary)
+    update_section(RESULTS_MD, section, heading=SECTION, first=True)
+    update_section(RESULTS_PAGE, section, heading=SECTION, first=True)
     replace_marked(README, readme_lines(summary), README_MARKERS)
-    print(report(summary))
+    print(section)
     return 1 if any(code != 0 for code in status.values()) else 0
 
 

@@ -114,9 +114,8 @@ def reestimate_batchnorm(model: keras.Model, x: np.ndarray, batch_size: int = 25
     Returns the number of BatchNorm layers updated (0: nothing to do).
 
     An adversarially trained model's statistics come from the adversarial examples it
-    trained on, not from clean images, and on adversarial inputs clean statistics
-    make it much less robust. With ``attack`` (and the labels ``y``), the statistics
-    are therefore recomputed on ``attack``'s examples of ``x`` made against ``model``
+    trained on, not from clean images. With ``attack`` (and the labels ``y``), the
+    statistics are recomputed on ``attack``'s examples of ``x`` made against ``model``
     itself (in inference mode, with the statistics of a first, clean pass), as in
     training; the attack's random start is seeded by the batch's position, so the
     result does not depend on what ran before.
