@@ -180,7 +180,8 @@ def changed_setting(name: str) -> str:
         'selection="minimum"'
     """
     changed = {k: v for k, v in VARIANT[name].overrides.items() if DEFAULT.get(k) != v}
-    return ", ".join(f"{k}={json.dumps(v)}" for k, v in changed.items())
+    return ", ".join(f"{k}={json.dumps(v) if isinstance(v, str) else v!r}"
+                     for k, v in changed.items())
 
 
 def run_dir(results: Path, variant: str, seed: int) -> Path:
