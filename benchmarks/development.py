@@ -180,7 +180,7 @@ def changed_setting(name: str) -> str:
         'selection="minimum"'
     """
     changed = {k: v for k, v in VARIANT[name].overrides.items() if DEFAULT.get(k) != v}
-    return ", ".join(f"{k}={json.dumps(v) if isinstance(v, str) else v!r}"
+    return ", ".join(f"{k}={json.dumps(v) if isinstance(v, str) else repr(v)}"
                      for k, v in changed.items())
 
 
