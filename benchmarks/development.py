@@ -484,7 +484,7 @@ def sensitivity_table(summary: dict) -> str:
         difference = paired_difference(row, default)
         lines.append(f"| `{setting}` | {','.join(map(str, row['seeds']))} | "
                      f"{_cell(row['dev_final_mean'])}{'' if se is None else ' ± ' + _cell(se)}"
-                     f" | {'–' if difference is None else f'{difference:+.1f}'} | "
+                     f" | {'–' if difference is None else f'{difference + 0.0:+.1f}'} | "
                      f"{_cell(row['dev_smoothed_gap_mean'])} |")
     missing = [changed_setting(name) for name in calibration_variants()
                if name not in by_name]
