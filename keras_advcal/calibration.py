@@ -12,15 +12,14 @@ stands in for the one-hot label on held-out data):
    training sample;
 3. keep the feasible point with the lowest NLL (ties to the smaller rho).
 
-Step 3 as published (``selection="minimum"``) is unstable online, where the surrogate
-is the student being trained on the targets: the NLL is nearly flat in rho, so rho
-jumps between the floor and 0.01 from epoch to epoch, and the student is pushed back
-to plain one-hot training whenever its own softened predictions win by a hair. The
-default ``selection="one_standard_error"`` applies the one-standard-error rule: among
-feasible points whose NLL exceeds the minimum by at most one standard error of the
-paired per-example NLL difference (i.e. statistically indistinguishable on this
-validation set), take the largest rho (the most weight on the teacher), then the
-lowest NLL over T.
+Step 3 as published is the default (``selection="minimum"``). The alternative
+``selection="one_standard_error"`` applies the one-standard-error rule: among feasible
+points whose NLL exceeds the minimum by at most one standard error of the paired
+per-example NLL difference (i.e. statistically indistinguishable on this validation
+set), take the largest rho (the most weight on the teacher), then the lowest NLL over
+T. It was the default until the calibration study on a development split (2 seeds,
+the test split not read) measured the literal rule 0.9 point of robust accuracy better
+with the online ``swa`` teacher.
 
 Only the probability of the true label enters the NLL, and a target agrees with its
 label iff ``1 - rho > rho * (max_{j != y} p_j - p_y)``, so each grid is one compiled
@@ -337,7 +336,7 @@ def calibrate(teacher_logits, surrogate_logits, labels, train_teacher_logits, tr
               teacher_accuracy: float | None = None,
               fixed: tuple[float, float] = (2.0, 0.5),
               separate_surrogate_temperature: bool = False,
-              selection: str = "one_standard_error") -> CalibrationResult:
+              selection: str = "minimum") -> CalibrationResult:
     """Fits ``T`` and ``rho`` of the calibrated targets.
 
     Args:
@@ -363,9 +362,9 @@ def calibrate(teacher_logits, surrogate_logits, labels, train_teacher_logits, tr
             where one shared T favours the overconfident surrogate, whose
             temperature-scaled NLL then beats the teacher's and drives rho to its
             minimum).
-        selection: ``"one_standard_error"`` (default: the largest rho whose NLL is
-            within one paired standard error of the minimum) or ``"minimum"`` (the
-            literal published rule: the lowest NLL, ties to the smaller rho).
+        selection: ``"minimum"`` (default: the literal published rule, the lowest
+            NLL, ties to the smaller rho) or ``"one_standard_error"`` (the largest rho
+            whose NLL is within one paired standard error of the minimum).
 
     Returns:
         A :class:`CalibrationResult`. If no grid point meets the floor, ``rho`` is 0

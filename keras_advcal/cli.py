@@ -85,9 +85,9 @@ _TRAIN_HELP: dict[str, str] = {
             "accuracy floor), confidence (temperature scaling + rho from the teacher's "
             "held-out accuracy) or fixed (--fixed-temperature, --fixed-rho).",
     "acc_floor": "Published rule: minimum fraction of training targets that keep their label.",
-    "selection": "Published rule: how the grid point is picked: one_standard_error (the "
-                 "largest rho whose NLL is within one standard error of the minimum) or "
-                 "minimum (the lowest NLL, as published).",
+    "selection": "Published rule: how the grid point is picked: minimum (the lowest NLL, "
+                 "as published; the default) or one_standard_error (the largest rho whose "
+                 "NLL is within one standard error of the minimum).",
     "fixed_temperature": "T of --rule fixed.",
     "fixed_rho": "rho of --rule fixed.",
     "swa_start_epoch": "First epoch (from 0) averaged into an swa teacher.",

@@ -116,8 +116,8 @@ class RunConfig:
         loss_form: ``"kd"`` or ``"soft"``.
         rule: calibration rule: published, confidence or fixed.
         acc_floor: accuracy floor of the published rule.
-        selection: how the published rule picks its grid point: one_standard_error
-            (default) or minimum (the literal rule).
+        selection: how the published rule picks its grid point: minimum (default:
+            the literal rule) or one_standard_error.
         fixed_temperature, fixed_rho: ``T`` and ``rho`` of ``rule="fixed"``.
         swa_start_epoch: first epoch (from 0) averaged into an swa teacher.
         calibration_size: calibrate T and rho on the first ``calibration_size``
@@ -205,7 +205,7 @@ class RunConfig:
     loss_form: str = "kd"
     rule: str = "published"
     acc_floor: float = 0.9
-    selection: str = "one_standard_error"
+    selection: str = "minimum"
     fixed_temperature: float = 2.0
     fixed_rho: float = 0.5
     swa_start_epoch: int = 0

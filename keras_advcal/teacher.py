@@ -253,7 +253,7 @@ class CalibratedTeacher(keras.callbacks.Callback):
             ``fixed_temperature`` and ``fixed_rho``: the fixed-KD baseline).
         acc_floor: the published rule's accuracy floor.
         selection: how the published rule picks its grid point
-            (``"one_standard_error"`` or ``"minimum"``; see
+            (``"minimum"``, the default, or ``"one_standard_error"``; see
             :func:`keras_advcal.calibration.calibrate`).
         attack: attack for the calibration (default: the trainer's validation attack).
         monitor: the log key the ``best`` teacher follows (``val_adv_accuracy``; when
@@ -321,7 +321,7 @@ class CalibratedTeacher(keras.callbacks.Callback):
 
     def __init__(self, validation_data: Any, train_sample: Any, kind: str = "swa",
                  rule: str = "published", acc_floor: float = 0.9,
-                 selection: str = "one_standard_error",
+                 selection: str = "minimum",
                  attack: attacks_lib.Attack | None = None, monitor: str = "val_adv_accuracy",
                  swa_start_epoch: int = 0, ema_decay: float = 0.995,
                  fixed_temperature: float = 2.0, fixed_rho: float = 0.5,
@@ -756,7 +756,7 @@ def teacher_moved(before: np.ndarray, after: np.ndarray, labels: np.ndarray,
 def calibrate_teacher(teacher: keras.Model, surrogate: keras.Model, validation_data: Any,
                       train_sample: Any, attack: attacks_lib.Attack, acc_floor: float = 0.9,
                       rule: str = "published", batch_size: int = 256,
-                      seed: int = 0, selection: str = "one_standard_error"
+                      seed: int = 0, selection: str = "minimum"
                       ) -> calibration.CalibrationResult:
     """The paper's recipe, in one call: fit ``T`` and ``rho`` for a trained teacher.
 

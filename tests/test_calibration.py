@@ -80,7 +80,8 @@ def test_one_standard_error_rule_takes_the_teacher_when_the_nll_cannot_tell():
     rng = np.random.default_rng(3)
     z = rng.normal(size=(300, 5))
     y = rng.integers(0, 5, 300)
-    result = calibrate(z, z, y, z, z.argmax(axis=1))  # teacher == surrogate: a flat NLL
+    result = calibrate(z, z, y, z, z.argmax(axis=1),  # teacher == surrogate: a flat NLL
+                       selection="one_standard_error")
     assert result.rho == pytest.approx(calibration.DEFAULT_RHOS[-1])
 
 
@@ -103,7 +104,8 @@ def test_one_standard_error_rule_matches_a_direct_computation():
     # prefers the surrogate, by less than its noise (float32 values, as the library casts).
     z = (s + rng.normal(size=s.shape) * 0.2).astype("float32").astype("float64")
     temps, rhos = np.geomspace(0.5, 4.0, 7), np.linspace(0.05, 1.0, 20)
-    floor = calibrate(z, s, y, z, y, temperatures=temps, rhos=rhos, acc_floor=0.0)
+    floor = calibrate(z, s, y, z, y, temperatures=temps, rhos=rhos, acc_floor=0.0,
+                      selection="one_standard_error")
     minimum = calibrate(z, s, y, z, y, temperatures=temps, rhos=rhos, acc_floor=0.0,
                         selection="minimum")
     feasible = floor.agreement_grid >= 0.0
@@ -140,7 +142,7 @@ def test_one_standard_error_choice_on_the_default_grid(seed):
     s = rng.normal(size=(count, classes)) * rng.uniform(1, 5) + onehot * rng.uniform(0, 4)
     train = rng.normal(size=(count, classes)) * 2 + onehot * rng.uniform(1, 5)
     for floor in (0.0, 0.9):
-        result = calibrate(g, s, y, train, y, acc_floor=floor)
+        result = calibrate(g, s, y, train, y, acc_floor=floor, selection="one_standard_error")
         temps, rhos = result.temperatures, result.rhos
         nll, feasible = result.nll_grid, result.agreement_grid >= floor - 1e-9
         masked = np.where(feasible, nll, np.inf)
