@@ -302,8 +302,8 @@ classifier, wraps it in `AdvCalTrainer` and searches the learning rate, the weig
 decay, the batch size and the model width, for a training attack **you** fix. The
 objective is robust validation accuracy (`val_adv_accuracy`).
 
-The calibrated trainer introduces no knob of its own (`T` and `rho` are fitted every
-epoch). A fair comparison gives the baseline its knob too: `search_baseline=True`
+The calibrated trainer adds no knob to search (`T` and `rho` are fitted every epoch;
+the calibration's own settings keep their defaults). A fair comparison gives the baseline its knob too: `search_baseline=True`
 searches the label smoothing of PGD-AT."""),
     *setup_cells('''TRAIN_SUBSET = 400 if SMALL else None      # None: all 1,078 training digits
 MAX_TRIALS = 2 if SMALL else 10
