@@ -78,6 +78,15 @@ calibrated row so far (60.0; the smallest such threshold is ``surrogate_attacked
 overtake, the freeze is reopened in a commit that says so. The frozen default gets the
 default's 3 seeds. The test split was not read for this choice.
 
+After the freeze (each added in its own commit before any of its runs): the rule now
+compares every calibration row, the starting ``default`` included, with the frozen
+default; ``confidence_rule`` (``rule="confidence"``: T by temperature scaling of the
+teacher on the validation examples, rho such that the training targets' mean
+probability of the label equals the teacher's held-out robust accuracy; no accuracy
+floor) is a candidate whose rho is set by held-out data rather than by a constraint;
+``trades_calibrated`` and ``calibrated_awp``, not run before the freeze, use the frozen
+default's calibration.
+
 Usage:
 
     python benchmarks/development.py                  # every row (many hours; resumable)
@@ -129,6 +138,8 @@ DEFAULT = dict(labels="calibrated", teacher="swa", loss_form="kd", rule="publish
                separate_surrogate_temperature=False, average_fits=False,
                floor_examples="training", reuse_validation_examples=True,
                calibration_examples="validation_pass")
+#: Its overrides: what the objective rows' calibrated targets use.
+FROZEN = dict(DEFAULT, selection="minimum")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -160,17 +171,19 @@ VARIANTS = [
             title="surrogate with its own temperature"),
     Variant("average_fits", dict(DEFAULT, average_fits=True),
             title="mean of the fits so far"),
+    Variant("confidence_rule", dict(DEFAULT, rule="confidence"),
+            title="confidence rule (no floor: rho from the teacher's held-out accuracy)"),
     Variant("before_cost_change", dict(DEFAULT, floor_examples="attack",
                                        reuse_validation_examples=False,
                                        calibration_examples="attack"),
             title="floor by attack, new validation examples every epoch"),
     Variant("trades", dict(labels="hard", objective="trades", beta=6.0), (0, 1, 2),
             "TRADES (beta 6)"),
-    Variant("trades_calibrated", dict(DEFAULT, objective="trades", beta=6.0), (0, 1, 2),
+    Variant("trades_calibrated", dict(FROZEN, objective="trades", beta=6.0), (0, 1, 2),
             "TRADES (beta 6), calibrated targets"),
     Variant("mart", dict(labels="hard", objective="mart", beta=5.0), title="MART (beta 5)"),
     Variant("pgd_at_awp", dict(labels="hard", awp_gamma=0.005), title="PGD-AT + AWP 0.005"),
-    Variant("calibrated_awp", dict(DEFAULT, awp_gamma=0.005),
+    Variant("calibrated_awp", dict(FROZEN, awp_gamma=0.005),
             title="default + AWP 0.005"),
 ]
 #: Rows that answer questions about the training objectives, not candidates for the
@@ -273,11 +286,13 @@ def late_fits(history: dict) -> dict[str, float | None]:
     return medians
 
 
-def decide(rows: list[dict]) -> dict:
+def decide(rows: list[dict], reference: str | None = None) -> dict:
     """The protocol's rule: a calibration variant (not an objective row) replaces the
     default when its final development accuracy is higher by more than the larger of the
     two standard errors, with a smoothed gap of at most 1 point, both rows with at least
-    2 seeds. Rows with one seed cannot decide yet.
+    2 seeds. Rows with one seed cannot decide yet. After the freeze the reference is the
+    frozen default (``FROZEN_DEFAULT``), and the study's starting default is one more
+    candidate: a row that beats the frozen default reopens the freeze.
 
     Example:
 
@@ -285,16 +300,18 @@ def decide(rows: list[dict]) -> dict:
         ...          "dev_final_se": 0.3, "dev_smoothed_gap_mean": 0.5},
         ...         {"variant": "floor_0.8", "seeds": [0, 1], "dev_final_mean": 59.0,
         ...          "dev_final_se": 0.4, "dev_smoothed_gap_mean": 0.8}]
-        >>> decide(rows)["better"]
+        >>> decide(rows, reference="default")["better"]
         ['floor_0.8']
     """
+    reference = FROZEN_DEFAULT if reference is None else reference
     by_name = {row["variant"]: row for row in rows}
-    default = by_name.get("default")
-    candidates = calibration_variants()
+    default = by_name.get(reference)
+    candidates = [name for name in ["default", *calibration_variants()] if name != reference]
     waiting = [name for name in candidates
                if name not in by_name or len(by_name[name]["seeds"]) < 2]
     if default is None or len(default["seeds"]) < 2:
-        return {"better": [], "waiting": ["default"] + waiting, "complete": False}
+        return {"better": [], "waiting": [reference] + waiting, "complete": False,
+                "reference": reference}
     better = []
     for name in candidates:
         row = by_name.get(name)
@@ -305,7 +322,8 @@ def decide(rows: list[dict]) -> dict:
                 and row["dev_smoothed_gap_mean"] <= 1.0):
             better.append(name)
     better.sort(key=lambda name: -by_name[name]["dev_final_mean"])
-    return {"better": better, "waiting": waiting, "complete": not waiting}
+    return {"better": better, "waiting": waiting, "complete": not waiting,
+            "reference": reference}
 
 
 def collect(results: Path) -> dict:
@@ -433,10 +451,12 @@ def report(summary: dict) -> str:
     decision = summary.get("decision")
     if decision:
         if decision["better"]:
-            verdict = ("Variants that beat the default by the protocol's rule: "
+            verdict = (f"Variants that beat `{decision.get('reference', 'default')}` by "
+                       "the protocol's rule: "
                        + ", ".join(f"`{name}`" for name in decision["better"]) + ".")
         else:
-            verdict = "No variant beats the default by the protocol's rule so far."
+            verdict = (f"No variant beats `{decision.get('reference', 'default')}` by the "
+                       "protocol's rule so far.")
         if decision["waiting"]:
             verdict += (" Rows without 2 seeds yet (no decision from them): "
                         + ", ".join(f"`{name}`" for name in decision["waiting"]) + ".")

@@ -40,7 +40,11 @@ def test_benchmark_examples(name):
 
 
 def test_development_rule_needs_two_seeds_and_a_margin():
-    rule = _load("development").decide
+    decide = _load("development").decide
+
+    def rule(rows):
+        return decide(rows, reference="default")
+
     base = {"variant": "default", "seeds": [0, 1], "dev_final_mean": 58.0,
             "dev_final_se": 0.5, "dev_smoothed_gap_mean": 0.5}
     # Higher by less than the larger standard error: no replacement.
@@ -57,6 +61,19 @@ def test_development_rule_needs_two_seeds_and_a_margin():
     # Objective rows are not candidates for the default.
     trades = dict(base, variant="trades", dev_final_mean=70.0)
     assert rule([base, trades])["better"] == []
+
+
+def test_development_rule_after_the_freeze_compares_with_the_frozen_default():
+    development = _load("development")
+    frozen = {"variant": development.FROZEN_DEFAULT, "seeds": [0, 1],
+              "dev_final_mean": 59.8, "dev_final_se": 0.2, "dev_smoothed_gap_mean": 0.2}
+    start = dict(frozen, variant="default", dev_final_mean=58.9, dev_final_se=0.6)
+    rival = dict(frozen, variant="confidence_rule", dev_final_mean=61.0, dev_final_se=0.3)
+    decision = development.decide([start, frozen, rival])
+    assert decision["reference"] == development.FROZEN_DEFAULT
+    # The starting default is a candidate like any other, and loses here.
+    assert decision["better"] == ["confidence_rule"]
+    assert "default" not in decision["waiting"]
 
 
 def test_heldout_readme_lines_name_only_finished_rows(tmp_path):

@@ -183,6 +183,20 @@ def test_fixed_rule_sets_fixed_values(digits):
     assert history.history["rho"] == [0.5, 0.5]
 
 
+def test_confidence_rule_with_the_swa_teacher_fits_without_a_floor(digits):
+    trainer, callback, _, history = _fit(digits, "swa", epochs=3, rule="confidence",
+                                         recalibrate_on_snapshot=True)
+    fitted = [r for r in callback.results
+              if teacher_lib.calibration_status(r) == teacher_lib.STATUS_FITTED]
+    assert fitted and all(r.rule == "confidence" for r in fitted)
+    assert all(0.0 <= r.rho <= 1.0 and r.temperature > 0 for r in fitted)
+    # rho comes from the teacher's held-out accuracy, not from a grid against a floor.
+    assert all("held-out robust accuracy" in r.message for r in fitted)
+    assert float(trainer.rho.numpy()) == pytest.approx(fitted[-1].rho)
+    assert float(trainer.temperature.numpy()) == pytest.approx(fitted[-1].temperature)
+    assert np.all(np.isfinite(history.history["loss"]))
+
+
 def test_callback_errors(digits):
     x, y = digits[0][:200], digits[1][:200]
     with pytest.raises(ValueError, match="kind"):
