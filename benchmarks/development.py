@@ -85,7 +85,10 @@ teacher on the validation examples, rho such that the training targets' mean
 probability of the label equals the teacher's held-out robust accuracy; no accuracy
 floor) is a candidate whose rho is set by held-out data rather than by a constraint;
 ``trades_calibrated`` and ``calibrated_awp``, not run before the freeze, use the frozen
-default's calibration.
+default's calibration. A tie (within the larger standard error) goes to a candidate the
+accuracy floor decides in under 20% of epochs 60-120 (smoothed gap at most 1 point)
+when the frozen default is on the floor more often; it replaces the frozen default only
+if no row beats it outright.
 
 Usage:
 
@@ -125,6 +128,8 @@ SENSITIVITY_MARKERS = ("<!-- sensitivity:start -->", "<!-- sensitivity:end -->")
 #: point, until a freeze; see the docstring's "Freeze").
 FROZEN_DEFAULT = "selection_minimum"
 FLOOR_MARGIN = 0.005
+#: The study's goal for the share of late epochs decided by the accuracy floor.
+FLOOR_GOAL = 0.2
 LATE_EPOCHS = (60, 120)
 BASE = dict(dataset="fashion_mnist", data_seed=0, subset=500, validation_size=1000,
             development_size=2000, curve_split="development", curve_size=1000,
@@ -294,6 +299,12 @@ def decide(rows: list[dict], reference: str | None = None) -> dict:
     frozen default (``FROZEN_DEFAULT``), and the study's starting default is one more
     candidate: a row that beats the frozen default reopens the freeze.
 
+    A tie (the difference within the larger standard error, either way) goes to a
+    candidate whose chosen point lies on the accuracy floor in under 20% of epochs
+    60-120, with a smoothed gap of at most 1 point, when the reference's does not
+    (``tie_preferred``): a rule set by held-out data rather than by a constraint is the
+    study's goal. It replaces the reference only if no row is ``better``.
+
     Example:
 
         >>> rows = [{"variant": "default", "seeds": [0, 1], "dev_final_mean": 58.0,
@@ -322,8 +333,22 @@ def decide(rows: list[dict], reference: str | None = None) -> dict:
                 and row["dev_smoothed_gap_mean"] <= 1.0):
             better.append(name)
     better.sort(key=lambda name: -by_name[name]["dev_final_mean"])
-    return {"better": better, "waiting": waiting, "complete": not waiting,
-            "reference": reference}
+    tie_preferred = []
+    reference_on_floor = default.get("floor_bound_fraction")
+    if reference_on_floor is not None and reference_on_floor >= FLOOR_GOAL:
+        for name in candidates:
+            row = by_name.get(name)
+            if row is None or len(row["seeds"]) < 2 or name in better:
+                continue
+            margin = max(row["dev_final_se"] or 0.0, default["dev_final_se"] or 0.0)
+            on_floor = row.get("floor_bound_fraction")
+            if (abs(row["dev_final_mean"] - default["dev_final_mean"]) <= margin
+                    and row["dev_smoothed_gap_mean"] <= 1.0
+                    and on_floor is not None and on_floor < FLOOR_GOAL):
+                tie_preferred.append(name)
+        tie_preferred.sort(key=lambda name: -by_name[name]["dev_final_mean"])
+    return {"better": better, "tie_preferred": tie_preferred, "waiting": waiting,
+            "complete": not waiting, "reference": reference}
 
 
 def collect(results: Path) -> dict:
@@ -457,6 +482,11 @@ def report(summary: dict) -> str:
         else:
             verdict = (f"No variant beats `{decision.get('reference', 'default')}` by the "
                        "protocol's rule so far.")
+        if decision.get("tie_preferred"):
+            verdict += (" Tied with it, with a rule the accuracy floor decides in under "
+                        "20% of late epochs (preferred on a tie when nothing is better): "
+                        + ", ".join(f"`{name}`" for name in decision["tie_preferred"])
+                        + ".")
         if decision["waiting"]:
             verdict += (" Rows without 2 seeds yet (no decision from them): "
                         + ", ".join(f"`{name}`" for name in decision["waiting"]) + ".")

@@ -76,6 +76,25 @@ def test_development_rule_after_the_freeze_compares_with_the_frozen_default():
     assert "default" not in decision["waiting"]
 
 
+
+def test_development_rule_prefers_a_tie_off_the_floor():
+    development = _load("development")
+    frozen = {"variant": "selection_minimum", "seeds": [0, 1], "dev_final_mean": 59.8,
+              "dev_final_se": 0.2, "dev_smoothed_gap_mean": 0.2, "floor_bound_fraction": 0.73}
+    tie = dict(frozen, variant="confidence_rule", dev_final_mean=59.5, dev_final_se=0.4,
+               floor_bound_fraction=0.0)
+    on_floor = dict(tie, variant="average_fits", floor_bound_fraction=0.9)
+    worse = dict(tie, variant="calibration_250", dev_final_mean=58.0)
+    decision = development.decide([frozen, tie, on_floor, worse],
+                                  reference="selection_minimum")
+    assert decision["better"] == []
+    assert decision["tie_preferred"] == ["confidence_rule"]
+    # No preference when the reference itself is mostly off the floor.
+    decision = development.decide([dict(frozen, floor_bound_fraction=0.1), tie],
+                                  reference="selection_minimum")
+    assert decision["tie_preferred"] == []
+
+
 def test_heldout_readme_lines_name_only_finished_rows(tmp_path):
     heldout = _load("heldout")
     summary = {"settings": [{"name": "dev", "role": "development"},
