@@ -84,6 +84,10 @@ default; ``confidence_rule`` (``rule="confidence"``: T by temperature scaling of
 teacher on the validation examples, rho such that the training targets' mean
 probability of the label equals the teacher's held-out robust accuracy; no accuracy
 floor) is a candidate whose rho is set by held-out data rather than by a constraint;
+``rectified_no_floor`` (the frozen default's lowest-NLL fit without the accuracy floor,
+``acc_floor=0``, and per-example ratios ``rho_i = clip(rho - (max_j p_j - p_y), 0, 1)``
+in training, ``rectified_targets=True``, which keep every target on its label: the
+floor's job done per example, the ADR idea with a fitted rho) is a second one;
 ``trades_calibrated`` and ``calibrated_awp``, not run before the freeze, use the frozen
 default's calibration. A tie (within the larger standard error) goes to a candidate the
 accuracy floor decides in under 20% of epochs 60-120 (smoothed gap at most 1 point)
@@ -178,6 +182,9 @@ VARIANTS = [
             title="mean of the fits so far"),
     Variant("confidence_rule", dict(DEFAULT, rule="confidence"),
             title="confidence rule (no floor: rho from the teacher's held-out accuracy)"),
+    Variant("rectified_no_floor", dict(DEFAULT, selection="minimum", rectified_targets=True,
+                                       acc_floor=0.0),
+            title="per-example rectified rho, lowest NLL, no floor"),
     Variant("before_cost_change", dict(DEFAULT, floor_examples="attack",
                                        reuse_validation_examples=False,
                                        calibration_examples="attack"),

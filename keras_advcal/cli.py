@@ -74,6 +74,9 @@ _TRAIN_HELP: dict[str, str] = {
                  "(boosted CE + misclassification-weighted KL). Calibrated labels replace "
                  "the one-hot label in its supervised term.",
     "beta": "Weight of the KL term of trades or mart ('default': 6 for trades, 5 for mart).",
+    "rectified_targets": "Calibrated labels: per-example ratios rho_i = clip(rho - (max_j p_j "
+                         "- p_y), 0, 1) that keep every target on its label (use with "
+                         "--acc-floor 0).",
     "awp_gamma": "Adversarial weight perturbation (AWP): relative size gamma of the ascent "
                  "step on the weights before each descent step, e.g. 0.005 (0: no AWP).",
     "teacher": "Teacher of the calibrated trainer: swa (weight average per epoch; the "

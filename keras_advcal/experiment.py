@@ -112,6 +112,9 @@ class RunConfig:
             and 5).
         awp_gamma: adversarial weight perturbation of this relative size before
             every descent step (:class:`keras_advcal.AWP`; 0: none).
+        rectified_targets: per-example ratios that keep every calibrated target on
+            its label (``AdvCalTrainer(rectified_targets=True)``; calibrate with
+            ``acc_floor=0``).
         teacher: teacher kind of the calibrated trainer: best, swa, ema or fixed.
         loss_form: ``"kd"`` or ``"soft"``.
         rule: calibration rule: published, confidence or fixed.
@@ -201,6 +204,7 @@ class RunConfig:
     objective: str = "pgd_at"
     beta: float | None = None
     awp_gamma: float = 0.0
+    rectified_targets: bool = False
     teacher: str = "swa"
     loss_form: str = "kd"
     rule: str = "published"
@@ -259,6 +263,8 @@ class RunConfig:
                 raise ValueError(message)
 
         check(self.epsilon >= 0, f"epsilon must be >= 0, got {self.epsilon}.")
+        check(not self.rectified_targets or self.labels == "calibrated",
+              "rectified_targets needs labels='calibrated'.")
         for name in ("train_step_size", "eval_step_size", "learning_rate", "acc_floor",
                      "label_noise", "fixed_rho"):
             value = getattr(self, name)
@@ -715,7 +721,7 @@ def build_trainer(config: RunConfig, splits: data_lib.DatasetSplits):
         trainer = AdvCalTrainer(student, train_attack, labels="calibrated",
                                 loss_form=config.loss_form, teacher=teacher_net,
                                 temperature=temperature, rho=rho, objective=objective,
-                                **common)
+                                rectified_targets=config.rectified_targets, **common)
         callbacks.append(CalibratedTeacher(
             calibration_data, splits.train, kind=config.teacher, rule=rule,
             acc_floor=config.acc_floor, selection=config.selection,
@@ -1008,6 +1014,8 @@ def _title(config: RunConfig) -> str:
     else:
         kind = (f"{objective} calibrated: teacher={config.teacher}, loss={config.loss_form}, "
                 f"rule={config.rule}")
+    if config.labels == "calibrated" and config.rectified_targets:
+        kind += ", rectified targets"
     if config.awp_gamma > 0:
         kind += f", AWP {config.awp_gamma:g}"
     return f"{Path(config.out).name}: {kind}"

@@ -142,6 +142,14 @@ class AdvCalTrainer(keras.Model):
             calibrated target enters each one).
         weight_perturbation: ``keras_advcal.AWP(gamma=5e-3)`` for adversarial weight
             perturbation before every descent step; ``None`` (default): none.
+        rectified_targets: give each calibrated target its own ratio
+            ``rho_i = clip(rho - (max_j p_j - p_y), 0, 1)``, ``p = softmax(g / T)``
+            (:func:`keras_advcal.targets.rectified_ratio`, the ADR baseline's
+            rectification, with the fitted ``rho``): less teacher where the teacher
+            prefers another class, so that every target keeps its label as its most
+            likely class, whatever ``rho`` (calibrate it without an accuracy floor,
+            ``acc_floor=0``). Needs ``labels="calibrated"``; not with the ``"adr"``
+            objective, which rectifies already.
         **kwargs: passed to ``keras.Model`` (e.g. ``name``).
 
     Example:
@@ -160,7 +168,8 @@ class AdvCalTrainer(keras.Model):
                  track_clean_accuracy: bool = True, from_logits: bool = True,
                  num_classes: int | None = None, seed: int | None = None,
                  average_weights: bool = False, objective: Any = "pgd_at",
-                 weight_perturbation: Any = None, **kwargs):
+                 weight_perturbation: Any = None, rectified_targets: bool = False,
+                 **kwargs):
         super().__init__(**kwargs)
         self._validate_arguments(model, labels, loss_form, teacher, temperature, rho,
                                  label_smoothing, from_logits)
@@ -171,6 +180,12 @@ class AdvCalTrainer(keras.Model):
         if self.objective.requires_teacher and labels != "calibrated":
             raise ValueError(f"objective={self.objective.name!r} needs labels='calibrated'.")
         self.objective.training_attack(self.attack)  # refuses an attack it cannot use
+        if rectified_targets and labels != "calibrated":
+            raise ValueError("`rectified_targets` needs labels='calibrated'.")
+        if rectified_targets and self.objective.name == "adr":
+            raise ValueError("The 'adr' objective rectifies its targets already; leave "
+                             "`rectified_targets` False.")
+        self.rectified_targets = bool(rectified_targets)
         self.weight_perturbation = awp_lib.get(weight_perturbation)
         self.labels = labels
         self.loss_form = loss_form
@@ -395,6 +410,8 @@ class AdvCalTrainer(keras.Model):
         if self.labels == "hard" or teacher_logits is None:
             return targets_lib.Target(y, label_smoothing=self.label_smoothing)
         rho = self.objective.target_ratio(self.rho, teacher_logits, y, self.temperature)
+        if self.rectified_targets:
+            rho = targets_lib.rectified_ratio(teacher_logits, y, self.temperature, rho)
         return targets_lib.Target(y, teacher_logits, self.temperature, rho, self.loss_form)
 
     def _target(self, y, x, x_adv) -> targets_lib.Target:
@@ -756,6 +773,7 @@ class AdvCalTrainer(keras.Model):
             "objective": _SERIALIZE(self.objective),
             "weight_perturbation": (None if self.weight_perturbation is None
                                     else _SERIALIZE(self.weight_perturbation)),
+            "rectified_targets": self.rectified_targets,
         }
 
     @classmethod

@@ -146,6 +146,21 @@ def test_trades_calibrated_run_with_awp(tmp_path):
     assert experiment._title(config).endswith("AWP 0.01")
 
 
+def test_rectified_run_without_a_floor(tmp_path):
+    """rectified_targets and acc_floor=0 reach the trainer and the callback; the run
+    trains, saves and reloads with them."""
+    import keras
+
+    config = tiny_config(tmp_path, "rectified", rectified_targets=True, acc_floor=0.0,
+                         epochs=2, eval_every=2)
+    experiment.run(config)
+    trainer = keras.models.load_model(experiment.Path(config.out) / "model.keras")
+    assert trainer.rectified_targets and trainer.labels == "calibrated"
+    history = experiment.read_history(config.out)
+    assert len(history["rho"]) == 2 and np.all(np.isfinite(history["loss"]))
+    assert experiment._title(config).endswith("rectified targets")
+
+
 @pytest.mark.parametrize("labels, objective, beta, awp_gamma", [
     ("hard", "mart", None, 0.0), ("hard", "pgd_at", None, 0.005), ("calibrated", "mart", 2.0, 0.0),
 ])
@@ -180,6 +195,7 @@ def test_build_trainer_takes_objective_beta_and_awp(labels, objective, beta, awp
     (dict(objective="trades", beta=-1.0), "beta must be >= 0"),
     (dict(awp_gamma=-0.01), "awp_gamma must be >= 0"),
     (dict(calibration_examples="pass"), "calibration_examples must be one of"),
+    (dict(labels="hard", rectified_targets=True), "rectified_targets needs"),
 ])
 def test_invalid_configs_are_refused(changes, message):
     with pytest.raises(ValueError, match=message):

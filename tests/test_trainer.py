@@ -8,6 +8,7 @@ import pytest
 import tensorflow as tf
 
 from keras_advcal import AdvCalTrainer, InputError, PGD
+from keras_advcal import targets as targets_lib
 from keras_advcal.trainer import clone_architecture
 from tests.conftest import tiny_cnn
 
@@ -195,6 +196,37 @@ def test_config_round_trip():
     old = {k: v for k, v in json.loads(json.dumps(config)).items()
            if k not in ("objective", "weight_perturbation")}
     assert AdvCalTrainer.from_config(old).objective.name == "pgd_at"
+
+
+def test_rectified_targets_keep_every_label_on_top():
+    trainer = AdvCalTrainer(tiny_cnn(0), PGD(0.1, 0.05, 2), rectified_targets=True)
+    trainer.rho.assign(1.0)
+    trainer.temperature.assign(1.5)
+    rng = np.random.default_rng(0)
+    teacher_logits = (rng.normal(size=(256, 10)) * 3).astype("float32")
+    labels = rng.integers(0, 10, 256)
+    target = trainer.make_target(labels, teacher_logits)
+    probabilities = target.probabilities(10).numpy()
+    # With rho = 1 the plain target is the teacher's, whose argmax is mostly another
+    # class; the rectified one keeps the label as its most likely class everywhere.
+    assert np.all(probabilities.argmax(axis=1) == labels)
+    plain = AdvCalTrainer(tiny_cnn(0), PGD(0.1, 0.05, 2))
+    plain.rho.assign(1.0)
+    plain.temperature.assign(1.5)
+    assert np.mean(plain.make_target(labels, teacher_logits).probabilities(10).numpy()
+                   .argmax(axis=1) == labels) < 0.5
+    expected = targets_lib.rectified_ratio(teacher_logits, labels, 1.5, 1.0).numpy()
+    np.testing.assert_allclose(np.asarray(target.rho), expected, rtol=1e-6)
+
+
+def test_rectified_targets_config_round_trip_and_errors():
+    trainer = AdvCalTrainer(tiny_cnn(0), PGD(0.1, 0.05, 2), rectified_targets=True)
+    again = AdvCalTrainer.from_config(json.loads(json.dumps(trainer.get_config())))
+    assert again.rectified_targets
+    with pytest.raises(ValueError, match="rectified_targets.*calibrated"):
+        AdvCalTrainer(tiny_cnn(0), PGD(0.1, 0.05, 2), labels="hard", rectified_targets=True)
+    with pytest.raises(ValueError, match="rectifies its targets already"):
+        AdvCalTrainer(tiny_cnn(0), PGD(0.1, 0.05, 2), objective="adr", rectified_targets=True)
 
 
 # --------------------------------------------------------------------- bad input
