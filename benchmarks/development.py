@@ -147,7 +147,8 @@ DEFAULT = dict(labels="calibrated", teacher="swa", loss_form="kd", rule="publish
                separate_surrogate_temperature=False, average_fits=False,
                floor_examples="training", reuse_validation_examples=True,
                calibration_examples="validation_pass")
-#: Its overrides: what the objective rows' calibrated targets use.
+#: The frozen default's overrides (the ``selection_minimum`` row), which the rows made
+#: after the freeze build on.
 FROZEN = dict(DEFAULT, selection="minimum")
 
 
@@ -165,7 +166,7 @@ VARIANTS = [
     Variant("default", DEFAULT, (0, 1, 2), "default (swa, floor 0.9, 1-SE, start 0, 500)"),
     Variant("floor_0.8", dict(DEFAULT, acc_floor=0.8), title="accuracy floor 0.8"),
     Variant("floor_0.95", dict(DEFAULT, acc_floor=0.95), title="accuracy floor 0.95"),
-    Variant("selection_minimum", dict(DEFAULT, selection="minimum"), (0, 1, 2),
+    Variant("selection_minimum", FROZEN, (0, 1, 2),
             title="lowest-NLL selection (published; the frozen default)"),
     Variant("swa_start_10", dict(DEFAULT, swa_start_epoch=10), title="swa from epoch 10"),
     Variant("swa_start_30", dict(DEFAULT, swa_start_epoch=30), title="swa from epoch 30"),
@@ -182,8 +183,7 @@ VARIANTS = [
             title="mean of the fits so far"),
     Variant("confidence_rule", dict(DEFAULT, rule="confidence"),
             title="confidence rule (no floor: rho from the teacher's held-out accuracy)"),
-    Variant("rectified_no_floor", dict(DEFAULT, selection="minimum", rectified_targets=True,
-                                       acc_floor=0.0),
+    Variant("rectified_no_floor", dict(FROZEN, rectified_targets=True, acc_floor=0.0),
             title="per-example rectified rho, lowest NLL, no floor"),
     Variant("before_cost_change", dict(DEFAULT, floor_examples="attack",
                                        reuse_validation_examples=False,
@@ -330,30 +330,24 @@ def decide(rows: list[dict], reference: str | None = None) -> dict:
     if default is None or len(default["seeds"]) < 2:
         return {"better": [], "waiting": [reference] + waiting, "complete": False,
                 "reference": reference}
-    better = []
+    reference_on_floor = default.get("floor_bound_fraction")
+    floor_bound = reference_on_floor is not None and reference_on_floor >= FLOOR_GOAL
+    better, tie_preferred = [], []
     for name in candidates:
         row = by_name.get(name)
-        if row is None or len(row["seeds"]) < 2:
+        if (row is None or len(row["seeds"]) < 2
+                or row["dev_smoothed_gap_mean"] > 1.0):
             continue
         margin = max(row["dev_final_se"] or 0.0, default["dev_final_se"] or 0.0)
-        if (row["dev_final_mean"] - default["dev_final_mean"] > margin
-                and row["dev_smoothed_gap_mean"] <= 1.0):
+        difference = row["dev_final_mean"] - default["dev_final_mean"]
+        on_floor = row.get("floor_bound_fraction")
+        if difference > margin:
             better.append(name)
+        elif (abs(difference) <= margin and floor_bound and on_floor is not None
+              and on_floor < FLOOR_GOAL):
+            tie_preferred.append(name)
     better.sort(key=lambda name: -by_name[name]["dev_final_mean"])
-    tie_preferred = []
-    reference_on_floor = default.get("floor_bound_fraction")
-    if reference_on_floor is not None and reference_on_floor >= FLOOR_GOAL:
-        for name in candidates:
-            row = by_name.get(name)
-            if row is None or len(row["seeds"]) < 2 or name in better:
-                continue
-            margin = max(row["dev_final_se"] or 0.0, default["dev_final_se"] or 0.0)
-            on_floor = row.get("floor_bound_fraction")
-            if (abs(row["dev_final_mean"] - default["dev_final_mean"]) <= margin
-                    and row["dev_smoothed_gap_mean"] <= 1.0
-                    and on_floor is not None and on_floor < FLOOR_GOAL):
-                tie_preferred.append(name)
-        tie_preferred.sort(key=lambda name: -by_name[name]["dev_final_mean"])
+    tie_preferred.sort(key=lambda name: -by_name[name]["dev_final_mean"])
     return {"better": better, "tie_preferred": tie_preferred, "waiting": waiting,
             "complete": not waiting, "reference": reference}
 

@@ -552,6 +552,11 @@ def readme_lines(summary: dict) -> str:
     final, es, swa = (_setting_means(summary, m) for m in ("pgd_at", "pgd_at_es",
                                                            "pgd_at_swa"))
     calibrated = _setting_means(summary, "calibrated_default")
+
+    def seeds_of(setting: str, method: str) -> str:
+        return ",".join(map(str, next(r["seeds"] for r in summary["rows"]
+                                      if r["setting"] == setting and r["method"] == method)))
+
     done = [s["name"] for s in summary["settings"] if s["name"] in final]
     if not done:
         lines.append("- No run has finished yet.")
@@ -560,10 +565,8 @@ def readme_lines(summary: dict) -> str:
         parts += [f"early-stopped {es[name]:.1f}%"] if name in es else []
         parts += [f"weight-averaged {swa[name]:.1f}%"] if name in swa else []
         if name in calibrated:
-            default_seeds = next(r["seeds"] for r in summary["rows"] if r["setting"] == name
-                                 and r["method"] == "calibrated_default")
             text = (f"calibrated default {calibrated[name]:.1f}% (seeds "
-                    f"{','.join(map(str, default_seeds))})")
+                    f"{seeds_of(name, 'calibrated_default')})")
             paired = [c for c in summary["comparisons"] if c["setting"] == name
                       and c["baseline"] == "pgd_at_es_or_swa"]
             if paired:
@@ -574,10 +577,8 @@ def readme_lines(summary: dict) -> str:
             parts.append(text)
         else:
             parts.append("calibrated default not run yet")
-        seeds = next(r["seeds"] for r in summary["rows"]
-                     if r["setting"] == name and r["method"] == "pgd_at")
         role = next(s["role"] for s in summary["settings"] if s["name"] == name)
-        lines.append(f"- `{name}` ({role} setting, PGD-AT seeds {','.join(map(str, seeds))}): "
+        lines.append(f"- `{name}` ({role} setting, PGD-AT seeds {seeds_of(name, 'pgd_at')}): "
                      + ", ".join(parts) + ".")
     pooled = [c for c in summary["comparisons"] if c["setting"] == "pooled_heldout"
               and c["baseline"] == "pgd_at_es_or_swa"]

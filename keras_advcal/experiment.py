@@ -1014,7 +1014,7 @@ def _title(config: RunConfig) -> str:
     else:
         kind = (f"{objective} calibrated: teacher={config.teacher}, loss={config.loss_form}, "
                 f"rule={config.rule}")
-    if config.labels == "calibrated" and config.rectified_targets:
+    if config.rectified_targets:
         kind += ", rectified targets"
     if config.awp_gamma > 0:
         kind += f", AWP {config.awp_gamma:g}"
