@@ -27,7 +27,9 @@ validation split; different seeds give different images. ``large2000`` trains 60
 epochs: with four times the images, that is twice the optimizer steps of a 120-epoch
 run on 500 images. A held-out setting is kept only if PGD-AT overfits in it: the mean
 over PGD-AT's seeds of its smoothed gap (below) is at least 3 points. That choice looks
-at PGD-AT only, never at a calibrated run; a dropped setting is still reported.
+at PGD-AT only, never at a calibrated run; a dropped setting is still reported (with
+the runs it finished), and once it is dropped no other method starts a run there
+(amended before the decision was known, to spend the machine on the kept settings).
 
 Test images: Fashion-MNIST's 10,000 test images in the order of one fixed seeded
 permutation (data seed 0's); the robust-overfitting benchmark read the first 2,000
@@ -256,8 +258,11 @@ def frozen_values(results: Path) -> tuple[float, float] | None:
 def plan(results: Path, methods: list[str], settings: list[str],
          seeds: list[int] | None) -> tuple[list[Job], list[str]]:
     """The runs to make, PGD-AT first (seed-major, so every setting gets a first seed
-    early), and the notes on rows that cannot run yet."""
+    early), and the notes on rows that cannot run yet. Once PGD-AT's seeds have
+    dropped a held-out setting, no other method starts there (its finished runs are
+    still reported)."""
     jobs, notes = [], []
+    runs = collect(results)
     for method_name in methods:
         method = METHOD[method_name]
         if method.source is not None:
@@ -277,6 +282,10 @@ def plan(results: Path, methods: list[str], settings: list[str],
             overrides.update(fixed_temperature=values[0], fixed_rho=values[1])
         for setting_name in settings:
             setting = SETTING[setting_name]
+            if method.name != "pgd_at" and kept(runs, setting) is False:
+                notes.append(f"{method.name} in {setting.name}: not started, the setting "
+                             "is dropped (PGD-AT does not overfit there)")
+                continue
             for seed in (seeds if seeds is not None else method.seeds):
                 directory = run_dir(results, setting.name, method.name, seed)
                 config = dict(setting.config(), **overrides, seed=seed, out=str(directory),

@@ -114,3 +114,39 @@ def test_heldout_readme_lines_name_only_finished_rows(tmp_path):
     content = readme.read_text()
     assert "old" not in content and "PGD-AT 45.7%" in content
     assert content.startswith("intro\n") and content.endswith("rest\n")
+
+
+def _finished_pgd_at_run(directory: Path, gap: float) -> None:
+    import json
+
+    import numpy as np
+
+    directory.mkdir(parents=True)
+    (directory / "summary.json").write_text(json.dumps(
+        {"smoothed_gap": gap, "final_strong_test_adv_accuracy": 0.5}))
+    np.savez(directory / "correctness_final.npz",
+             test_strong_robust=np.array([1, 0, 1, 1], dtype=bool))
+
+
+def test_heldout_plan_starts_nothing_but_pgd_at_in_a_dropped_setting(tmp_path):
+    heldout = _load("heldout")
+    seeds = heldout.METHOD["pgd_at"].seeds
+    for seed in seeds:  # PGD-AT barely overfits in large2000, clearly in seed1
+        _finished_pgd_at_run(heldout.run_dir(tmp_path, "large2000", "pgd_at", seed), 0.01)
+        _finished_pgd_at_run(heldout.run_dir(tmp_path, "seed1", "pgd_at", seed), 0.05)
+    jobs, notes = heldout.plan(tmp_path, ["pgd_at", "adr"], ["large2000", "seed1"], None)
+    adr = [job.name for job in jobs if job.method.name == "adr"]
+    assert adr == [f"seed1/adr_s{seed}" for seed in heldout.METHOD["adr"].seeds]
+    assert any("adr in large2000" in note and "dropped" in note for note in notes)
+    # PGD-AT's own runs are still planned (and found finished) in both settings.
+    assert {job.name for job in jobs if job.method.name == "pgd_at"} == {
+        f"{setting}/pgd_at_s{seed}" for setting in ("large2000", "seed1") for seed in seeds}
+
+
+def test_heldout_plan_waits_for_every_pgd_at_seed_before_dropping(tmp_path):
+    heldout = _load("heldout")
+    _finished_pgd_at_run(heldout.run_dir(tmp_path, "large2000", "pgd_at", 0), 0.0)
+    jobs, notes = heldout.plan(tmp_path, ["adr"], ["large2000"], None)
+    assert [job.name for job in jobs] == [f"large2000/adr_s{seed}"
+                                          for seed in heldout.METHOD["adr"].seeds]
+    assert notes == []
