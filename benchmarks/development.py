@@ -480,6 +480,10 @@ def report(summary: dict) -> str:
             verdict = (f"Variants that beat `{decision.get('reference', 'default')}` by "
                        "the protocol's rule: "
                        + ", ".join(f"`{name}`" for name in decision["better"]) + ".")
+        elif decision.get("complete"):
+            verdict = ("Every calibration row has its seeds: no variant beats "
+                       f"`{decision.get('reference', 'default')}` by the protocol's rule, "
+                       "and the study is complete.")
         else:
             verdict = (f"No variant beats `{decision.get('reference', 'default')}` by the "
                        "protocol's rule so far.")
@@ -518,6 +522,67 @@ def paired_difference(row: dict, default: dict) -> float | None:
     if not common:
         return None
     return round(float(np.mean([mine[seed] - theirs[seed] for seed in common])), 3)
+
+
+#: The settings of the sensitivity study, each with the rows that change it alone and
+#: the values they set (the starting default's value first).
+KNOBS = {
+    "acc_floor": ("0.9", {"floor_0.8": "0.8", "floor_0.95": "0.95"}),
+    "swa_start_epoch": ("0", {"swa_start_10": "10", "swa_start_30": "30"}),
+    "calibration size": ("500", {"calibration_250": "250", "calibration_1000": "1,000"}),
+}
+#: A setting whose rows all stay within this many points of the default is one to
+#: leave alone; otherwise it is a hyperparameter (the calibration issue's rule).
+KNOB_TOLERANCE = 0.5
+
+
+def knob_verdicts(summary: dict) -> list[str]:
+    """Per setting of the sensitivity study, whether the result moves by less than
+    ``KNOB_TOLERANCE`` points over its range (paired with the starting default on the
+    same seeds, each row with at least 2 seeds).
+
+    Example:
+
+        >>> rows = [{"variant": "default", "seeds": [0, 1],
+        ...          "dev_final_by_seed": {"0": 58.0, "1": 59.0}},
+        ...         {"variant": "floor_0.8", "seeds": [0, 1],
+        ...          "dev_final_by_seed": {"0": 58.1, "1": 58.9}},
+        ...         {"variant": "floor_0.95", "seeds": [0, 1],
+        ...          "dev_final_by_seed": {"0": 57.0, "1": 58.2}}]
+        >>> knob_verdicts({"rows": rows})[0]
+        '`acc_floor` (0.8, 0.9, 0.95): moves by up to 0.9 point (0.95: -0.9): a hyperparameter, not a setting to leave alone; the default 0.9 was the best value tried.'
+    """
+    by_name = {row["variant"]: row for row in summary["rows"]}
+    default = by_name.get("default")
+    lines = []
+    for knob, (default_value, rows) in KNOBS.items():
+        if default is None or any(name not in by_name or len(by_name[name]["seeds"]) < 2
+                                  for name in rows):
+            lines.append(f"`{knob}`: not measured yet (a row without 2 seeds).")
+            continue
+        moves = {value: paired_difference(by_name[name], default)
+                 for name, value in rows.items()}
+        if any(move is None for move in moves.values()):
+            lines.append(f"`{knob}`: not measured yet (no seed shared with the default).")
+            continue
+        values = sorted([default_value, *moves],
+                        key=lambda v: float(v.replace(",", "")))
+        largest = max(moves, key=lambda v: abs(moves[v]))
+        text = (f"`{knob}` ({', '.join(values)}): moves by up to "
+                f"{abs(moves[largest]):.1f} point ({largest}: {moves[largest]:+.1f})")
+        if abs(moves[largest]) < KNOB_TOLERANCE:
+            text += ": a setting to leave alone."
+        else:
+            best = max(moves, key=lambda v: moves[v])
+            best_row = next(by_name[name] for name, value in rows.items() if value == best)
+            noise = max(best_row.get("dev_final_se") or 0.0, default.get("dev_final_se") or 0.0)
+            text += ": a hyperparameter, not a setting to leave alone; " + (
+                f"the default {default_value} was the best value tried."
+                if moves[best] <= 0 else
+                f"{best} was better than the default {default_value} "
+                f"({moves[best]:+.1f}{', within seed noise' if moves[best] <= noise else ''}).")
+        lines.append(text)
+    return lines
 
 
 def sensitivity_table(summary: dict) -> str:
@@ -568,6 +633,8 @@ def sensitivity_table(summary: dict) -> str:
             "over its range, with at least 2 seeds per row.\n\n" + "\n".join(lines) + "\n")
     if missing:
         text += "\nNot run yet: " + ", ".join(f"`{m}`" for m in missing) + ".\n"
+    text += ("\nOver each setting's range (against the starting default, same seeds):\n\n"
+             + "".join(f"- {line}\n" for line in knob_verdicts(summary)))
     return text
 
 
