@@ -97,8 +97,9 @@ def test_development_rule_prefers_a_tie_off_the_floor():
 
 def test_heldout_readme_lines_name_only_finished_rows(tmp_path):
     heldout = _load("heldout")
-    summary = {"settings": [{"name": "dev", "role": "development"},
-                            {"name": "seed1", "role": "heldout"}],
+    cnn = {"subset": 500, "model": "small_cnn_w32_d256", "epsilon": 0.1}
+    summary = {"settings": [dict(cnn, name="dev", role="development"),
+                            dict(cnn, name="seed1", role="heldout")],
                "rows": [{"setting": "dev", "method": "pgd_at", "seeds": [0],
                          "final_worst_case_mean": 45.7},
                         {"setting": "dev", "method": "pgd_at_es", "seeds": [0],
@@ -107,6 +108,7 @@ def test_heldout_readme_lines_name_only_finished_rows(tmp_path):
     text = heldout.readme_lines(summary)
     assert "PGD-AT 45.7%" in text and "early-stopped 50.8%" in text
     assert "seed1" not in text and "support no claim" in text
+    assert "500 training images, a small CNN (convolutions of 32 and 64 filters" in text
     readme = tmp_path / "README.md"
     readme.write_text(f"intro\n{heldout.README_MARKERS[0]}\nold\n{heldout.README_MARKERS[1]}\n"
                       "rest\n")
@@ -150,3 +152,28 @@ def test_heldout_plan_waits_for_every_pgd_at_seed_before_dropping(tmp_path):
     assert [job.name for job in jobs] == [f"large2000/adr_s{seed}"
                                           for seed in heldout.METHOD["adr"].seeds]
     assert notes == []
+
+
+def test_heldout_reserve_settings_join_only_while_too_few_are_kept(tmp_path):
+    heldout = _load("heldout")
+    first_round = [s for s in heldout.SETTINGS if s.role == "heldout" and not s.reserve]
+    reserves = [s for s in heldout.SETTINGS if s.reserve]
+    assert len(first_round) >= heldout.REQUIRED_HELDOUT and len(reserves) >= 2
+    # Nothing decided: every first-round setting may still be kept, no reserve needed.
+    jobs, notes = heldout.plan(tmp_path, ["pgd_at"], [s.name for s in heldout.SETTINGS], None)
+    assert {job.run_dir.parent.name for job in jobs} == {"dev"} | {s.name for s in first_round}
+    assert sum("reserve setting" in note for note in notes) == len(reserves)
+    # Drop all but REQUIRED_HELDOUT - 2 first-round settings: two reserves are needed.
+    dropped = first_round[heldout.REQUIRED_HELDOUT - 2:]
+    for setting in dropped:
+        for seed in heldout.METHOD["pgd_at"].seeds:
+            _finished_pgd_at_run(heldout.run_dir(tmp_path, setting.name, "pgd_at", seed), 0.0)
+    runs = heldout.collect(tmp_path)
+    assert [heldout.active(runs, s) for s in reserves[:3]] == [True, True, False]
+    # A needed reserve that PGD-AT does not overfit in brings in the next one.
+    for seed in heldout.METHOD["pgd_at"].seeds:
+        _finished_pgd_at_run(heldout.run_dir(tmp_path, reserves[0].name, "pgd_at", seed), 0.0)
+    runs = heldout.collect(tmp_path)
+    assert [heldout.active(runs, s) for s in reserves[:3]] == [True, True, True]
+    names = [s["name"] for s in heldout.analyse(tmp_path)["settings"]]
+    assert reserves[2].name in names and all(s.name in names for s in first_round)
