@@ -39,7 +39,8 @@ with ``batchnorm``, gap 0.2 over 2 seeds, and ``eps015``, 3.2 over 2 seeds, stil
 the protocol asks for at least 3 kept held-out settings. A reserve setting is a
 held-out setting that becomes active, in the order of the table, only while the
 held-out settings before it that are kept or not yet decided number fewer than 3; PGD-AT
-runs there first and the same keep rule applies. They were chosen for PGD-AT's expected
+runs there first and the same keep rule applies; the other methods start there only
+once PGD-AT's seeds have kept it. They were chosen for PGD-AT's expected
 overfitting only (500 images and no BatchNorm, where PGD-AT overfit in ``dev`` and
 ``seed1``; one other architecture, as the first round had), not for any calibrated
 run's result. An inactive reserve setting is neither run nor reported.
@@ -312,6 +313,10 @@ def plan(results: Path, methods: list[str], settings: list[str],
             if method.name != "pgd_at" and kept(runs, setting) is False:
                 notes.append(f"{method.name} in {setting.name}: not started, the setting "
                              "is dropped (PGD-AT does not overfit there)")
+                continue
+            if method.name != "pgd_at" and setting.reserve and not kept(runs, setting):
+                notes.append(f"{method.name} in {setting.name}: a reserve setting, waits "
+                             "for PGD-AT's seeds to keep it")
                 continue
             for seed in (seeds if seeds is not None else method.seeds):
                 directory = run_dir(results, setting.name, method.name, seed)

@@ -170,6 +170,10 @@ def test_heldout_reserve_settings_join_only_while_too_few_are_kept(tmp_path):
             _finished_pgd_at_run(heldout.run_dir(tmp_path, setting.name, "pgd_at", seed), 0.0)
     runs = heldout.collect(tmp_path)
     assert [heldout.active(runs, s) for s in reserves[:3]] == [True, True, False]
+    # In an active reserve setting PGD-AT runs first; the others wait for it to be kept.
+    jobs, notes = heldout.plan(tmp_path, ["pgd_at", "adr"], [reserves[0].name], None)
+    assert {job.method.name for job in jobs} == {"pgd_at"}
+    assert any(f"adr in {reserves[0].name}" in note and "waits" in note for note in notes)
     # A needed reserve that PGD-AT does not overfit in brings in the next one.
     for seed in heldout.METHOD["pgd_at"].seeds:
         _finished_pgd_at_run(heldout.run_dir(tmp_path, reserves[0].name, "pgd_at", seed), 0.0)
