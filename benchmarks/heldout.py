@@ -511,6 +511,9 @@ def analyse(results: Path, seed: int = 0) -> dict:
                          "final_pgd20_apgdce_8000_se": _pp(all_images[1])})
     comparisons = []
     heldout = [s for s in settings if s["role"] == "heldout" and s["kept"]]
+    # No pooled number while an active held-out setting is undecided: it could change
+    # which settings are pooled.
+    decided = all(s["kept"] is not None for s in settings if s["role"] == "heldout")
     for baseline in BASELINES:
         pooled = []
         for setting in SETTINGS:
@@ -525,7 +528,7 @@ def analyse(results: Path, seed: int = 0) -> dict:
                                 "diff_mean": _pp(diff), "ci95": [_pp(v) for v in ci]})
             if any(s["name"] == setting.name for s in heldout):
                 pooled.append(d)
-        if pooled and len(pooled) == len(heldout):
+        if decided and pooled and len(pooled) == len(heldout):
             diff, ci = bootstrap(pooled, rng)
             comparisons.append({"setting": "pooled_heldout", "method": "calibrated_default",
                                 "baseline": baseline, "diff_mean": _pp(diff),
@@ -691,9 +694,11 @@ def readme_lines(summary: dict) -> str:
               and c["baseline"] == "pgd_at_es_or_swa"]
     if pooled:
         c = pooled[0]
-        lines += ["", f"Pooled over the held-out settings, the calibrated default minus the "
-                  f"better of early stopping and weight averaging: {c['diff_mean']:+.2f} "
-                  f"points (95% interval [{c['ci95'][0]:.2f}, {c['ci95'][1]:.2f}])."]
+        names = ", ".join(f"`{name}`" for name in c.get("settings", []))
+        lines += ["", f"Pooled over the kept held-out settings ({names}), the calibrated "
+                  f"default minus the better of early stopping and weight averaging: "
+                  f"{c['diff_mean']:+.2f} points (95% interval [{c['ci95'][0]:.2f}, "
+                  f"{c['ci95'][1]:.2f}])."]
     elif calibrated:
         lines += ["", "The calibrated default (frozen on the development split) has run in "
                   f"{len(calibrated)} of {len(summary['settings'])} settings so far, with "

@@ -181,3 +181,28 @@ def test_heldout_reserve_settings_join_only_while_too_few_are_kept(tmp_path):
     assert [heldout.active(runs, s) for s in reserves[:3]] == [True, True, True]
     names = [s["name"] for s in heldout.analyse(tmp_path)["settings"]]
     assert reserves[2].name in names and all(s.name in names for s in first_round)
+
+
+def test_heldout_pools_only_once_every_held_out_setting_is_decided(tmp_path):
+    heldout = _load("heldout")
+    first_round = [s.name for s in heldout.SETTINGS if s.role == "heldout" and not s.reserve]
+
+    def overfitting_setting(name):
+        for seed in heldout.METHOD["pgd_at"].seeds:
+            _finished_pgd_at_run(heldout.run_dir(tmp_path, name, "pgd_at", seed), 0.05)
+        _finished_pgd_at_run(heldout.run_dir(tmp_path, name, "calibrated_default", 0), 0.0)
+
+    def pooled(summary):
+        return [c for c in summary["comparisons"]
+                if c["setting"] == "pooled_heldout" and c["baseline"] == "pgd_at"]
+
+    overfitting_setting(first_round[0])
+    summary = heldout.analyse(tmp_path)
+    # One setting is kept, the others are undecided: a per-setting number, no pooled one.
+    assert any(c["setting"] == first_round[0] and c["baseline"] == "pgd_at"
+               for c in summary["comparisons"])
+    assert pooled(summary) == []
+    for name in first_round[1:]:
+        overfitting_setting(name)
+    summary = heldout.analyse(tmp_path)
+    assert [c["settings"] for c in pooled(summary)] == [first_round]
