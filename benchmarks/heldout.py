@@ -104,7 +104,8 @@ Analysis (``--report-only`` recomputes it from the run directories):
   difference (same setting, same seed) of per-example worst-case correctness, with a
   95% percentile bootstrap interval (2,000 resamples of seeds and test images,
   independently), per setting and pooled over the kept held-out settings (the mean of
-  the per-setting differences, each setting resampled independently).
+  the per-setting differences, each setting resampled independently; computed once
+  every active held-out setting is decided, kept or dropped).
 * Goal stated before the runs: pooled over held-out settings, the default at least 1.0
   point above ``pgd_at_es_or_swa`` with the interval above 0, and a mean smoothed gap
   of at most 1 point in every kept setting. Whatever the numbers, they are reported;
