@@ -560,26 +560,25 @@ def knob_verdicts(summary: dict) -> list[str]:
                                   for name in rows):
             lines.append(f"`{knob}`: not measured yet (a row without 2 seeds).")
             continue
-        moves = {value: paired_difference(by_name[name], default)
-                 for name, value in rows.items()}
+        moves = {name: paired_difference(by_name[name], default) for name in rows}
         if any(move is None for move in moves.values()):
             lines.append(f"`{knob}`: not measured yet (no seed shared with the default).")
             continue
-        values = sorted([default_value, *moves],
+        values = sorted([default_value, *rows.values()],
                         key=lambda v: float(v.replace(",", "")))
-        largest = max(moves, key=lambda v: abs(moves[v]))
+        largest = max(moves, key=lambda name: abs(moves[name]))
         text = (f"`{knob}` ({', '.join(values)}): moves by up to "
-                f"{abs(moves[largest]):.1f} point ({largest}: {moves[largest]:+.1f})")
+                f"{abs(moves[largest]):.1f} point ({rows[largest]}: {moves[largest]:+.1f})")
         if abs(moves[largest]) < KNOB_TOLERANCE:
             text += ": a setting to leave alone."
         else:
-            best = max(moves, key=lambda v: moves[v])
-            best_row = next(by_name[name] for name, value in rows.items() if value == best)
-            noise = max(best_row.get("dev_final_se") or 0.0, default.get("dev_final_se") or 0.0)
+            best = max(moves, key=moves.get)
+            noise = max(by_name[best].get("dev_final_se") or 0.0,
+                        default.get("dev_final_se") or 0.0)
             text += ": a hyperparameter, not a setting to leave alone; " + (
                 f"the default {default_value} was the best value tried."
                 if moves[best] <= 0 else
-                f"{best} was better than the default {default_value} "
+                f"{rows[best]} was better than the default {default_value} "
                 f"({moves[best]:+.1f}{', within seed noise' if moves[best] <= noise else ''}).")
         lines.append(text)
     return lines

@@ -185,8 +185,8 @@ class Setting:
     def config(self) -> dict:
         return dict(dataset="fashion_mnist", data_seed=self.data_seed, subset=self.subset,
                     validation_size=500, epsilon=self.epsilon, batchnorm=self.batchnorm,
-                    width=self.width, dense=self.dense, train_steps=5, train_step_size=self.epsilon / 2,
-                    eval_steps=10, eval_step_size=self.epsilon / 4, eval_every=3,
+                    width=self.width, dense=self.dense, train_steps=5,
+                    train_step_size=self.epsilon / 2, eval_steps=10, eval_step_size=self.epsilon / 4, eval_every=3,
                     batch_size=64, learning_rate=1e-3, epochs=self.epochs, **FINAL)
 
     def describe(self) -> dict:
@@ -311,11 +311,12 @@ def plan(results: Path, methods: list[str], settings: list[str],
                 notes.append(f"{method.name} in {setting.name}: a reserve setting, not "
                              "needed (enough held-out settings are kept or undecided)")
                 continue
-            if method.name != "pgd_at" and kept(runs, setting) is False:
+            keep = kept(runs, setting)
+            if method.name != "pgd_at" and keep is False:
                 notes.append(f"{method.name} in {setting.name}: not started, the setting "
                              "is dropped (PGD-AT does not overfit there)")
                 continue
-            if method.name != "pgd_at" and setting.reserve and not kept(runs, setting):
+            if method.name != "pgd_at" and setting.reserve and keep is None:
                 notes.append(f"{method.name} in {setting.name}: a reserve setting, waits "
                              "for PGD-AT's seeds to keep it")
                 continue
@@ -595,15 +596,12 @@ def _setting_means(summary: dict, method: str) -> dict[str, float]:
             if row["method"] == method and row["final_worst_case_mean"] is not None}
 
 
-def _most_and_others(values: list, describe, short=None) -> str:
-    """``describe`` of the commonest value, then ``short`` (default ``describe``) of the
-    others with their counts."""
-    short = short or describe
+def _commonest(values: list) -> tuple:
+    """The commonest of ``values`` and the others as (value, "in N settings") pairs."""
     counts = {value: values.count(value) for value in dict.fromkeys(values)}
     common = max(counts, key=counts.get)
-    others = [f"{short(value)} in {'one setting' if n == 1 else f'{n} settings'}"
-              for value, n in counts.items() if value != common]
-    return describe(common) + (f" ({'; '.join(others)})" if others else "")
+    return common, [(value, f"in {'one setting' if n == 1 else f'{n} settings'}")
+                    for value, n in counts.items() if value != common]
 
 
 def _settings_in_words(settings: list[dict]) -> str:
@@ -619,29 +617,21 @@ def _settings_in_words(settings: list[dict]) -> str:
     if not settings:
         return "no setting yet"
 
-    models = [s["model"] for s in settings]
-    common = max(dict.fromkeys(models), key=models.count)
-
     def layers(model: str) -> str:
         width, dense = (int(part[1:]) for part in model.split("_")[2:4])
         text = f"convolutions of {width} and {2 * width} filters, a dense layer of {dense}"
         return text + (", BatchNorm" if model.endswith("_batchnorm") else "")
 
-    def model_words(model: str) -> str:
-        if model == common + "_batchnorm":
-            return "the same with BatchNorm"
-        return layers(model)
-
-    others = [f"{model_words(m)} in {'one setting' if models.count(m) == 1 else f'{models.count(m)} settings'}"
-              for m in dict.fromkeys(models) if m != common]
-    model_text = f"a small CNN ({layers(common)}" + (
-        f"; {'; '.join(others)})" if others else ")")
-    return ", ".join([
-        _most_and_others([s["subset"] for s in settings],
-                         lambda n: f"{n:,} training images", lambda n: f"{n:,}"),
-        model_text,
-        _most_and_others([s["epsilon"] for s in settings], lambda e: f"L-inf radius {e}",
-                         str)])
+    subset, other_subsets = _commonest([s["subset"] for s in settings])
+    model, other_models = _commonest([s["model"] for s in settings])
+    epsilon, other_epsilons = _commonest([s["epsilon"] for s in settings])
+    subsets = [f"{n:,} {where}" for n, where in other_subsets]
+    models = [f"{'the same with BatchNorm' if m == model + '_batchnorm' else layers(m)} "
+              f"{where}" for m, where in other_models]
+    epsilons = [f"{e} {where}" for e, where in other_epsilons]
+    return (f"{subset:,} training images" + (f" ({'; '.join(subsets)})" if subsets else "")
+            + f", a small CNN ({'; '.join([layers(model), *models])})"
+            + f", L-inf radius {epsilon}" + (f" ({'; '.join(epsilons)})" if epsilons else ""))
 
 
 def readme_lines(summary: dict) -> str:
