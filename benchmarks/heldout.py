@@ -585,6 +585,7 @@ def report(summary: dict) -> str:
         for c in summary["comparisons"]:
             lines.append(f"| {c['setting']} | `{c['baseline']}` | {_cell(c['diff_mean'], 2)} "
                          f"| [{_cell(c['ci95'][0], 2)}, {_cell(c['ci95'][1], 2)}] |")
+        lines += ["", goal_verdict(summary)]
     else:
         lines += ["", "No comparison yet: the calibrated default's held-out rows run after "
                   "the development-split study freezes the default."]
@@ -634,6 +635,66 @@ def _settings_in_words(settings: list[dict]) -> str:
             + f", L-inf radius {epsilon}" + (f" ({'; '.join(epsilons)})" if epsilons else ""))
 
 
+def _setting_status(setting: dict) -> str:
+    """How a setting takes part, in words: development, or held-out and kept, dropped or
+    undecided by PGD-AT's smoothed gap.
+
+    Example:
+
+        >>> _setting_status({"role": "heldout", "kept": False, "pgd_at_gap_so_far": 2.6,
+        ...                  "pgd_at_gap_seeds": 3})
+        "held-out, dropped: PGD-AT's smoothed gap 2.6 < 3 points, not pooled"
+    """
+    if setting["role"] == "development":
+        return "development setting"
+    gap = setting.get("pgd_at_gap_so_far")
+    gap_text = "–" if gap is None else f"{gap:.1f}"
+    if setting.get("kept") is True:
+        return f"held-out, kept: PGD-AT's smoothed gap {gap_text} points"
+    if setting.get("kept") is False:
+        return (f"held-out, dropped: PGD-AT's smoothed gap {gap_text} < "
+                f"{100 * KEEP_GAP:.0f} points, not pooled")
+    return (f"held-out, undecided: PGD-AT's smoothed gap {gap_text} points over "
+            f"{setting.get('pgd_at_gap_seeds', 0)} seeds so far")
+
+
+def goal_verdict(summary: dict) -> str:
+    """The evidence issue's two goals, met or not, from the pooled comparison against
+    the better of early stopping and weight averaging and the calibrated default's
+    smoothed gap in every setting that counts (the development setting and the kept
+    held-out ones).
+
+    Example:
+
+        >>> summary = {"settings": [{"name": "a", "role": "heldout", "kept": True}],
+        ...            "rows": [{"setting": "a", "method": "calibrated_default",
+        ...                      "smoothed_gap_mean": 1.4}],
+        ...            "comparisons": [{"setting": "pooled_heldout",
+        ...                             "baseline": "pgd_at_es_or_swa",
+        ...                             "diff_mean": 1.2, "ci95": [0.3, 2.0]}]}
+        >>> print(goal_verdict(summary))
+        Goal of at least +1.0 point with the interval above 0: met. Goal of a smoothed gap of at most 1 point in every setting: not met (`a` 1.4).
+    """
+    pooled = next((c for c in summary["comparisons"] if c["setting"] == "pooled_heldout"
+                   and c["baseline"] == "pgd_at_es_or_swa"), None)
+    if pooled is None:
+        return "No pooled comparison yet."
+    met = pooled["diff_mean"] >= 100 * GOAL_DIFF and pooled["ci95"][0] > 0
+    text = (f"Goal of at least +{100 * GOAL_DIFF:.1f} point with the interval above 0: "
+            f"{'met' if met else 'not met'}.")
+    counted = [s["name"] for s in summary["settings"]
+               if s["role"] == "development" or s.get("kept") is True]
+    gaps = {r["setting"]: r["smoothed_gap_mean"] for r in summary["rows"]
+            if r["method"] == "calibrated_default" and r["setting"] in counted}
+    above = [f"`{name}` {gaps[name]:.1f}" for name in counted
+             if gaps.get(name) is not None and gaps[name] > 100 * GOAL_GAP]
+    missing = [name for name in counted if gaps.get(name) is None]
+    text += (f" Goal of a smoothed gap of at most {100 * GOAL_GAP:.0f} point in every "
+             "setting: " + ("not met (" + ", ".join(above) + ")" if above else
+                            "not measured everywhere yet" if missing else "met") + ".")
+    return text
+
+
 def readme_lines(summary: dict) -> str:
     """The README's short statement of what the held-out evidence supports so far:
     only the rows that exist, with the data, model and radii named.
@@ -653,6 +714,8 @@ def readme_lines(summary: dict) -> str:
     final, es, swa = (_setting_means(summary, m) for m in ("pgd_at", "pgd_at_es",
                                                            "pgd_at_swa"))
     calibrated = _setting_means(summary, "calibrated_default")
+    gaps = {r["setting"]: r["smoothed_gap_mean"] for r in summary["rows"]
+            if r["method"] == "calibrated_default"}
 
     def seeds_of(setting: str, method: str) -> str:
         return ",".join(map(str, next(r["seeds"] for r in summary["rows"]
@@ -678,9 +741,11 @@ def readme_lines(summary: dict) -> str:
             parts.append(text)
         else:
             parts.append("calibrated default not run yet")
-        role = next(s["role"] for s in summary["settings"] if s["name"] == name)
-        lines.append(f"- `{name}` ({role} setting, PGD-AT seeds {seeds_of(name, 'pgd_at')}): "
-                     + ", ".join(parts) + ".")
+        if name in calibrated and gaps.get(name) is not None:
+            parts.append(f"its smoothed gap {gaps[name]:.1f} points")
+        setting = next(s for s in summary["settings"] if s["name"] == name)
+        lines.append(f"- `{name}` ({_setting_status(setting)}; PGD-AT seeds "
+                     f"{seeds_of(name, 'pgd_at')}): " + ", ".join(parts) + ".")
     pooled = [c for c in summary["comparisons"] if c["setting"] == "pooled_heldout"
               and c["baseline"] == "pgd_at_es_or_swa"]
     if pooled:
@@ -689,7 +754,7 @@ def readme_lines(summary: dict) -> str:
         lines += ["", f"Pooled over the kept held-out settings ({names}), the calibrated "
                   f"default minus the better of early stopping and weight averaging: "
                   f"{c['diff_mean']:+.2f} points (95% interval [{c['ci95'][0]:.2f}, "
-                  f"{c['ci95'][1]:.2f}])."]
+                  f"{c['ci95'][1]:.2f}]). " + goal_verdict(summary)]
     elif calibrated:
         lines += ["", "The calibrated default (frozen on the development split) has run in "
                   f"{len(calibrated)} of {len(summary['settings'])} settings so far, with "
