@@ -148,6 +148,8 @@ README = ROOT / "README.md"
 SECTION = "## Held-out evaluation"
 #: The README's generated lines on the held-out evidence sit between these markers.
 README_MARKERS = ("<!-- heldout-evidence:start -->", "<!-- heldout-evidence:end -->")
+#: The README's first claim (:func:`headline`) sits between these markers.
+HEADLINE_MARKERS = ("<!-- heldout-headline:start -->", "<!-- heldout-headline:end -->")
 
 #: Set in the commit that freezes the default after the development-split study:
 #: until then the rows that run the default are not started. Frozen: the study picked
@@ -535,7 +537,9 @@ def analyse(results: Path, seed: int = 0) -> dict:
             comparisons.append({"setting": "pooled_heldout", "method": "calibrated_default",
                                 "baseline": baseline, "diff_mean": _pp(diff),
                                 "ci95": [_pp(v) for v in ci],
-                                "settings": [s["name"] for s in heldout]})
+                                "settings": [s["name"] for s in heldout],
+                                "seeds": {s["name"]: int(d.shape[0])
+                                          for s, d in zip(heldout, pooled)}})
     return {"settings": settings, "rows": rows, "comparisons": comparisons,
             "protocol": "benchmarks/heldout.py (module docstring)",
             "generated": time.strftime("%Y-%m-%d %H:%M:%S")}
@@ -551,6 +555,7 @@ def _cell(value, digits: int = 1) -> str:
 
 def report(summary: dict) -> str:
     lines = [SECTION, "",
+             headline(summary), "",
              "Made by `python benchmarks/heldout.py` (protocol in its docstring, fixed "
              "before the runs; `--report-only` rebuilds this section and "
              "`benchmarks/results/heldout/summary.json` from the run directories). "
@@ -635,6 +640,64 @@ def _settings_in_words(settings: list[dict]) -> str:
             + f", L-inf radius {epsilon}" + (f" ({'; '.join(epsilons)})" if epsilons else ""))
 
 
+def headline(summary: dict) -> str:
+    """The README's first claim: what the pooled held-out comparison and the gaps in
+    the settings that count support, with the data, model and radii named; nothing
+    before the pooled comparison exists.
+
+    Example:
+
+        >>> summary = {"settings": [
+        ...     {"name": "a", "role": "heldout", "kept": True, "subset": 500,
+        ...      "model": "small_cnn_w32_d256", "epsilon": 0.1}],
+        ...     "rows": [{"setting": "a", "method": "pgd_at", "smoothed_gap_mean": 4.2},
+        ...              {"setting": "a", "method": "calibrated_default",
+        ...               "smoothed_gap_mean": 1.6}],
+        ...     "comparisons": [{"setting": "pooled_heldout", "baseline": "pgd_at_es_or_swa",
+        ...                      "diff_mean": 0.1, "ci95": [-0.9, 1.0], "seeds": {"a": 3}}]}
+        >>> print(headline(summary))
+        **In short:** on Fashion-MNIST (500 training images, a small CNN (convolutions of 32 and 64 filters, a dense layer of 256), L-inf radius 0.1), the calibrated default shrinks PGD-AT's robust overfitting (smoothed gap 4.2 points -> 1.6, mean over the settings that count) but ties with what a careful user already does: the better of early stopping and weight averaging, +0.1 points pooled over the held-out settings (95% interval [-0.9, 1.0]).
+    """
+    pooled = next((c for c in summary["comparisons"] if c["setting"] == "pooled_heldout"
+                   and c["baseline"] == "pgd_at_es_or_swa"), None)
+    if pooled is None:
+        return ("**In short:** no pooled held-out comparison yet, so no claim beyond the "
+                "rows below.")
+    counted = [s for s in summary["settings"]
+               if s["role"] == "development" or s.get("kept") is True]
+    names = {s["name"] for s in counted}
+
+    def mean_gap(method: str) -> float | None:
+        gaps = [r["smoothed_gap_mean"] for r in summary["rows"]
+                if r["method"] == method and r["setting"] in names
+                and r["smoothed_gap_mean"] is not None]
+        return float(np.mean(gaps)) if gaps else None
+
+    pgd_gap, calibrated_gap = mean_gap("pgd_at"), mean_gap("calibrated_default")
+    low, high = pooled["ci95"]
+    difference = round(pooled["diff_mean"], 1) + 0.0  # no "-0.0"
+    if low > 0:
+        against = (f"beats what a careful user already does, the better of early stopping "
+                   f"and weight averaging, by {difference:+.1f} points")
+    elif high < 0:
+        against = (f"falls short of what a careful user already does, the better of early "
+                   f"stopping and weight averaging, by {difference:+.1f} points")
+    else:
+        against = (f"ties with what a careful user already does: the better of early "
+                   f"stopping and weight averaging, {difference:+.1f} points")
+    planned = len(METHOD["calibrated_default"].seeds)
+    so_far = any(n < planned for n in pooled.get("seeds", {}).values())
+    verb = "shrinks" if (pgd_gap is not None and calibrated_gap is not None
+                         and calibrated_gap < pgd_gap) else "does not shrink"
+    gap_text = ("" if pgd_gap is None or calibrated_gap is None else
+                f" (smoothed gap {pgd_gap:.1f} points -> {calibrated_gap:.1f}, mean over "
+                "the settings that count)")
+    return (f"**In short{' so far' if so_far else ''}:** on Fashion-MNIST "
+            f"({_settings_in_words(counted)}), the calibrated default {verb} PGD-AT's "
+            f"robust overfitting{gap_text} but {against} pooled over the held-out settings "
+            f"(95% interval [{low:.1f}, {high:.1f}]).")
+
+
 def _setting_status(setting: dict) -> str:
     """How a setting takes part, in words: development, or held-out and kept, dropped or
     undecided by PGD-AT's smoothed gap.
@@ -680,8 +743,11 @@ def goal_verdict(summary: dict) -> str:
     if pooled is None:
         return "No pooled comparison yet."
     met = pooled["diff_mean"] >= 100 * GOAL_DIFF and pooled["ci95"][0] > 0
+    planned = len(METHOD["calibrated_default"].seeds)
+    so_far = (" so far" if any(n < planned for n in pooled.get("seeds", {}).values())
+              else "")
     text = (f"Goal of at least +{100 * GOAL_DIFF:.1f} point with the interval above 0: "
-            f"{'met' if met else 'not met'}.")
+            f"{'met' if met else 'not met'}{so_far}.")
     counted = [s["name"] for s in summary["settings"]
                if s["role"] == "development" or s.get("kept") is True]
     gaps = {r["setting"]: r["smoothed_gap_mean"] for r in summary["rows"]
@@ -690,8 +756,9 @@ def goal_verdict(summary: dict) -> str:
              if gaps.get(name) is not None and gaps[name] > 100 * GOAL_GAP]
     missing = [name for name in counted if gaps.get(name) is None]
     text += (f" Goal of a smoothed gap of at most {100 * GOAL_GAP:.0f} point in every "
-             "setting: " + ("not met (" + ", ".join(above) + ")" if above else
-                            "not measured everywhere yet" if missing else "met") + ".")
+             "setting: " + ("not met" + so_far + " (" + ", ".join(above) + ")" if above else
+                            "not measured everywhere yet" if missing else "met" + so_far)
+             + ".")
     return text
 
 
@@ -751,7 +818,12 @@ def readme_lines(summary: dict) -> str:
     if pooled:
         c = pooled[0]
         names = ", ".join(f"`{name}`" for name in c.get("settings", []))
-        lines += ["", f"Pooled over the kept held-out settings ({names}), the calibrated "
+        planned = len(METHOD["calibrated_default"].seeds)
+        short = [f"`{name}` {n} of {planned}" for name, n in c.get("seeds", {}).items()
+                 if n < planned]
+        lines += ["", ("**So far** (not every seed has run: " + ", ".join(short)
+                       + " seeds of the calibrated default), p" if short else "P")
+                  + f"ooled over the kept held-out settings ({names}), the calibrated "
                   f"default minus the better of early stopping and weight averaging: "
                   f"{c['diff_mean']:+.2f} points (95% interval [{c['ci95'][0]:.2f}, "
                   f"{c['ci95'][1]:.2f}]). " + goal_verdict(summary)]
@@ -809,6 +881,7 @@ def main(argv=None) -> int:
     update_section(RESULTS_MD, section, heading=SECTION, first=True)
     update_section(RESULTS_PAGE, section, heading=SECTION, first=True)
     replace_marked(README, readme_lines(summary), README_MARKERS)
+    replace_marked(README, headline(summary) + "\n", HEADLINE_MARKERS)
     print(section)
     return 1 if any(code != 0 for code in status.values()) else 0
 
