@@ -1,4 +1,4 @@
-"""keras-advcal: adversarial training that does not overfit, for Keras 3 / TensorFlow.
+"""keras-advcal: adversarial training with calibrated soft targets, for Keras 3 / TensorFlow.
 
 Adversarial examples keep the one-hot label of their clean input although the
 perturbation changes their true label distribution; fitting that noisy label is what
