@@ -97,7 +97,7 @@ def setup_cells(settings: str, comment: str = "") -> list[tuple[str, str]]:
 
 # ----------------------------------------------------------------------------- 01
 QUICKSTART = [
-    ("md", """# Quickstart: adversarial training that does not overfit
+    ("md", """# Quickstart: adversarial training with calibrated soft targets
 
 {badge}
 

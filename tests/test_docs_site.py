@@ -33,7 +33,7 @@ PAGES = [
     ("tutorial-quickstart/", "Tutorial: quickstart"),
     ("method/", "The method"),
     ("objectives/", "Objectives: TRADES, MART, AWP and ADR"),
-    ("notebooks/01_quickstart/", "Quickstart: adversarial training that does not overfit"),
+    ("notebooks/01_quickstart/", "Quickstart: adversarial training with calibrated soft targets"),
     ("label_noise/", "Label noise of adversarial examples"),
     ("api/trainer/", "Trainer and targets"),
     ("api/tuning/", "Tuning"),
