@@ -148,6 +148,9 @@ README = ROOT / "README.md"
 SECTION = "## Held-out evaluation"
 #: The README's generated lines on the held-out evidence sit between these markers.
 README_MARKERS = ("<!-- heldout-evidence:start -->", "<!-- heldout-evidence:end -->")
+#: The method page's generated account of the held-out evidence sits between these.
+METHOD_PAGE = ROOT / "tutorials" / "method.md"
+METHOD_MARKERS = ("<!-- heldout-method:start -->", "<!-- heldout-method:end -->")
 #: The README's first claim (:func:`headline`) sits between these markers.
 HEADLINE_MARKERS = ("<!-- heldout-headline:start -->", "<!-- heldout-headline:end -->")
 
@@ -684,6 +687,37 @@ def cascade_table(summary: dict) -> list[str]:
     return lines + [""] + notes if notes else lines
 
 
+def method_block(summary: dict) -> str:
+    """The method page's account of the held-out evidence: the claim, the two goals,
+    the per-setting comparisons with the better of early stopping and weight averaging,
+    the cascade's take-back, and each ablation against the default.
+
+    Example:
+
+        >>> print(method_block({"settings": [], "rows": [], "comparisons": []}))
+        **In short:** no pooled held-out comparison yet, so no claim beyond the rows below.
+        <BLANKLINE>
+        No pooled comparison yet.
+        <BLANKLINE>
+    """
+    lines = [headline(summary), "", goal_verdict(summary), ""]
+    counted = [s["name"] for s in summary["settings"]
+               if s["role"] == "development" or s.get("kept") is True]
+    for baseline, what in (("pgd_at_es_or_swa", "the better of early stopping and weight "
+                            "averaging"), ("frozen_t_rho", "its frozen (T, rho) ablation"),
+                           ("two_stage", "the two-stage recipe"), ("adr", "ADR")):
+        found = [c for c in summary["comparisons"]
+                 if c["baseline"] == baseline and c["setting"] in counted]
+        if found:
+            lines.append(f"- The default minus {what}: " + "; ".join(
+                f"`{c['setting']}` {c['diff_mean']:+.1f} [{c['ci95'][0]:.1f}, "
+                f"{c['ci95'][1]:.1f}] ({c['seeds']} seed{'s' if c['seeds'] > 1 else ''})"
+                for c in found) + ".")
+    notes = [line for line in cascade_table(summary) if line.startswith("- ")]
+    lines += notes
+    return "\n".join(lines) + "\n"
+
+
 def _setting_means(summary: dict, method: str) -> dict[str, float]:
     return {row["setting"]: row["final_worst_case_mean"] for row in summary["rows"]
             if row["method"] == method and row["final_worst_case_mean"] is not None}
@@ -969,6 +1003,7 @@ def main(argv=None) -> int:
     update_section(RESULTS_PAGE, section, heading=SECTION, first=True)
     replace_marked(README, readme_lines(summary), README_MARKERS)
     replace_marked(README, headline(summary) + "\n", HEADLINE_MARKERS)
+    replace_marked(METHOD_PAGE, method_block(summary), METHOD_MARKERS)
     print(section)
     return 1 if any(code != 0 for code in status.values()) else 0
 
