@@ -82,8 +82,8 @@ Seeds (training seeds; the data of a setting does not change with them): 0, 1, 2
 because ``dev/pgd_at_s0`` was trained on an earlier machine and its model files, which
 the two-stage recipe needs and which are never committed, are gone; repeating that
 PGD-AT run instead would change a finished row. The rows are paired on common seeds,
-so the comparison reads seeds 1 and 2 there. No result of ``two_stage`` in ``dev``
-existed when this was written.)
+so the comparison reads seeds 1 and 2 there. When this was written, seed 1's
+training had finished (its final evaluation not yet run) and nobody had read it.)
 
 Final attack: every final model, early-stopped checkpoint and weight average against
 a cascade, each attack on what the previous ones left: PGD-20 (step 2.5 eps / 20)
