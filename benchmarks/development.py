@@ -574,46 +574,45 @@ def objective_answers(summary: dict) -> list[str]:
         TRADES does not overfit here (a gap under 3 points), so there is nothing to remove: smoothed gap 0.5 points without calibration, 0.1 with; final robust accuracy 61.0 ± 0.3 and 61.5 ± 0.2.
     """
     by_name = {row["variant"]: row for row in summary["rows"]}
+    questions = (
+        ("Does calibration remove TRADES's robust overfitting?",
+         ("trades", "trades_calibrated"), _trades_answer),
+        ("Does calibrated + AWP beat AWP alone?", ("pgd_at_awp", "calibrated_awp"),
+         _awp_answer))
     answers = []
-    question = "Does calibration remove TRADES's robust overfitting?"
-    short = _seeds_short(by_name, ("trades", "trades_calibrated"))
-    if short:
-        answers.append(f"{question} Not decided yet: " + ", ".join(short) + ".")
-    else:
-        trades, calibrated = by_name["trades"], by_name["trades_calibrated"]
-        gap, calibrated_gap = (trades["dev_smoothed_gap_mean"],
-                               calibrated["dev_smoothed_gap_mean"])
-        numbers = (f"smoothed gap {gap:.1f} points without calibration, "
-                   f"{calibrated_gap:.1f} with; final robust accuracy {_mean_cell(trades)} "
-                   f"and {_mean_cell(calibrated)}")
-        if gap < OVERFITTING_GAP:
-            answers.append(f"{question} TRADES does not overfit here (a gap under "
-                           f"{OVERFITTING_GAP:.0f} points), so there is nothing to remove: "
-                           f"{numbers}.")
-        elif calibrated_gap <= REMOVED_GAP:
-            answers.append(f"{question} Yes: {numbers}.")
-        else:
-            answers.append(f"{question} No, the gap stays above {REMOVED_GAP:.0f} point: "
-                           f"{numbers}.")
-    question = "Does calibrated + AWP beat AWP alone?"
-    short = _seeds_short(by_name, ("pgd_at_awp", "calibrated_awp"))
-    if short:
-        answers.append(f"{question} Not decided yet: " + ", ".join(short) + ".")
-    else:
-        awp, calibrated = by_name["pgd_at_awp"], by_name["calibrated_awp"]
-        difference = paired_difference(calibrated, awp)
-        margin = max(awp.get("dev_final_se") or 0.0, calibrated.get("dev_final_se") or 0.0)
-        numbers = (f"{_mean_cell(calibrated)} against {_mean_cell(awp)}, {difference:+.1f} "
-                   f"points on the same seeds (the larger standard error is {margin:.1f}); "
-                   f"smoothed gaps {calibrated['dev_smoothed_gap_mean']:.1f} and "
-                   f"{awp['dev_smoothed_gap_mean']:.1f}")
-        if difference > margin:
-            answers.append(f"{question} Yes: {numbers}.")
-        elif difference < -margin:
-            answers.append(f"{question} No, AWP alone is better: {numbers}.")
-        else:
-            answers.append(f"{question} A tie: {numbers}.")
+    for question, names, answer in questions:
+        short = _seeds_short(by_name, names)
+        answers.append(f"{question} " + ("Not decided yet: " + ", ".join(short) + "."
+                                         if short else answer(*(by_name[n] for n in names))))
     return answers
+
+
+def _trades_answer(trades: dict, calibrated: dict) -> str:
+    gap, calibrated_gap = (trades["dev_smoothed_gap_mean"],
+                           calibrated["dev_smoothed_gap_mean"])
+    numbers = (f"smoothed gap {gap:.1f} points without calibration, "
+               f"{calibrated_gap:.1f} with; final robust accuracy {_mean_cell(trades)} "
+               f"and {_mean_cell(calibrated)}")
+    if gap < OVERFITTING_GAP:
+        return (f"TRADES does not overfit here (a gap under {OVERFITTING_GAP:.0f} points), "
+                f"so there is nothing to remove: {numbers}.")
+    if calibrated_gap <= REMOVED_GAP:
+        return f"Yes: {numbers}."
+    return f"No, the gap stays above {REMOVED_GAP:.0f} point: {numbers}."
+
+
+def _awp_answer(awp: dict, calibrated: dict) -> str:
+    difference = paired_difference(calibrated, awp)
+    margin = max(awp.get("dev_final_se") or 0.0, calibrated.get("dev_final_se") or 0.0)
+    numbers = (f"{_mean_cell(calibrated)} against {_mean_cell(awp)}, {difference:+.1f} "
+               f"points on the same seeds (the larger standard error is {margin:.1f}); "
+               f"smoothed gaps {calibrated['dev_smoothed_gap_mean']:.1f} and "
+               f"{awp['dev_smoothed_gap_mean']:.1f}")
+    if difference > margin:
+        return f"Yes: {numbers}."
+    if difference < -margin:
+        return f"No, AWP alone is better: {numbers}."
+    return f"A tie: {numbers}."
 
 
 #: The objectives page's rows, in order, with what each is.

@@ -652,6 +652,25 @@ def report(summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _counted(summary: dict) -> list[dict]:
+    """The settings whose numbers count: the development one and the kept held-out ones."""
+    return [s for s in summary["settings"]
+            if s["role"] == "development" or s.get("kept") is True]
+
+
+def _pooled(summary: dict) -> dict | None:
+    """The pooled held-out comparison with the better of early stopping and averaging."""
+    return next((c for c in summary["comparisons"] if c["setting"] == "pooled_heldout"
+                 and c["baseline"] == "pgd_at_es_or_swa"), None)
+
+
+def _pooled_short(pooled: dict) -> list[tuple[str, int]]:
+    """The pooled settings where the calibrated default lacks some of its planned seeds,
+    with the seeds it has."""
+    planned = len(METHOD["calibrated_default"].seeds)
+    return [(name, n) for name, n in pooled.get("seeds", {}).items() if n < planned]
+
+
 def cascade_table(summary: dict) -> list[str]:
     """What each attack of the final cascade adds, in the settings that count: mean
     robust accuracy on the 1,000 final test images after each stage, and the calibrated
@@ -670,8 +689,7 @@ def cascade_table(summary: dict) -> list[str]:
         >>> cascade_table(summary)[-1]
         '- `a`: calibrated default minus `pgd_at_es` +1.0 after PGD-20, +0.2 after all four attacks.'
     """
-    counted = [s["name"] for s in summary["settings"]
-               if s["role"] == "development" or s.get("kept") is True]
+    counted = [s["name"] for s in _counted(summary)]
     stages = [stage for stage, _ in CASCADE]
     lines = ["| setting | method | PGD-20 | + APGD-CE | + APGD-T | + Square |",
              "|---|---|---|---|---|---|"]
@@ -707,8 +725,7 @@ def method_block(summary: dict) -> str:
         <BLANKLINE>
     """
     lines = [headline(summary), "", goal_verdict(summary), ""]
-    counted = [s["name"] for s in summary["settings"]
-               if s["role"] == "development" or s.get("kept") is True]
+    counted = [s["name"] for s in _counted(summary)]
     for baseline, what in (("pgd_at_es_or_swa", "the better of early stopping and weight "
                             "averaging"), ("frozen_t_rho", "its frozen (T, rho) ablation"),
                            ("two_stage", "the two-stage recipe"), ("adr", "ADR")):
@@ -785,13 +802,11 @@ def headline(summary: dict) -> str:
         >>> print(headline(summary))
         **In short:** on Fashion-MNIST (500 training images, a small CNN (convolutions of 32 and 64 filters, a dense layer of 256), L-inf radius 0.1), the calibrated default shrinks PGD-AT's robust overfitting (smoothed gap 4.2 points -> 1.6, mean over the settings that count) but ties with what a careful user already does: the better of early stopping and weight averaging, +0.1 points pooled over the held-out settings (95% interval [-0.9, 1.0]).
     """
-    pooled = next((c for c in summary["comparisons"] if c["setting"] == "pooled_heldout"
-                   and c["baseline"] == "pgd_at_es_or_swa"), None)
+    pooled = _pooled(summary)
     if pooled is None:
         return ("**In short:** no pooled held-out comparison yet, so no claim beyond the "
                 "rows below.")
-    counted = [s for s in summary["settings"]
-               if s["role"] == "development" or s.get("kept") is True]
+    counted = _counted(summary)
     names = {s["name"] for s in counted}
 
     def mean_gap(method: str) -> float | None:
@@ -812,8 +827,7 @@ def headline(summary: dict) -> str:
     else:
         against = (f"ties with what a careful user already does: the better of early "
                    f"stopping and weight averaging, {difference:+.1f} points")
-    planned = len(METHOD["calibrated_default"].seeds)
-    so_far = any(n < planned for n in pooled.get("seeds", {}).values())
+    so_far = bool(_pooled_short(pooled))
     verb = "shrinks" if (pgd_gap is not None and calibrated_gap is not None
                          and calibrated_gap < pgd_gap) else "does not shrink"
     gap_text = ("" if pgd_gap is None or calibrated_gap is None else
@@ -865,18 +879,14 @@ def goal_verdict(summary: dict) -> str:
         >>> print(goal_verdict(summary))
         Goal of at least +1.0 point with the interval above 0: met. Goal of a smoothed gap of at most 1 point in every setting: not met (`a` 1.4).
     """
-    pooled = next((c for c in summary["comparisons"] if c["setting"] == "pooled_heldout"
-                   and c["baseline"] == "pgd_at_es_or_swa"), None)
+    pooled = _pooled(summary)
     if pooled is None:
         return "No pooled comparison yet."
     met = pooled["diff_mean"] >= 100 * GOAL_DIFF and pooled["ci95"][0] > 0
-    planned = len(METHOD["calibrated_default"].seeds)
-    so_far = (" so far" if any(n < planned for n in pooled.get("seeds", {}).values())
-              else "")
+    so_far = " so far" if _pooled_short(pooled) else ""
     text = (f"Goal of at least +{100 * GOAL_DIFF:.1f} point with the interval above 0: "
             f"{'met' if met else 'not met'}{so_far}.")
-    counted = [s["name"] for s in summary["settings"]
-               if s["role"] == "development" or s.get("kept") is True]
+    counted = [s["name"] for s in _counted(summary)]
     gaps = {r["setting"]: r["smoothed_gap_mean"] for r in summary["rows"]
             if r["method"] == "calibrated_default" and r["setting"] in counted}
     above = [f"`{name}` {gaps[name]:.1f}" for name in counted
@@ -940,14 +950,11 @@ def readme_lines(summary: dict) -> str:
         setting = next(s for s in summary["settings"] if s["name"] == name)
         lines.append(f"- `{name}` ({_setting_status(setting)}; PGD-AT seeds "
                      f"{seeds_of(name, 'pgd_at')}): " + ", ".join(parts) + ".")
-    pooled = [c for c in summary["comparisons"] if c["setting"] == "pooled_heldout"
-              and c["baseline"] == "pgd_at_es_or_swa"]
-    if pooled:
-        c = pooled[0]
+    c = _pooled(summary)
+    if c is not None:
         names = ", ".join(f"`{name}`" for name in c.get("settings", []))
         planned = len(METHOD["calibrated_default"].seeds)
-        short = [f"`{name}` {n} of {planned}" for name, n in c.get("seeds", {}).items()
-                 if n < planned]
+        short = [f"`{name}` {n} of {planned}" for name, n in _pooled_short(c)]
         lines += ["", ("**So far** (not every seed has run: " + ", ".join(short)
                        + " seeds of the calibrated default), p" if short else "P")
                   + f"ooled over the kept held-out settings ({names}), the calibrated "
