@@ -71,6 +71,18 @@ Methods (row names as in ``summary.json``):
 * ``two_stage``: the paper's recipe: the ``pgd_at`` run's early-stopped model as a
   fixed teacher and its final model as the surrogate, calibrated once, then a new
   calibrated training run.
+  (Amended before the runs it governs, after six ``two_stage`` runs had finished: the
+  one-off calibration made its PGD examples against the teacher, so the teacher was
+  attacked white-box and the surrogate only by transfer, and the surrogate looked the
+  more robust model on the validation images (dev: 70.4% against 60.2%); the fit then
+  set rho to 0.01-0.05 in three of the four counted settings, and those runs trained
+  nearly one-hot PGD-AT. ``calibrate_teacher`` now makes them against the surrogate,
+  the student's stand-in, as in training, where the teacher labels the student's own
+  examples; on the same validation and training images this gives rho 0.82-0.95, T
+  1.2-2.5 in the four settings. The finding and the choice read validation and
+  training images only; the earlier runs' test rows had been seen, and no variant was
+  compared on them. Those runs stay, renamed ``two_stage_v1``, reported as rows and
+  never rerun; ``two_stage`` is run anew with the fixed calibration, same seeds.)
 * ``adr``: the ADR-style baseline (EMA teacher 0.995 on clean inputs, annealed T, rho).
 * ``trades`` and ``trades_calibrated``: TRADES (beta 6), plain and with calibrated
   targets; they run once the library has the TRADES objective.
@@ -234,6 +246,7 @@ class Method:
     needs_default: bool = False
     needs_trades: bool = False
     needs_pgd_at: bool = False
+    retired: bool = False  # finished runs are reported, none is started
 
 
 METHODS = [
@@ -244,8 +257,11 @@ METHODS = [
     Method("calibrated_default", dict(labels="calibrated"), (0, 1, 2), needs_default=True),
     Method("frozen_t_rho", dict(labels="calibrated", rule="fixed"), (0, 1),
            needs_default=True),
-    Method("two_stage", dict(labels="calibrated", teacher="fixed", rule="published"), (0, 1),
-           needs_pgd_at=True),
+    Method("two_stage", dict(labels="calibrated", teacher="fixed", rule="published",
+                             two_stage_examples="surrogate"), (0, 1), needs_pgd_at=True),
+    Method("two_stage_v1", dict(labels="calibrated", teacher="fixed", rule="published",
+                                two_stage_examples="teacher"), (0, 1), needs_pgd_at=True,
+           retired=True),
     Method("adr", dict(labels="adr", ema_decay=0.995), (0, 1)),
     Method("trades", dict(labels="hard", objective="trades", beta=6.0), (0, 1),
            needs_trades=True),
@@ -301,7 +317,7 @@ def plan(results: Path, methods: list[str], settings: list[str],
     runs = collect(results)
     for method_name in methods:
         method = METHOD[method_name]
-        if method.source is not None:
+        if method.source is not None or method.retired:
             continue
         if method.needs_default and not DEFAULT_FROZEN:
             notes.append(f"{method.name}: waits for the default to be frozen")
@@ -601,6 +617,17 @@ def _cell(value, digits: int = 1) -> str:
     return "–" if value is None else f"{value:.{digits}f}"
 
 
+#: What the retired rows are, under the held-out table.
+RETIRED_NOTE = (
+    "`two_stage_v1`: the two-stage recipe as first run, whose one-off calibration made "
+    "its PGD examples against the teacher: the surrogate, attacked only by transfer, "
+    "looked more robust than the teacher, and the fit chose rho 0.01-0.05 in `dev`, "
+    "`eps015` and `seed5` (training nearly one-hot PGD-AT; 0.73-0.92 in `seed1`). "
+    "Found on the validation images and fixed (`calibrate_teacher` now attacks the "
+    "surrogate, the student's stand-in); these runs stay as rows and `two_stage` is run "
+    "anew, same seeds.")
+
+
 def report(summary: dict) -> str:
     lines = [SECTION, "",
              headline(summary), "",
@@ -631,6 +658,8 @@ def report(summary: dict) -> str:
                      f"{'' if se is None else ' ± ' + _cell(se)} | "
                      f"{_cell(row['final_pgd20_apgdce_8000_mean'])} | "
                      f"{_cell(row['smoothed_gap_mean'])} | {_cell(row['final_clean_mean'])} |")
+    if any(row["method"] == "two_stage_v1" for row in summary["rows"]):
+        lines += ["", RETIRED_NOTE]
     if summary["comparisons"]:
         lines += ["", "Paired differences, `calibrated_default` minus the baseline "
                   "(points; 95% bootstrap interval over seeds and test images):", "",
@@ -977,9 +1006,8 @@ def readme_lines(summary: dict) -> str:
 # --------------------------------------------------------------------------- main
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False)
-    parser.add_argument("--methods", nargs="+", choices=[m.name for m in METHODS
-                                                         if m.source is None],
-                        default=[m.name for m in METHODS if m.source is None])
+    runnable = [m.name for m in METHODS if m.source is None and not m.retired]
+    parser.add_argument("--methods", nargs="+", choices=runnable, default=runnable)
     parser.add_argument("--settings", nargs="+", choices=list(SETTING),
                         default=list(SETTING))
     add_run_options(parser, RESULTS)

@@ -117,6 +117,9 @@ _TRAIN_HELP: dict[str, str] = {
                      "--teacher fixed.",
     "surrogate_model": "Two-stage recipe: the overfitted (last) model (.keras). With "
                        "--teacher fixed, T and rho are calibrated once before training.",
+    "two_stage_examples": "Two-stage recipe: which model the one-off calibration's PGD "
+                          "examples are made against: surrogate (the student's stand-in, "
+                          "as in training) or teacher (earlier versions).",
     "adr_temperature": "ADR: temperature schedule START END (cosine).",
     "adr_rho": "ADR: rho schedule START END (cosine).",
     "epochs": "Training epochs.",
@@ -305,6 +308,7 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
                "surrogate_examples": _library("teacher").SURROGATE_EXAMPLES,
                "floor_examples": _library("teacher").FLOOR_EXAMPLES,
                "calibration_examples": _library("teacher").CALIBRATION_EXAMPLES,
+               "two_stage_examples": _library("teacher").TWO_STAGE_EXAMPLES,
                "objective": experiment.RUN_OBJECTIVES}
     # Flags that are not the field's name: --awp (also --awp-gamma) for awp_gamma.
     flag_names = {"awp_gamma": ("--awp", "--awp-gamma")}

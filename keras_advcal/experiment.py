@@ -57,7 +57,8 @@ from keras_advcal.averaging import WeightAverage
 from keras_advcal.calibration import RULES, SELECTIONS
 from keras_advcal.evaluation import RobustAccuracyTracker, evaluate_robustness, summarize_history
 from keras_advcal.teacher import (CALIBRATION_EXAMPLES, FLOOR_EXAMPLES, SURROGATE_EXAMPLES,
-                                  TEACHER_KINDS, CalibratedTeacher, calibrate_teacher)
+                                  TEACHER_KINDS, TWO_STAGE_EXAMPLES, CalibratedTeacher,
+                                  calibrate_teacher)
 from keras_advcal.trainer import AdvCalTrainer
 
 #: Label modes of a run: the trainer's two, plus the ADR-style baseline.
@@ -147,6 +148,9 @@ class RunConfig:
         surrogate_model: ``.keras`` file of the overfitted model of the two-stage
             recipe; when given with a fixed teacher, T and rho are calibrated once
             before training (``calibrate_teacher``) and kept fixed.
+        two_stage_examples: which model that one-off calibration makes its PGD
+            examples against: ``"surrogate"`` (the student's stand-in, as in
+            training) or ``"teacher"`` (earlier versions; drives rho to ~0).
         adr_temperature: ``(start, end)`` of the ADR cosine temperature schedule.
         adr_rho: ``(start, end)`` of the ADR cosine rho schedule.
         epochs, batch_size, learning_rate: Adam, constant learning rate.
@@ -223,6 +227,7 @@ class RunConfig:
     ema_decay: float = 0.995
     teacher_model: str | None = None
     surrogate_model: str | None = None
+    two_stage_examples: str = "surrogate"
     adr_temperature: tuple[float, float] = (2.5, 2.0)
     adr_rho: tuple[float, float] = (0.7, 0.95)
     epochs: int = 120
@@ -326,6 +331,8 @@ class RunConfig:
               f"of {SURROGATE_EXAMPLES}, got {self.surrogate_examples!r}.")
         check(self.calibration_examples in CALIBRATION_EXAMPLES, f"calibration_examples must "
               f"be one of {CALIBRATION_EXAMPLES}, got {self.calibration_examples!r}.")
+        check(self.two_stage_examples in TWO_STAGE_EXAMPLES, f"two_stage_examples must be "
+              f"one of {TWO_STAGE_EXAMPLES}, got {self.two_stage_examples!r}.")
         if self.teacher == "fixed" and self.labels == "calibrated":
             check(self.teacher_model is not None,
                   "teacher='fixed' needs teacher_model: the .keras file of a trained teacher.")
@@ -713,7 +720,8 @@ def build_trainer(config: RunConfig, splits: data_lib.DatasetSplits):
                 result = calibrate_teacher(teacher_net, surrogate, calibration_data,
                                            splits.train, eval_attack,
                                            acc_floor=config.acc_floor, rule=config.rule,
-                                           selection=config.selection, seed=config.seed)
+                                           selection=config.selection, seed=config.seed,
+                                           examples=config.two_stage_examples)
                 notes["two_stage_calibration"] = result.to_dict()
                 rule, fixed = "fixed", (result.temperature, result.rho)
             if rule == "fixed":

@@ -50,6 +50,8 @@ from keras_advcal.averaging import average_into, batchnorm_layers, reestimate_ba
 from keras_advcal.trainer import VALIDATION_SAMPLE_SIZE, AdvCalTrainer
 
 SURROGATE_EXAMPLES = ("teacher", "surrogate")
+#: Which model ``calibrate_teacher`` makes its PGD examples against.
+TWO_STAGE_EXAMPLES = ("surrogate", "teacher")
 FLOOR_EXAMPLES = ("training", "attack")
 CALIBRATION_EXAMPLES = ("validation_pass", "attack")
 TEACHER_KINDS = ("best", "swa", "ema", "fixed")
@@ -756,14 +758,23 @@ def teacher_moved(before: np.ndarray, after: np.ndarray, labels: np.ndarray,
 def calibrate_teacher(teacher: keras.Model, surrogate: keras.Model, validation_data: Any,
                       train_sample: Any, attack: attacks_lib.Attack, acc_floor: float = 0.9,
                       rule: str = "published", batch_size: int = 256,
-                      seed: int = 0, selection: str = "minimum"
-                      ) -> calibration.CalibrationResult:
+                      seed: int = 0, selection: str = "minimum",
+                      examples: str = "surrogate") -> calibration.CalibrationResult:
     """The paper's recipe, in one call: fit ``T`` and ``rho`` for a trained teacher.
 
     Train PGD-AT, keep the best (early-stopped) model as ``teacher`` and the last one
     as ``surrogate``, call this, then retrain with
     ``AdvCalTrainer(model, attack, teacher=teacher, temperature=result.temperature,
     rho=result.rho)``.
+
+    The adversarial examples are made against the surrogate, the stand-in for the
+    student: in training the teacher labels the student's own PGD examples, and both
+    models are compared on examples of that kind. Made against the teacher instead
+    (``examples="teacher"``, what earlier versions of this function did), the teacher is
+    attacked white-box and the surrogate only by transfer; the surrogate then looks
+    the more robust of the two and the fit drives ``rho`` to the bottom of its grid
+    (on Fashion-MNIST, 500 images: ``rho`` 0.01-0.05 in three of four settings, against
+    0.82-0.95 with examples made against the surrogate).
 
     Args:
         teacher: the trained teacher (logits out).
@@ -776,6 +787,8 @@ def calibrate_teacher(teacher: keras.Model, surrogate: keras.Model, validation_d
         batch_size: batch size of the attack passes.
         seed: seed of the attack's random starts.
         selection: how the published rule picks its grid point.
+        examples: which model the PGD examples (validation and training sample) are
+            made against: ``"surrogate"`` (default) or ``"teacher"``.
 
     Returns:
         The :class:`~keras_advcal.calibration.CalibrationResult`.
@@ -788,14 +801,17 @@ def calibrate_teacher(teacher: keras.Model, surrogate: keras.Model, validation_d
         >>> 0.0 <= result.rho <= 1.0
         True
     """
+    if examples not in TWO_STAGE_EXAMPLES:
+        raise ValueError(f"`examples` must be one of {TWO_STAGE_EXAMPLES}, got {examples!r}.")
     x_val, y_val = as_arrays(validation_data, "validation_data")
     x_train, y_train = as_arrays(train_sample, "train_sample")
     if rule == "published":
         calibration.check_calibration_size(len(y_val), "validation_data", acc_floor)
         calibration.check_calibration_size(len(y_train), "train_sample", acc_floor)
+    source = surrogate if examples == "surrogate" else teacher
     teacher_val, surrogate_val = adversarial_logits(
-        attack, teacher, [teacher, surrogate], x_val, y_val, batch_size, seed)
-    teacher_train, = adversarial_logits(attack, teacher, [teacher], x_train, y_train,
+        attack, source, [teacher, surrogate], x_val, y_val, batch_size, seed)
+    teacher_train, = adversarial_logits(attack, source, [teacher], x_train, y_train,
                                         batch_size, seed + 7)
     teacher_accuracy = float(np.mean(teacher_val.argmax(axis=1) == y_val))
     return calibration.calibrate(teacher_val, surrogate_val, y_val, teacher_train, y_train,

@@ -195,6 +195,7 @@ def test_build_trainer_takes_objective_beta_and_awp(labels, objective, beta, awp
     (dict(objective="trades", beta=-1.0), "beta must be >= 0"),
     (dict(awp_gamma=-0.01), "awp_gamma must be >= 0"),
     (dict(calibration_examples="pass"), "calibration_examples must be one of"),
+    (dict(two_stage_examples="student"), "two_stage_examples must be one of"),
     (dict(labels="hard", rectified_targets=True), "rectified_targets needs"),
 ])
 def test_invalid_configs_are_refused(changes, message):

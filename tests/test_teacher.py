@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from keras_advcal import AdvCalTrainer, CalibratedTeacher, PGD, calibrate_teacher
+from keras_advcal import calibration
 from keras_advcal import teacher as teacher_lib
 from keras_advcal.averaging import reestimate_batchnorm
 from tests.conftest import tiny_cnn
@@ -174,6 +175,43 @@ def test_fixed_teacher_and_two_stage_recipe(digits):
                          callbacks=[callback])
     assert len(history.history["rho"]) == 2
     assert _same(second.teacher.get_weights(), first.model.get_weights())
+
+
+@pytest.mark.parametrize("examples", ["surrogate", "teacher"])
+def test_calibrate_teacher_attacks_the_model_it_is_told(digits, examples):
+    # Two different models: the fit must equal the published rule applied to PGD
+    # examples made against the chosen one (the surrogate, the student's stand-in,
+    # by default), with both models' logits taken on those same examples.
+    x_train, y_train, x_test, y_test = digits
+    attack = PGD(0.15, 0.05, 3)
+    models = []
+    for seed in (0, 1):
+        trainer = AdvCalTrainer(tiny_cnn(seed), attack, labels="hard", seed=seed)
+        trainer.compile("adam")
+        trainer.fit(x_train[:300], y_train[:300], epochs=1 + seed, verbose=0)
+        models.append(trainer.model)
+    teacher, surrogate = models
+    validation, sample = (x_test[:200], y_test[:200]), (x_train[:200], y_train[:200])
+    result = calibrate_teacher(teacher, surrogate, validation, sample, attack, seed=3,
+                               examples=examples)
+    source = surrogate if examples == "surrogate" else teacher
+    teacher_val, surrogate_val = teacher_lib.adversarial_logits(
+        attack, source, [teacher, surrogate], *validation, seed=3)
+    teacher_train, = teacher_lib.adversarial_logits(attack, source, [teacher], *sample,
+                                                     seed=10)
+    expected = calibration.calibrate(teacher_val, surrogate_val, validation[1],
+                                     teacher_train, sample[1])
+    assert (result.temperature, result.rho) == (expected.temperature, expected.rho)
+    np.testing.assert_allclose(result.nll, expected.nll, rtol=1e-6)
+
+
+def test_calibrate_teacher_rejects_unknown_examples(digits):
+    x_train, y_train, _, _ = digits
+    net = tiny_cnn(0)
+    with pytest.raises(ValueError, match="`examples` must be one of"):
+        calibrate_teacher(net, net, (x_train[:200], y_train[:200]),
+                          (x_train[:200], y_train[:200]), PGD(0.1, 0.05, 1),
+                          examples="student")
 
 
 def test_fixed_rule_sets_fixed_values(digits):
