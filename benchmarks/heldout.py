@@ -454,7 +454,8 @@ def collect(results: Path) -> dict:
                     all_images=part.get("final_worst_case_test_adv_accuracy"),
                     clean=part.get("final_test_clean_accuracy"),
                     gap=summary.get("smoothed_gap") if method.model == "final" else None,
-                    stages=cascade_stages(directory, method.model))
+                    stages=cascade_stages(directory, method.model),
+                    one_off_fit=summary.get("two_stage_calibration"))
     return found
 
 
@@ -564,8 +565,11 @@ def analyse(results: Path, seed: int = 0) -> dict:
             gap = mean_se([r["gap"] for r in seeds.values()])
             clean = mean_se([r["clean"] for r in seeds.values()])
             all_images = mean_se([r["all_images"] for r in seeds.values()])
+            fits = {str(seed): [round(r["one_off_fit"]["temperature"], 2),
+                                round(r["one_off_fit"]["rho"], 2)]
+                    for seed, r in sorted(seeds.items()) if r.get("one_off_fit")}
             rows.append({"setting": setting.name, "method": method.name,
-                         "seeds": sorted(seeds),
+                         "seeds": sorted(seeds), **({"one_off_t_rho": fits} if fits else {}),
                          "final_worst_case_mean": _pp(worst[0]),
                          "final_worst_case_se": _pp(worst[1]),
                          "smoothed_gap_mean": _pp(gap[0]),
@@ -628,6 +632,25 @@ RETIRED_NOTE = (
     "anew, same seeds.")
 
 
+def one_off_fits(summary: dict) -> list[str]:
+    """The (T, rho) that each two-stage run's one-off calibration chose, per method.
+
+    Example:
+
+        >>> one_off_fits({"rows": [{"setting": "dev", "method": "two_stage",
+        ...                          "one_off_t_rho": {"1": [1.17, 0.82]}}]})
+        ['', '- One-off fits (T, rho) of `two_stage`: `dev` s1 (1.17, 0.82).']
+    """
+    lines = []
+    for method in ("two_stage_v1", "two_stage"):
+        fits = [f"`{row['setting']}` s{seed} ({t:.2f}, {rho:.2f})"
+                for row in summary["rows"] if row["method"] == method
+                for seed, (t, rho) in row.get("one_off_t_rho", {}).items()]
+        if fits:
+            lines.append(f"- One-off fits (T, rho) of `{method}`: " + "; ".join(fits) + ".")
+    return [""] + lines if lines else []
+
+
 def report(summary: dict) -> str:
     lines = [SECTION, "",
              headline(summary), "",
@@ -660,6 +683,7 @@ def report(summary: dict) -> str:
                      f"{_cell(row['smoothed_gap_mean'])} | {_cell(row['final_clean_mean'])} |")
     if any(row["method"] == "two_stage_v1" for row in summary["rows"]):
         lines += ["", RETIRED_NOTE]
+    lines += one_off_fits(summary)
     if summary["comparisons"]:
         lines += ["", "Paired differences, `calibrated_default` minus the baseline "
                   "(points; 95% bootstrap interval over seeds and test images):", "",
