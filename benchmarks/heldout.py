@@ -271,6 +271,10 @@ METHODS = [
 METHOD = {m.name: m for m in METHODS}
 BASELINES = ["pgd_at", "pgd_at_es", "pgd_at_swa", "pgd_at_es_or_swa", "frozen_t_rho",
              "two_stage", "adr", "trades", "trades_calibrated"]
+#: The rows beside the careful user's baselines, in the words the reports use.
+OTHER_ROWS = {"frozen_t_rho": "its frozen (T, rho) ablation",
+              "two_stage": "the two-stage recipe", "adr": "ADR", "trades": "TRADES",
+              "trades_calibrated": "calibrated TRADES"}
 
 
 # ------------------------------------------------------------------------ planning
@@ -780,8 +784,7 @@ def method_block(summary: dict) -> str:
     lines = [headline(summary), "", goal_verdict(summary), ""]
     counted = [s["name"] for s in _counted(summary)]
     for baseline, what in (("pgd_at_es_or_swa", "the better of early stopping and weight "
-                            "averaging"), ("frozen_t_rho", "its frozen (T, rho) ablation"),
-                           ("two_stage", "the two-stage recipe"), ("adr", "ADR")):
+                            "averaging"), *OTHER_ROWS.items()):
         found = [c for c in summary["comparisons"]
                  if c["baseline"] == baseline and c["setting"] in counted]
         if found:
@@ -792,6 +795,38 @@ def method_block(summary: dict) -> str:
     notes = [line for line in cascade_table(summary) if line.startswith("- ")]
     lines += notes
     return "\n".join(lines) + "\n"
+
+
+def other_rows_sentence(summary: dict) -> str:
+    """The pooled comparisons of the default with the rows beyond PGD-AT, early stopping
+    and weight averaging, each read as better, worse or a tie by its interval; empty
+    before any of them is pooled.
+
+    Example:
+
+        >>> print(other_rows_sentence({"comparisons": [
+        ...     {"setting": "pooled_heldout", "baseline": "adr", "diff_mean": 9.1,
+        ...      "ci95": [7.9, 10.5]},
+        ...     {"setting": "pooled_heldout", "baseline": "trades_calibrated",
+        ...      "diff_mean": -5.08, "ci95": [-6.6, -3.4]}]}))
+        Pooled over the same settings, the default minus each other row: ADR +9.1 points [7.9, 10.5] (the default is better); calibrated TRADES -5.1 points [-6.6, -3.4] (calibrated TRADES is better).
+    """
+    pooled = {c["baseline"]: c for c in summary["comparisons"]
+              if c["setting"] == "pooled_heldout"}
+    parts = []
+    for baseline, what in OTHER_ROWS.items():
+        c = pooled.get(baseline)
+        if c is None:
+            continue
+        low, high = c["ci95"]
+        reading = ("the default is better" if low > 0 else
+                   f"{what} is better" if high < 0 else "a tie")
+        parts.append(f"{what} {round(c['diff_mean'], 1) + 0.0:+.1f} points "
+                     f"[{low:.1f}, {high:.1f}] ({reading})")
+    if not parts:
+        return ""
+    return ("Pooled over the same settings, the default minus each other row: "
+            + "; ".join(parts) + ".")
 
 
 def _setting_means(summary: dict, method: str) -> dict[str, float]:
@@ -886,10 +921,26 @@ def headline(summary: dict) -> str:
     gap_text = ("" if pgd_gap is None or calibrated_gap is None else
                 f" (smoothed gap {pgd_gap:.1f} points -> {calibrated_gap:.1f}, mean over "
                 "the settings that count)")
-    return (f"**In short{' so far' if so_far else ''}:** on Fashion-MNIST "
-            f"({_settings_in_words(counted)}), the calibrated default {verb} PGD-AT's "
-            f"robust overfitting{gap_text} but {against} pooled over the held-out settings "
-            f"(95% interval [{low:.1f}, {high:.1f}]).")
+    def mean_clean(method: str) -> str:
+        values = [r["final_clean_mean"] for r in summary["rows"]
+                  if r["method"] == method and r["setting"] in names
+                  and r.get("final_clean_mean") is not None]
+        return f"{np.mean(values):.1f}%" if values else "not measured"
+
+    better = [f"{what[0].upper()}{what[1:]} does better than the default here: the "
+              f"default minus it {round(c['diff_mean'], 1) + 0.0:+.1f} points pooled (95% "
+              f"interval [{c['ci95'][0]:.1f}, {c['ci95'][1]:.1f}]), at a final clean "
+              f"accuracy of {mean_clean(baseline)} against the default's "
+              f"{mean_clean('calibrated_default')} (mean over the settings that count)."
+              for baseline, what in OTHER_ROWS.items()
+              for c in summary["comparisons"]
+              if c["setting"] == "pooled_heldout" and c["baseline"] == baseline
+              and c["ci95"][1] < 0]
+    return " ".join([
+        f"**In short{' so far' if so_far else ''}:** on Fashion-MNIST "
+        f"({_settings_in_words(counted)}), the calibrated default {verb} PGD-AT's "
+        f"robust overfitting{gap_text} but {against} pooled over the held-out settings "
+        f"(95% interval [{low:.1f}, {high:.1f}]).", *better])
 
 
 def _setting_status(setting: dict) -> str:
@@ -1014,6 +1065,8 @@ def readme_lines(summary: dict) -> str:
                   f"default minus the better of early stopping and weight averaging: "
                   f"{c['diff_mean']:+.2f} points (95% interval [{c['ci95'][0]:.2f}, "
                   f"{c['ci95'][1]:.2f}]). " + goal_verdict(summary)]
+        others = other_rows_sentence(summary)
+        lines += ["", others] if others else []
     elif calibrated:
         lines += ["", "The calibrated default (frozen on the development split) has run in "
                   f"{len(calibrated)} of {len(summary['settings'])} settings so far, with "

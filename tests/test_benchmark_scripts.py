@@ -118,6 +118,36 @@ def test_heldout_readme_lines_name_only_finished_rows(tmp_path):
     assert content.startswith("intro\n") and content.endswith("rest\n")
 
 
+def test_heldout_headline_names_a_row_that_beats_the_default_and_only_that_one():
+    heldout = _load("heldout")
+    setting = {"name": "a", "role": "heldout", "kept": True, "subset": 500,
+               "model": "small_cnn_w32_d256", "epsilon": 0.1}
+    pooled = {"setting": "pooled_heldout", "seeds": {"a": 3}}
+    rows = [{"setting": "a", "method": "calibrated_default", "final_clean_mean": 78.0,
+             "smoothed_gap_mean": 1.0},
+            {"setting": "a", "method": "trades_calibrated", "final_clean_mean": 72.5,
+             "smoothed_gap_mean": 0.2}]
+    summary = {"settings": [setting], "rows": rows,
+               "comparisons": [dict(pooled, baseline="pgd_at_es_or_swa", diff_mean=0.0,
+                                    ci95=[-0.9, 0.9]),
+                               dict(pooled, baseline="trades_calibrated", diff_mean=-5.1,
+                                    ci95=[-6.6, -3.4]),
+                               dict(pooled, baseline="two_stage", diff_mean=0.1,
+                                    ci95=[-0.9, 1.1]),
+                               dict(pooled, baseline="adr", diff_mean=9.1,
+                                    ci95=[7.9, 10.5])]}
+    headline = heldout.headline(summary)
+    assert "ties with what a careful user already does" in headline
+    assert ("Calibrated TRADES does better than the default here: the default minus it "
+            "-5.1 points pooled (95% interval [-6.6, -3.4]), at a final clean accuracy "
+            "of 72.5% against the default's 78.0%") in headline
+    assert "two-stage" not in headline and "ADR" not in headline
+    sentence = heldout.other_rows_sentence(summary)
+    assert "the two-stage recipe +0.1 points [-0.9, 1.1] (a tie)" in sentence
+    assert "ADR +9.1 points [7.9, 10.5] (the default is better)" in sentence
+    assert "(calibrated TRADES is better)" in sentence
+
+
 def _finished_pgd_at_run(directory: Path, gap: float) -> None:
     import json
 
