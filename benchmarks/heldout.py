@@ -927,7 +927,13 @@ def headline(summary: dict) -> str:
                   and r.get("final_clean_mean") is not None]
         return f"{np.mean(values):.1f}%" if values else "not measured"
 
-    better = [f"{what[0].upper()}{what[1:]} does better than the default here: the "
+    def subject(baseline: str, what: str, comparison: dict) -> str:
+        planned = len(METHOD[baseline].seeds)
+        short = sorted(n for n in comparison.get("seeds", {}).values() if n < planned)
+        return (f"So far ({short[0]} of {planned} seeds), {what}" if short
+                else what[0].upper() + what[1:])
+
+    better = [f"{subject(baseline, what, c)} does better than the default here: the "
               f"default minus it {round(c['diff_mean'], 1) + 0.0:+.1f} points pooled (95% "
               f"interval [{c['ci95'][0]:.1f}, {c['ci95'][1]:.1f}]), at a final clean "
               f"accuracy of {mean_clean(baseline)} against the default's "

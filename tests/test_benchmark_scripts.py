@@ -142,6 +142,12 @@ def test_heldout_headline_names_a_row_that_beats_the_default_and_only_that_one()
             "-5.1 points pooled (95% interval [-6.6, -3.4]), at a final clean accuracy "
             "of 72.5% against the default's 78.0%") in headline
     assert "two-stage" not in headline and "ADR" not in headline
+    assert "So far" not in headline
+    short = dict(pooled, baseline="trades", diff_mean=-4.5, ci95=[-5.7, -3.3],
+                 seeds={"a": 1})
+    summary["comparisons"].append(short)
+    assert "So far (1 of 2 seeds), TRADES does better than the default" in (
+        heldout.headline(summary))
     sentence = heldout.other_rows_sentence(summary)
     assert "the two-stage recipe +0.1 points [-0.9, 1.1] (a tie)" in sentence
     assert "ADR +9.1 points [7.9, 10.5] (the default is better)" in sentence
