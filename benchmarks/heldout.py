@@ -721,10 +721,11 @@ def _pooled(summary: dict) -> dict | None:
                  and c["baseline"] == "pgd_at_es_or_swa"), None)
 
 
-def _pooled_short(pooled: dict) -> list[tuple[str, int]]:
-    """The pooled settings where the calibrated default lacks some of its planned seeds,
-    with the seeds it has."""
-    planned = len(METHOD["calibrated_default"].seeds)
+def _pooled_short(pooled: dict, method: str = "calibrated_default"
+                  ) -> list[tuple[str, int]]:
+    """The pooled settings where ``method``'s row lacks some of its planned seeds, with
+    the seeds it has (the comparison pairs seeds, so the shorter row's count)."""
+    planned = len(METHOD[method].seeds)
     return [(name, n) for name, n in pooled.get("seeds", {}).items() if n < planned]
 
 
@@ -928,10 +929,9 @@ def headline(summary: dict) -> str:
         return f"{np.mean(values):.1f}%" if values else "not measured"
 
     def subject(baseline: str, what: str, comparison: dict) -> str:
-        planned = len(METHOD[baseline].seeds)
-        short = sorted(n for n in comparison.get("seeds", {}).values() if n < planned)
-        return (f"So far ({short[0]} of {planned} seeds), {what}" if short
-                else what[0].upper() + what[1:])
+        short = sorted(n for _, n in _pooled_short(comparison, baseline))
+        return (f"So far ({short[0]} of {len(METHOD[baseline].seeds)} seeds), {what}"
+                if short else what[0].upper() + what[1:])
 
     better = [f"{subject(baseline, what, c)} does better than the default here: the "
               f"default minus it {round(c['diff_mean'], 1) + 0.0:+.1f} points pooled (95% "
