@@ -124,6 +124,12 @@ Analysis (``--report-only`` recomputes it from the run directories):
   independently), per setting and pooled over the kept held-out settings (the mean of
   the per-setting differences, each setting resampled independently; computed once
   every active held-out setting is decided, kept or dropped).
+* Added after every row had run (analysis only; nothing above changed, and the
+  comparison decides nothing about the method): calibrated TRADES minus TRADES, paired
+  and bootstrapped the same way, per setting and pooled over the kept held-out
+  settings. Both TRADES rows had beaten the default, and whether calibration adds
+  anything to TRADES is the question a user asks next. Reported as exploratory
+  (``summary.json``'s ``secondary_comparisons``).
 * Goal stated before the runs: pooled over held-out settings, the default at least 1.0
   point above ``pgd_at_es_or_swa`` with the interval above 0, and a mean smoothed gap
   of at most 1 point in every kept setting. Whatever the numbers, they are reported;
@@ -275,6 +281,9 @@ BASELINES = ["pgd_at", "pgd_at_es", "pgd_at_swa", "pgd_at_es_or_swa", "frozen_t_
 OTHER_ROWS = {"frozen_t_rho": "its frozen (T, rho) ablation",
               "two_stage": "the two-stage recipe", "adr": "ADR", "trades": "TRADES",
               "trades_calibrated": "calibrated TRADES"}
+#: Comparisons added after the runs, outside the protocol's analysis: (method,
+#: baseline), both named in words by :data:`OTHER_ROWS`. Exploratory; they decide nothing.
+SECONDARY = [("trades_calibrated", "trades")]
 
 
 # ------------------------------------------------------------------------ planning
@@ -612,9 +621,79 @@ def analyse(results: Path, seed: int = 0) -> dict:
                                 "settings": [s["name"] for s in heldout],
                                 "seeds": {s["name"]: int(d.shape[0])
                                           for s, d in zip(heldout, pooled)}})
+    # Drawn after the protocol's comparisons, so that adding these changed none of them.
+    secondary = secondary_comparisons(runs, [s["name"] for s in heldout], decided, rng)
     return {"settings": settings, "rows": rows, "comparisons": comparisons,
+            "secondary_comparisons": secondary,
             "protocol": "benchmarks/heldout.py (module docstring)",
             "generated": time.strftime("%Y-%m-%d %H:%M:%S")}
+
+
+def secondary_comparisons(runs: dict, pooled_settings: list[str], decided: bool,
+                          rng: np.random.Generator) -> list[dict]:
+    """The exploratory comparisons of :data:`SECONDARY`: per setting (common seeds) and,
+    once every held-out setting is decided and each pooled one has both rows, pooled
+    over ``pooled_settings``. In points, as the protocol's comparisons."""
+    found = []
+    for method, baseline in SECONDARY:
+        pooled = {}
+        for setting in SETTINGS:
+            d = _paired(runs, setting.name, method, baseline)
+            if d is None:
+                continue
+            diff, ci = bootstrap([d], rng)
+            found.append({"setting": setting.name, "method": method, "baseline": baseline,
+                          "seeds": int(d.shape[0]), "diff_mean": _pp(diff),
+                          "ci95": [_pp(v) for v in ci]})
+            if setting.name in pooled_settings:
+                pooled[setting.name] = d
+        if decided and pooled and len(pooled) == len(pooled_settings):
+            diff, ci = bootstrap(list(pooled.values()), rng)
+            found.append({"setting": "pooled_heldout", "method": method,
+                          "baseline": baseline, "diff_mean": _pp(diff),
+                          "ci95": [_pp(v) for v in ci], "settings": list(pooled),
+                          "seeds": {name: int(d.shape[0]) for name, d in pooled.items()}})
+    return found
+
+
+def secondary_sentence(summary: dict) -> str:
+    """The exploratory comparisons pooled over the kept held-out settings, each read as
+    better, worse or a tie by its interval, with both rows' mean final clean accuracy
+    over the settings that count; empty when none is pooled.
+
+    Example:
+
+        >>> print(secondary_sentence({"settings": [{"name": "a", "role": "heldout",
+        ...     "kept": True}], "rows": [
+        ...     {"setting": "a", "method": "trades", "final_clean_mean": 79.0},
+        ...     {"setting": "a", "method": "trades_calibrated", "final_clean_mean": 72.5}],
+        ...     "secondary_comparisons": [{"setting": "pooled_heldout", "method":
+        ...     "trades_calibrated", "baseline": "trades", "diff_mean": 0.42,
+        ...     "ci95": [-1.03, 1.87]}]}))
+        Added after the runs, outside the protocol (exploratory): calibrated TRADES minus TRADES +0.4 points pooled [-1.0, 1.9] (a tie), final clean accuracy 72.5% against 79.0%.
+    """
+    names = {s["name"] for s in _counted(summary)}
+
+    def clean(method: str) -> str:
+        values = [r["final_clean_mean"] for r in summary["rows"] if r["method"] == method
+                  and r["setting"] in names and r.get("final_clean_mean") is not None]
+        return f"{np.mean(values):.1f}%" if values else "not measured"
+
+    parts = []
+    for c in summary.get("secondary_comparisons", []):
+        if c["setting"] != "pooled_heldout":
+            continue
+        first, second = OTHER_ROWS[c["method"]], OTHER_ROWS[c["baseline"]]
+        low, high = c["ci95"]
+        reading = (f"{first} is better" if low > 0 else
+                   f"{second} is better" if high < 0 else "a tie")
+        parts.append(f"{first} minus {second} {round(c['diff_mean'], 1) + 0.0:+.1f} points pooled "
+                     f"[{low:.1f}, {high:.1f}] ({reading}), final clean accuracy "
+                     f"{clean(c['method'])} against {clean(c['baseline'])}")
+    if not parts:
+        return ""
+    return ("Added after the runs, outside the protocol (exploratory): "
+            + "; ".join(parts) + ".")
 
 
 def _pp(value: float | None) -> float | None:
@@ -696,6 +775,16 @@ def report(summary: dict) -> str:
             lines.append(f"| {c['setting']} | `{c['baseline']}` | {_cell(c['diff_mean'], 2)} "
                          f"| [{_cell(c['ci95'][0], 2)}, {_cell(c['ci95'][1], 2)}] |")
         lines += ["", goal_verdict(summary)]
+    secondary = summary.get("secondary_comparisons", [])
+    if secondary:
+        lines += ["", "Exploratory, added after every row had run (not in the protocol's "
+                  "analysis; it decides nothing): the same paired difference for other pairs "
+                  "of rows.", "", "| setting | difference | diff | 95% CI |",
+                  "|---|---|---|---|"]
+        for c in secondary:
+            lines.append(f"| {c['setting']} | `{c['method']}` minus `{c['baseline']}` | "
+                         f"{_cell(c['diff_mean'], 2)} | [{_cell(c['ci95'][0], 2)}, "
+                         f"{_cell(c['ci95'][1], 2)}] |")
     cascade = cascade_table(summary)
     if len(cascade) > 2:
         lines += ["", "What each attack of the final cascade adds (robust accuracy in % on "
@@ -1073,6 +1162,8 @@ def readme_lines(summary: dict) -> str:
                   f"{c['ci95'][1]:.2f}]). " + goal_verdict(summary)]
         others = other_rows_sentence(summary)
         lines += ["", others] if others else []
+        secondary = secondary_sentence(summary)
+        lines += ["", secondary] if secondary else []
     elif calibrated:
         lines += ["", "The calibrated default (frozen on the development split) has run in "
                   f"{len(calibrated)} of {len(summary['settings'])} settings so far, with "

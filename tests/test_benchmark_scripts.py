@@ -166,6 +166,43 @@ def _finished_pgd_at_run(directory: Path, gap: float) -> None:
              test_strong_robust=np.array([1, 0, 1, 1], dtype=bool))
 
 
+def test_heldout_exploratory_comparison_pairs_seeds_and_leaves_the_protocol_alone(tmp_path):
+    import json
+
+    import numpy as np
+
+    heldout = _load("heldout")
+    rng = np.random.default_rng(0)
+    correct = {}
+    for method, seeds in (("pgd_at", (0, 1, 2)), ("calibrated_default", (0, 1, 2)),
+                          ("trades", (0, 1)), ("trades_calibrated", (0, 1, 2))):
+        for seed in seeds:
+            directory = heldout.run_dir(tmp_path, "seed1", method, seed)
+            directory.mkdir(parents=True)
+            correct[method, seed] = rng.random(40) < 0.5
+            (directory / "summary.json").write_text(json.dumps(
+                {"smoothed_gap": 0.05, "final_strong_test_adv_accuracy": 0.5}))
+            np.savez(directory / "correctness_final.npz",
+                     test_strong_robust=correct[method, seed])
+    with_it = heldout.analyse(tmp_path)
+    secondary = with_it["secondary_comparisons"]
+    # Paired on the seeds both rows have (0 and 1), in points; no pooled number while
+    # the other held-out settings are undecided.
+    expected = 100 * np.mean([correct["trades_calibrated", s].astype(float)
+                              - correct["trades", s] for s in (0, 1)])
+    assert [(c["setting"], c["seeds"]) for c in secondary] == [("seed1", 2)]
+    assert secondary[0]["diff_mean"] == pytest.approx(expected, abs=1e-3)
+    low, high = secondary[0]["ci95"]
+    assert low <= secondary[0]["diff_mean"] <= high
+    # Drawn after the protocol's comparisons: without it they are the same numbers.
+    heldout.SECONDARY = []
+    without = heldout.analyse(tmp_path)
+    assert without["secondary_comparisons"] == []
+    assert without["comparisons"] == with_it["comparisons"] != []
+    text = heldout.report(with_it)
+    assert "`trades_calibrated` minus `trades`" in text and "Exploratory" in text
+
+
 def test_heldout_plan_starts_nothing_but_pgd_at_in_a_dropped_setting(tmp_path):
     heldout = _load("heldout")
     seeds = heldout.METHOD["pgd_at"].seeds
