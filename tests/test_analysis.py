@@ -404,11 +404,33 @@ def test_report_writes_the_verdicts_file(bench, tmp_path):
     import json
 
     protocol = _tree(bench, tmp_path / "runs")
-    section, found = bench.report(protocol, tmp_path / "runs", tmp_path / "figures",
-                                  tmp_path / "RESULTS.md", "Reference: test.")
+    section, found, figures = bench.report(protocol, tmp_path / "runs", tmp_path / "figures",
+                                           tmp_path / "RESULTS.md", "Reference: test.")
     written = json.loads((tmp_path / "runs" / "verdicts.json").read_text())
     assert written == found and list(written) == list(bench.VERDICT_NAMES)
     assert all(set(v) == {"confirmed", "evidence"} and isinstance(v["confirmed"], bool)
                for v in written.values())
     assert section.startswith(bench.SECTION) and "](figures/label_noise_levels.png)" in section
     assert (tmp_path / "figures" / "label_noise_long_runs.png").stat().st_size > 5000
+    assert "label_noise_long_runs.png" in figures
+
+
+def test_the_tutorial_shows_the_verdicts_and_its_own_copies_of_the_figures(bench, tmp_path):
+    protocol = _tree(bench, tmp_path / "runs")
+    _, found, figures = bench.report(protocol, tmp_path / "runs", tmp_path / "figures",
+                                     tmp_path / "RESULTS.md", "Reference: test.")
+    page = tmp_path / "docs" / "label_noise.md"
+    page.parent.mkdir()
+    start, end = bench.TUTORIAL_MARKERS
+    page.write_text(f"# Label noise\n\n{start}\nold text\n{end}\n\nwritten by hand\n")
+    bench.update_tutorial(found, tmp_path / "figures", figures, page, page.parent / "figures")
+    text = page.read_text()
+    assert "old text" not in text and text.endswith(f"{end}\n\nwritten by hand\n")
+    for name in bench.VERDICT_NAMES:
+        verdict = "Confirmed" if found[name]["confirmed"] else "Not confirmed"
+        assert f"{bench.VERDICT_TITLES[name].rstrip('?')}" in text
+        assert f"** {verdict}: {found[name]['evidence']}" in text
+    for name in figures:  # every figure the page links is beside it, byte for byte
+        assert f"](figures/{name})" in text
+        assert ((page.parent / "figures" / name).read_bytes()
+                == (tmp_path / "figures" / name).read_bytes())

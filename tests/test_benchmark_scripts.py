@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-SCRIPTS = ["development", "heldout", "step_costs", "throughput"]
+SCRIPTS = ["development", "heldout", "label_noise", "step_costs", "throughput"]
 
 
 def _load(name: str):
