@@ -577,6 +577,21 @@ error of adversarial training. The benchmark looks for it on 150 training images
 double descent only when the moving average rises and then falls again by 3 points or
 more, in both seeds."""),
     ("code", '''show_benchmark_figure("label_noise_long_runs.png")'''),
+    ("md", """The verdicts, as the benchmark wrote them (each computed by a rule fixed before
+the runs; "not enough runs" until every cell it reads has two finished seeds):"""),
+    ("code", '''import json
+
+for folder in FIGURE_FOLDERS:
+    path = folder.parent / "results" / "label_noise" / "verdicts.json"
+    if path.is_file():
+        for name, verdict in json.loads(path.read_text()).items():
+            state = ("confirmed" if verdict["confirmed"] else "not decided yet"
+                     if verdict["evidence"].startswith("not enough runs") else "not confirmed")
+            print(f"{name}: {state}\\n    {verdict['evidence']}\\n")
+        break
+else:
+    print("No verdicts.json yet: run `python benchmarks/label_noise.py` from the "
+          "repository root.")'''),
     ("md", """From the command line, `advcal analyze REFERENCE.keras --dataset fashion_mnist
 --epsilon 0.1 --out runs/noise` runs the earlier measure (`label_noise.json` and the
 histogram `label_noise.png`): given a run's own checkpoint, it reads that checkpoint's
