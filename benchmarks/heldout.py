@@ -599,61 +599,53 @@ def analyse(results: Path, seed: int = 0) -> dict:
     # No pooled number while an active held-out setting is undecided: it could change
     # which settings are pooled.
     decided = all(s["kept"] is not None for s in settings if s["role"] == "heldout")
+    pooled_names = [s["name"] for s in heldout]
     for baseline in BASELINES:
-        pooled = []
-        for setting in SETTINGS:
-            name = _resolve_baseline(runs, setting.name, baseline)
-            d = _paired(runs, setting.name, "calibrated_default", name)
-            if d is None:
-                continue
-            diff, ci = bootstrap([d], rng)
-            comparisons.append({"setting": setting.name, "method": "calibrated_default",
-                                "baseline": baseline, "resolved_baseline": name,
-                                "seeds": int(d.shape[0]),
-                                "diff_mean": _pp(diff), "ci95": [_pp(v) for v in ci]})
-            if any(s["name"] == setting.name for s in heldout):
-                pooled.append(d)
-        if decided and pooled and len(pooled) == len(heldout):
-            diff, ci = bootstrap(pooled, rng)
-            comparisons.append({"setting": "pooled_heldout", "method": "calibrated_default",
-                                "baseline": baseline, "diff_mean": _pp(diff),
-                                "ci95": [_pp(v) for v in ci],
-                                "settings": [s["name"] for s in heldout],
-                                "seeds": {s["name"]: int(d.shape[0])
-                                          for s, d in zip(heldout, pooled)}})
+        comparisons += paired_comparisons(runs, "calibrated_default", baseline,
+                                          pooled_names, decided, rng)
     # Drawn after the protocol's comparisons, so that adding these changed none of them.
-    secondary = secondary_comparisons(runs, [s["name"] for s in heldout], decided, rng)
+    secondary = [c for method, baseline in SECONDARY
+                 for c in paired_comparisons(runs, method, baseline, pooled_names, decided,
+                                             rng)]
     return {"settings": settings, "rows": rows, "comparisons": comparisons,
             "secondary_comparisons": secondary,
             "protocol": "benchmarks/heldout.py (module docstring)",
             "generated": time.strftime("%Y-%m-%d %H:%M:%S")}
 
 
-def secondary_comparisons(runs: dict, pooled_settings: list[str], decided: bool,
-                          rng: np.random.Generator) -> list[dict]:
-    """The exploratory comparisons of :data:`SECONDARY`: per setting (common seeds) and,
-    once every held-out setting is decided and each pooled one has both rows, pooled
-    over ``pooled_settings``. In points, as the protocol's comparisons."""
-    found = []
-    for method, baseline in SECONDARY:
-        pooled = {}
-        for setting in SETTINGS:
-            d = _paired(runs, setting.name, method, baseline)
-            if d is None:
-                continue
-            diff, ci = bootstrap([d], rng)
-            found.append({"setting": setting.name, "method": method, "baseline": baseline,
-                          "seeds": int(d.shape[0]), "diff_mean": _pp(diff),
-                          "ci95": [_pp(v) for v in ci]})
-            if setting.name in pooled_settings:
-                pooled[setting.name] = d
-        if decided and pooled and len(pooled) == len(pooled_settings):
-            diff, ci = bootstrap(list(pooled.values()), rng)
-            found.append({"setting": "pooled_heldout", "method": method,
-                          "baseline": baseline, "diff_mean": _pp(diff),
-                          "ci95": [_pp(v) for v in ci], "settings": list(pooled),
-                          "seeds": {name: int(d.shape[0]) for name, d in pooled.items()}})
+def paired_comparisons(runs: dict, method: str, baseline: str, pooled_settings: list[str],
+                       decided: bool, rng: np.random.Generator) -> list[dict]:
+    """``method`` minus ``baseline`` (resolved per setting, see
+    :func:`_resolve_baseline`), paired on common seeds, with its bootstrap interval: per
+    setting and, once every held-out setting is decided and each of
+    ``pooled_settings`` has both rows, pooled over them. In points."""
+    found, pooled = [], {}
+    for setting in SETTINGS:
+        name = _resolve_baseline(runs, setting.name, baseline)
+        d = _paired(runs, setting.name, method, name)
+        if d is None:
+            continue
+        diff, ci = bootstrap([d], rng)
+        found.append({"setting": setting.name, "method": method, "baseline": baseline,
+                      "resolved_baseline": name, "seeds": int(d.shape[0]),
+                      "diff_mean": _pp(diff), "ci95": [_pp(v) for v in ci]})
+        if setting.name in pooled_settings:
+            pooled[setting.name] = d
+    if decided and pooled and len(pooled) == len(pooled_settings):
+        diff, ci = bootstrap(list(pooled.values()), rng)
+        found.append({"setting": "pooled_heldout", "method": method, "baseline": baseline,
+                      "diff_mean": _pp(diff), "ci95": [_pp(v) for v in ci],
+                      "settings": list(pooled),
+                      "seeds": {name: int(d.shape[0]) for name, d in pooled.items()}})
     return found
+
+
+def _mean_clean(summary: dict, method: str) -> str:
+    """``method``'s final clean accuracy, mean over the settings that count, as text."""
+    names = {s["name"] for s in _counted(summary)}
+    values = [r["final_clean_mean"] for r in summary["rows"] if r["method"] == method
+              and r["setting"] in names and r.get("final_clean_mean") is not None]
+    return f"{np.mean(values):.1f}%" if values else "not measured"
 
 
 def secondary_sentence(summary: dict) -> str:
@@ -672,13 +664,6 @@ def secondary_sentence(summary: dict) -> str:
         ...     "ci95": [-1.03, 1.87]}]}))
         Added after the runs, outside the protocol (exploratory): calibrated TRADES minus TRADES +0.4 points pooled [-1.0, 1.9] (a tie), final clean accuracy 72.5% against 79.0%.
     """
-    names = {s["name"] for s in _counted(summary)}
-
-    def clean(method: str) -> str:
-        values = [r["final_clean_mean"] for r in summary["rows"] if r["method"] == method
-                  and r["setting"] in names and r.get("final_clean_mean") is not None]
-        return f"{np.mean(values):.1f}%" if values else "not measured"
-
     parts = []
     for c in summary.get("secondary_comparisons", []):
         if c["setting"] != "pooled_heldout":
@@ -689,7 +674,8 @@ def secondary_sentence(summary: dict) -> str:
                    f"{second} is better" if high < 0 else "a tie")
         parts.append(f"{first} minus {second} {round(c['diff_mean'], 1) + 0.0:+.1f} points pooled "
                      f"[{low:.1f}, {high:.1f}] ({reading}), final clean accuracy "
-                     f"{clean(c['method'])} against {clean(c['baseline'])}")
+                     f"{_mean_clean(summary, c['method'])} against "
+                     f"{_mean_clean(summary, c['baseline'])}")
     if not parts:
         return ""
     return ("Added after the runs, outside the protocol (exploratory): "
@@ -1011,12 +997,6 @@ def headline(summary: dict) -> str:
     gap_text = ("" if pgd_gap is None or calibrated_gap is None else
                 f" (smoothed gap {pgd_gap:.1f} points -> {calibrated_gap:.1f}, mean over "
                 "the settings that count)")
-    def mean_clean(method: str) -> str:
-        values = [r["final_clean_mean"] for r in summary["rows"]
-                  if r["method"] == method and r["setting"] in names
-                  and r.get("final_clean_mean") is not None]
-        return f"{np.mean(values):.1f}%" if values else "not measured"
-
     def subject(baseline: str, what: str, comparison: dict) -> str:
         short = sorted(n for _, n in _pooled_short(comparison, baseline))
         return (f"So far ({short[0]} of {len(METHOD[baseline].seeds)} seeds), {what}"
@@ -1025,8 +1005,8 @@ def headline(summary: dict) -> str:
     better = [f"{subject(baseline, what, c)} does better than the default here: the "
               f"default minus it {round(c['diff_mean'], 1) + 0.0:+.1f} points pooled (95% "
               f"interval [{c['ci95'][0]:.1f}, {c['ci95'][1]:.1f}]), at a final clean "
-              f"accuracy of {mean_clean(baseline)} against the default's "
-              f"{mean_clean('calibrated_default')} (mean over the settings that count)."
+              f"accuracy of {_mean_clean(summary, baseline)} against the default's "
+              f"{_mean_clean(summary, 'calibrated_default')} (mean over the settings that count)."
               for baseline, what in OTHER_ROWS.items()
               for c in summary["comparisons"]
               if c["setting"] == "pooled_heldout" and c["baseline"] == baseline
