@@ -291,6 +291,10 @@ def _noise(adversarial, injected=0.0, base=0.1):
 #: PGD-AT per cell in the "everything holds" tree: (peak epoch, gap, noise parts).
 HOLDS = {"radius_eps0.05": (20, 0.02, _noise(0.10)), "radius_eps0.1": (30, 0.04, _noise(0.20)),
          "radius_eps0.15": (50, 0.06, _noise(0.30)), "radius_eps0.2": (80, 0.09, _noise(0.40)),
+         "radius_long_eps0.05": (20, 0.03, _noise(0.10)),
+         "radius_long_eps0.1": (30, 0.05, _noise(0.20)),
+         "radius_long_eps0.15": (90, 0.07, _noise(0.30)),
+         "radius_long_eps0.2": (240, 0.08, _noise(0.40)),
          "quality_flip0.1": (16, 0.03, _noise(0.21, 0.05)),
          "quality_flip0.2": (16, 0.06, _noise(0.22, 0.10)),
          "quality_flip0.4": (16, 0.10, _noise(0.23, 0.20)),
@@ -306,7 +310,7 @@ def _tree(bench, root, pgd=None, calibrated_gap=0.003, dd=DOUBLE_DESCENT, skip=(
     pgd = dict(HOLDS, **(pgd or {}))
     for cell in protocol.cells:
         for seed in protocol.seeds:
-            for method in bench.METHODS:
+            for method in cell.methods:
                 name = f"{cell.name}/{method}_s{seed}"
                 if name in skip:
                     continue
@@ -333,14 +337,18 @@ def test_verdicts_confirm_when_every_rule_holds(bench, tmp_path):
     assert list(found) == list(bench.VERDICT_NAMES)
     assert all(set(verdict) == {"confirmed", "evidence"} for verdict in found.values())
     assert _confirmed(found) == dict.fromkeys(bench.VERDICT_NAMES, True), found
+    assert found["radius"]["evidence"].startswith("600-epoch runs: (a) PGD-AT peaks by epoch "
+                                                  "300 of 600 in every run")
     assert "rises at each step" in found["radius"]["evidence"]
+    assert "Reported, not counted: the 200-epoch runs" in found["radius"]["evidence"]
     assert "a double descent" in found["double_descent"]["evidence"]
     assert "flipped labels" in found["calibration_removes_overfitting"]["evidence"]
 
 
 def test_verdicts_without_enough_runs_say_so(bench, tmp_path):
-    # One seed of PGD-AT at eps 0.2 missing, one still running at 250 images.
-    protocol = _tree(bench, tmp_path, skip={"radius_eps0.2/pgd_at_s1"},
+    # One seed of PGD-AT at eps 0.2 missing in each round, one still running at 250 images.
+    protocol = _tree(bench, tmp_path, skip={"radius_eps0.2/pgd_at_s1",
+                                            "radius_long_eps0.2/pgd_at_s1"},
                      unfinished={"quality_images250/pgd_at_s0"})
     found = bench.verdicts(protocol, tmp_path)
     assert _confirmed(found) == {"radius": False, "data_quality": False,
@@ -348,7 +356,8 @@ def test_verdicts_without_enough_runs_say_so(bench, tmp_path):
                                  "calibration_removes_overfitting": False}
     for name in ("radius", "data_quality", "calibration_removes_overfitting"):
         assert found[name]["evidence"].startswith("not enough runs")
-    assert "radius_eps0.2 pgd_at: 1 of 2" in found["radius"]["evidence"]
+    assert "radius_long_eps0.2 pgd_at: 1 of 2" in found["radius"]["evidence"]
+    assert "radius_eps0.2 pgd_at: 1 of 2" in found["calibration_removes_overfitting"]["evidence"]
     assert "quality_images250 pgd_at: 1 of 2" in found["data_quality"]["evidence"]
     empty = bench.verdicts(protocol, tmp_path / "nothing")
     assert all(v == {"confirmed": False, "evidence": v["evidence"]} and
@@ -356,7 +365,7 @@ def test_verdicts_without_enough_runs_say_so(bench, tmp_path):
 
 
 def test_radius_needs_the_noise_measured(bench, tmp_path):
-    protocol = _tree(bench, tmp_path, unmeasured={"radius_eps0.1/pgd_at_s0"})
+    protocol = _tree(bench, tmp_path, unmeasured={"radius_long_eps0.1/pgd_at_s0"})
     found = bench.verdicts(protocol, tmp_path)
     assert not found["radius"]["confirmed"]
     assert found["radius"]["evidence"].startswith("not enough runs")
@@ -376,10 +385,10 @@ def test_noise_of_another_reference_does_not_count(bench, tmp_path):
 
 
 def test_predictions_that_do_not_hold_are_not_confirmed(bench, tmp_path):
-    # PGD-AT peaks at epoch 180 of 200 at eps 0.2 (runs too short), its gap does not
+    # PGD-AT peaks at epoch 500 of 600 at eps 0.2 (runs too short), its gap does not
     # grow with fewer images, no second descent, and the calibrated default overfits.
     protocol = _tree(bench, tmp_path,
-                     pgd={"radius_eps0.2": (180, 0.01, _noise(0.40)),
+                     pgd={"radius_long_eps0.2": (500, 0.01, _noise(0.40)),
                           "quality_images125": (80, 0.0, _noise(0.20))},
                      dd=OVERFITTING_ONLY, calibrated_gap=0.03)
     found = bench.verdicts(protocol, tmp_path)
@@ -393,11 +402,40 @@ def test_predictions_that_do_not_hold_are_not_confirmed(bench, tmp_path):
 
 
 def test_noise_that_does_not_rise_is_not_confirmed(bench, tmp_path):
-    protocol = _tree(bench, tmp_path, pgd={"radius_eps0.15": (50, 0.06, _noise(0.15))})
+    protocol = _tree(bench, tmp_path, pgd={"radius_long_eps0.15": (90, 0.07, _noise(0.15))})
     found = bench.verdicts(protocol, tmp_path)
     assert not found["radius"]["confirmed"]
     assert "does not rise at each step" in found["radius"]["evidence"]
     assert found["data_quality"]["confirmed"]
+
+
+def test_the_radius_verdict_reads_the_long_runs_and_reports_the_short_ones(bench, tmp_path):
+    # The 200-epoch round fails rule (a) at eps 0.2 and its noise does not rise; the
+    # 600-epoch round holds: only the long round counts, the short one is reported.
+    protocol = _tree(bench, tmp_path, pgd={"radius_eps0.2": (180, 0.01, _noise(0.25))})
+    found = bench.verdicts(protocol, tmp_path)
+    assert found["radius"]["confirmed"]
+    counted, reported = found["radius"]["evidence"].split("Reported, not counted")
+    assert "too short" not in counted and "does not rise" not in counted
+    assert "peaks by epoch 100 of 200" in reported
+    assert "too short: eps 0.2 seed 0 (epoch 184)" in reported
+    assert "does not rise at each step" in reported
+    assert "calibrated default's smoothed gap there (points): 0.3, 0.3, 0.3, 0.3" in reported
+    # The long cells have no calibrated runs: the plan, the rows and that verdict skip them.
+    assert not any(job.method.name == "calibrated" and job.cell.form == "radius_long"
+                   for job in bench.plan(protocol, tmp_path))
+    rows = bench.cell_rows(protocol, bench.collect(protocol, tmp_path))
+    assert {row["method"] for row in rows if row["form"] == "radius_long"} == {"pgd_at"}
+    assert "radius_long" not in found["calibration_removes_overfitting"]["evidence"]
+
+
+def test_the_long_radius_cells_repeat_the_short_ones_three_times_as_long(bench):
+    protocol = bench.full_protocol()
+    for short, long in zip(protocol.group("radius"), protocol.group("radius_long")):
+        assert (long.level, long.overrides) == (short.level, short.overrides)
+        assert (long.epochs, long.eval_every) == (3 * short.epochs, 3 * short.eval_every)
+        assert long.epochs // long.eval_every == short.epochs // short.eval_every == 50
+        assert long.methods == ("pgd_at",) and short.methods == tuple(bench.METHODS)
 
 
 def test_report_writes_the_verdicts_file(bench, tmp_path):
