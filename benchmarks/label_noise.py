@@ -615,9 +615,11 @@ def _radius_readings(runs: dict, protocol: Protocol, cells: list[Cell]) -> tuple
     radius): whether all three hold, and what each found."""
     names = [cell.name for cell in cells]
     limit = cells[0].epochs // 2
-    late = [f"eps {cell.level:g} seed {run.seed} (epoch {run.peak_epoch(protocol):.0f})"
+    peak_of = {(cell.name, run.seed): run.peak_epoch(protocol)
+               for cell in cells for run in runs[(cell.name, "pgd_at")]}
+    late = [f"eps {cell.level:g} seed {run.seed} (epoch {peak_of[(cell.name, run.seed)]:.0f})"
             for cell in cells for run in runs[(cell.name, "pgd_at")]
-            if run.peak_epoch(protocol) is None or run.peak_epoch(protocol) > limit]
+            if peak_of[(cell.name, run.seed)] is None or peak_of[(cell.name, run.seed)] > limit]
     noise = [_mean([run.noise_part("adversarial") for run in runs[(name, "pgd_at")]])
              for name in names]
     gaps = [_mean([run.gap(protocol) for run in runs[(name, "pgd_at")]]) for name in names]
@@ -625,7 +627,7 @@ def _radius_readings(runs: dict, protocol: Protocol, cells: list[Cell]) -> tuple
     gap_up, rho = _rises(names, gaps, protocol)
     gap_up = gap_up and gaps[-1] - gaps[0] >= protocol.rise
     radii = ", ".join(f"{cell.level:g}" for cell in cells)
-    peaks = [_mean([run.peak_epoch(protocol) for run in runs[(name, "pgd_at")]])
+    peaks = [_mean([peak_of[(name, run.seed)] for run in runs[(name, "pgd_at")]])
              for name in names]
     return not late and noise_up and gap_up, [
         f"(a) PGD-AT peaks by epoch {limit} of {cells[0].epochs} in every run (mean peak "
@@ -743,7 +745,7 @@ def double_descent_verdict(runs: dict, protocol: Protocol) -> dict:
 
 def calibration_verdict(runs: dict, protocol: Protocol) -> dict:
     cells = [cell.name for cell in protocol.cells
-             if cell.form != "flip" and cell.methods == tuple(METHODS)]
+             if cell.form != "flip" and "calibrated" in cell.methods]
     problems = _missing(runs, protocol, [(name, method) for name in cells for method in METHODS])
     if problems:
         return _not_enough(problems)
