@@ -34,9 +34,13 @@ teacher, callback and automatic ``T`` and ``rho``:
   term and the KL's weight ``1 - p_y(x)`` keep the label; the teacher sees ``x'``.
 * ``adr``: ``CE(f(x'), target)`` with ADR's per-example ratio; the teacher sees ``x``.
 
-The teacher always sees the input of the term its target supervises. ``T`` and
-``rho`` are fitted by :class:`keras_advcal.CalibratedTeacher` as for PGD-AT (on PGD
-examples of the held-out data), whatever the objective.
+The teacher always sees the input of the term its target supervises, and
+:class:`keras_advcal.CalibratedTeacher` fits ``T`` and ``rho`` on that same kind of
+input (:attr:`Objective.teacher_input`): on PGD examples of the held-out data for
+``pgd_at`` and ``mart``, on the clean held-out inputs for ``trades``, with the
+accuracy floor measured on the same kind of input of the training data. (Earlier
+versions fitted on PGD examples whatever the objective, so with TRADES the fit served
+another input than the one its target supervises.)
 
 Example:
 
@@ -155,7 +159,8 @@ class PGDAT(Objective):
 
     The attack is the trainer's attack as given. With calibrated targets the teacher
     sees ``x'`` and the loss is the trainer's ``loss_form`` (the library's calibrated
-    trainer, unchanged).
+    trainer, unchanged); ``T`` and ``rho`` are fitted on PGD examples of the held-out
+    data, made against the student.
 
     Example:
 
@@ -179,7 +184,9 @@ class TRADES(Objective):
     the ball (the published code's start). A trainer attack that already has
     ``loss="kl"`` and a random start is used as given. In the loss, gradients flow
     through both ``f(x)`` and ``f(x')``. With calibrated targets, the teacher sees
-    the clean input ``x`` and its target replaces ``y`` in ``CE(f(x), .)``.
+    the clean input ``x`` and its target replaces ``y`` in ``CE(f(x), .)``; ``T`` and
+    ``rho`` are fitted on the teacher's and the student's logits on the clean held-out
+    inputs, and the accuracy floor on the teacher's clean training logits.
 
     Args:
         beta: weight of the KL term (the published CIFAR-10 setting: 6).
@@ -233,7 +240,7 @@ class MART(Objective):
     given (cross-entropy). Gradients flow through ``q`` in both the KL and its
     weight. With calibrated targets the teacher sees ``x'`` and its target replaces
     ``y`` in the ``CE(f(x'), .)`` part only; the margin term and the weight keep the
-    label.
+    label; ``T`` and ``rho`` are fitted on PGD examples of the held-out data.
 
     Args:
         beta: weight of the KL term.

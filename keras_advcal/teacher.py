@@ -211,6 +211,14 @@ class CalibratedTeacher(keras.callbacks.Callback):
     """Maintains the teacher of an ``AdvCalTrainer`` and fits ``T`` and ``rho``
     at the end of every epoch.
 
+    The fit reads the inputs the teacher sees in training (:attr:`calibration_input`):
+    PGD examples for PGD-AT and MART, whose calibrated target supervises the
+    adversarial example, and the clean inputs for TRADES, whose target supervises its
+    clean term (``CE(f(x), target)``); the accuracy floor is measured on the same kind
+    of input. What follows describes the adversarial case; with clean inputs the
+    validation pass records the teacher's and the student's logits on the clean
+    validation images, and no fallback makes an attack.
+
     Each epoch end: update the teacher (per ``kind``; the ``swa`` average is taken
     just before ``fit``'s validation pass, so that the pass sees the new teacher); then,
     once a teacher exists and differs from the student, take the teacher's and the
@@ -234,7 +242,7 @@ class CalibratedTeacher(keras.callbacks.Callback):
     Adds to the epoch logs (History, CSVLogger and TensorBoard record them):
     ``temperature``, ``rho``, ``calibration_nll``, ``train_agreement``,
     ``teacher_adv_accuracy`` (the teacher's accuracy on the calibration's validation
-    examples), ``calibration_status`` (0 fitted, 1 no teacher yet, 2
+    inputs: robust accuracy, or clean accuracy where the fit reads clean inputs), ``calibration_status`` (0 fitted, 1 no teacher yet, 2
     teacher equals student, 3 ``T`` on the grid's edge, 4 no point meets the floor; see
     :data:`STATUS_TEXT`) and ``calibration_seconds`` (the time this callback took at
     the epoch's end, which Keras' progress bar folds into the epoch's step time).
@@ -598,6 +606,24 @@ class CalibratedTeacher(keras.callbacks.Callback):
         self.remade_validation_examples += 1
         return cache["x_adv"], cache["teacher_logits"]
 
+    @property
+    def calibration_input(self) -> str:
+        """The input the fit reads: the one the teacher sees in training
+        (``"adversarial"``: PGD examples, for PGD-AT and MART; ``"clean"``: the clean
+        input, for TRADES, whose calibrated target supervises its clean term).
+
+        Example:
+
+            >>> from keras_advcal import PGD, TRADES
+            >>> net = keras.Sequential([keras.Input((2,)), keras.layers.Dense(3)])
+            >>> callback = CalibratedTeacher((np.zeros((200, 2)), np.zeros(200)),
+            ...                              (np.zeros((200, 2)), np.zeros(200)))
+            >>> callback.set_model(AdvCalTrainer(net, PGD(0.1, steps=1), objective=TRADES()))
+            >>> callback.calibration_input
+            'clean'
+        """
+        return self.model.objective.teacher_input
+
     def _floor_sample(self) -> tuple[np.ndarray, np.ndarray]:
         """The teacher's logits on adversarial training examples, and their labels.
 
@@ -614,8 +640,11 @@ class CalibratedTeacher(keras.callbacks.Callback):
                 return logits, labels
         cache = self._teacher_cache
         if "train" not in cache:
-            cache["train"], = self._train_logits(self.x_train, self.y_train,
-                                                 self.seed * 100_003 + 100_002)
+            if self.calibration_input == "clean":
+                cache["train"] = self._teacher_logits(self.x_train)
+            else:
+                cache["train"], = self._train_logits(self.x_train, self.y_train,
+                                                     self.seed * 100_003 + 100_002)
         return cache["train"], self.y_train
 
     def _calibrate(self, epoch: int):
@@ -662,6 +691,8 @@ class CalibratedTeacher(keras.callbacks.Callback):
         """The teacher's and the student's logits on PGD examples that the callback
         makes itself (``calibration_examples="attack"``, or its fallback)."""
         self.calibrations_from_attack += 1
+        if self.calibration_input == "clean":  # no attack: the teacher sees x
+            return self._teacher_logits(self.x_val), self._student_logits(self.x_val)
         x_adv, teacher_val = self._validation_examples(epoch)
         if self.surrogate_examples == "surrogate":
             student_val, = self._student_val_logits(self.x_val, self.y_val,

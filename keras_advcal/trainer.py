@@ -449,18 +449,20 @@ class AdvCalTrainer(keras.Model):
             self.floor_labels))
         self.floor_count.assign(tf.cast(tf.where(used, start + count, start), "float32"))
 
-    def _record_validation_sample(self, x_adv, adv_logits, y):
-        """Writes the teacher's and the student's logits on a validation batch's PGD
-        examples, and its labels, after those already recorded in this pass (the first
-        ``VALIDATION_SAMPLE_SIZE`` are kept), while ``validation_recording`` is 1 and the
-        teacher exists. Masked writes, as for the floor sample."""
+    def _record_validation_sample(self, inputs, student_logits, y):
+        """Writes the teacher's and the student's logits on a validation batch's
+        calibration inputs (its PGD examples, or the clean batch for an objective whose
+        teacher sees the clean input), and its labels, after those already recorded in
+        this pass (the first ``VALIDATION_SAMPLE_SIZE`` are kept), while
+        ``validation_recording`` is 1 and the teacher exists. Masked writes, as for the
+        floor sample."""
         recording = tf.logical_and(self.validation_recording > 0.0, self.teacher_ready > 0.0)
-        shape = tf.stack([tf.shape(x_adv)[0], self.num_classes])
+        shape = tf.stack([tf.shape(inputs)[0], self.num_classes])
         teacher = tf.cond(
             recording,
-            lambda: tf.cast(self.teacher_logits(x_adv, training=False), "float32"),
+            lambda: tf.cast(self.teacher_logits(inputs, training=False), "float32"),
             lambda: tf.zeros(shape, "float32"))
-        student, labels = tf.cast(adv_logits, "float32"), tf.cast(y, "float32")
+        student, labels = tf.cast(student_logits, "float32"), tf.cast(y, "float32")
         context = tf.distribute.get_replica_context()
         if context is not None and context.num_replicas_in_sync > 1:
             teacher = context.all_gather(teacher, axis=0)
@@ -481,8 +483,10 @@ class AdvCalTrainer(keras.Model):
             tf.where(recording, start + count, start), "float32"))
 
     def validation_sample(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The teacher's and the student's logits on the PGD examples of the
-        validation pass (made against the student) and their labels, as recorded since
+        """The teacher's and the student's logits on the validation pass's
+        calibration inputs (its PGD examples, made against the student; the clean
+        inputs when the objective's teacher sees the clean input, as TRADES's does) and
+        their labels, as recorded since
         ``validation_record_count`` was last reset (at most ``VALIDATION_SAMPLE_SIZE``,
         the first of the pass).
 
@@ -602,8 +606,12 @@ class AdvCalTrainer(keras.Model):
         x_adv = self.validation_attack(self.student_logits, x, y, seed=self.eval_seed_generator)
         adv_logits = self.student_logits(x_adv, training=False)
         if self.labels == "calibrated":
-            # The calibration's examples, when the CalibratedTeacher asks for them.
-            self._record_validation_sample(x_adv, adv_logits, y)
+            # The calibration's inputs, when the CalibratedTeacher asks for them: those
+            # the teacher sees in training (the clean input for TRADES, x' otherwise).
+            if self.objective.teacher_input == "clean":
+                self._record_validation_sample(x, clean_logits, y)
+            else:
+                self._record_validation_sample(x_adv, adv_logits, y)
         loss = self._reduce(targets_lib.hard_loss(y, adv_logits), sample_weight)
         self.loss_tracker.update_state(loss, sample_weight=tf.shape(y)[0])
         self.accuracy_metric.update_state(y, clean_logits, sample_weight=sample_weight)

@@ -461,3 +461,58 @@ def test_validation_pass_calibrates_on_the_first_1024_validation_examples(digits
     assert len(attacked.y_val) == 1100
     with pytest.raises(ValueError, match="calibration_examples"):
         CalibratedTeacher(*_calibration_data(digits), calibration_examples="pass")
+
+
+def test_trades_calibration_reads_clean_validation_logits(digits):
+    """With TRADES the calibrated target supervises the clean term, so the fit reads
+    the teacher's and the student's logits on the clean validation images (recorded in
+    the validation pass), and the fallback without a pass attacks nothing."""
+    from keras_advcal import TRADES
+
+    x_train, y_train, x_test, y_test = digits
+    trainer = AdvCalTrainer(tiny_cnn(0), PGD(0.15, 0.05, 3), objective=TRADES(), seed=0)
+    trainer.compile(keras.optimizers.Adam(2e-3))
+    callback = CalibratedTeacher(*_calibration_data(digits), kind="swa")
+    history = trainer.fit(x_train[:600], y_train[:600], validation_data=(x_test[:200],
+                          y_test[:200]), epochs=3, batch_size=64, verbose=0,
+                          callbacks=[callback])
+    assert callback.calibration_input == "clean"
+    assert callback.calibrations_from_validation_pass == 2
+    teacher_logits, student_logits, labels = trainer.validation_sample()
+    np.testing.assert_allclose(teacher_logits, trainer.teacher_logits(x_test[:200]),
+                               atol=1e-4)
+    np.testing.assert_allclose(student_logits, trainer.student_logits(x_test[:200]),
+                               atol=1e-4)
+    assert history.history["teacher_adv_accuracy"][-1] == pytest.approx(
+        np.mean(np.asarray(trainer.teacher_logits(x_test[:200])).argmax(1) == y_test[:200]))
+    # Without a validation pass: clean logits too, and no PGD example is made.
+    attacks = CountingCalls(callback._val_examples)
+    callback._val_examples = attacks
+    before = callback.calibrations_from_attack
+    trainer.fit(x_train[:600], y_train[:600], epochs=1, batch_size=64, verbose=0,
+                callbacks=[callback])
+    assert callback.calibrations_from_attack == before + 1 and attacks.calls == 0
+
+
+def test_a_known_temperature_is_recovered_on_clean_inputs():
+    """A fixed teacher whose clean logits are T* times the true log-probabilities of
+    the labels: the fit on clean held-out inputs (TRADES) recovers T*."""
+    from keras_advcal import TRADES
+
+    true_temperature = 2.5
+    rng = np.random.default_rng(0)
+    weights = rng.normal(size=(6, 4)).astype("float32")
+    x = rng.uniform(0, 1, size=(4000, 6)).astype("float32")
+    probabilities = keras.ops.convert_to_numpy(keras.ops.softmax(x @ weights * 3.0))
+    y = np.array([rng.choice(4, p=p / p.sum()) for p in probabilities], "int32")
+    teacher = keras.Sequential([keras.Input((6,)), keras.layers.Dense(4, use_bias=False)])
+    teacher.layers[0].set_weights([weights * 3.0 * true_temperature])
+    student = keras.Sequential([keras.Input((6,)), keras.layers.Dense(4)])
+    trainer = AdvCalTrainer(student, PGD(0.05, 0.02, 2), objective=TRADES(), teacher=teacher)
+    trainer.compile(keras.optimizers.Adam(0.0))  # the student does not move
+    callback = CalibratedTeacher((x[:3000], y[:3000]), (x[3000:], y[3000:]), kind="fixed",
+                                 acc_floor=0.0)
+    trainer.fit(x[3000:], y[3000:], validation_data=(x[:3000], y[:3000]), epochs=1,
+                batch_size=250, verbose=0, callbacks=[callback])
+    result = callback.results[-1]
+    assert result.temperature == pytest.approx(true_temperature, rel=0.1)
