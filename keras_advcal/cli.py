@@ -18,9 +18,12 @@ with its start-up log lines hidden; set ``TF_CPP_MIN_LOG_LEVEL`` yourself (e.g. 
 from __future__ import annotations
 
 import argparse
+import ast
 import contextlib
 import difflib
+import functools
 import importlib
+import importlib.util
 import json
 import math
 import os
@@ -306,55 +309,192 @@ _ARG_TYPES: dict[str, Any] = {
 }
 
 
-def _add_run_options(parser: argparse.ArgumentParser) -> None:
-    """One flag per RunConfig field; absent flags keep RunConfig's defaults (or the
-    values of --config)."""
-    import dataclasses
+# ------------------------------------------------------- RunConfig, read from source
+# `advcal train --help` lists RunConfig's fields, defaults and the library's choice
+# lists. Importing keras_advcal.experiment for them would import TensorFlow (seconds),
+# so they are read from the modules' source with `ast` (the literals only); the
+# commands that run import the modules themselves.
+@functools.lru_cache(maxsize=None)
+def _module_tree(module: str) -> ast.Module:
+    spec = importlib.util.find_spec(f"keras_advcal.{module}")
+    return ast.parse(Path(spec.origin).read_text(encoding="utf-8"))
 
-    experiment = _library("experiment")
-    calibration = _library("calibration")
-    choices = {"labels": experiment.RUN_LABELS, "teacher": _library("teacher").TEACHER_KINDS,
-               "loss_form": _library("targets").LOSS_FORMS, "rule": calibration.RULES,
-               "selection": calibration.SELECTIONS, "model": _library("models").available(),
-               "curve_split": experiment.CURVE_SPLITS,
-               "surrogate_examples": _library("teacher").SURROGATE_EXAMPLES,
-               "floor_examples": _library("teacher").FLOOR_EXAMPLES,
-               "calibration_examples": _library("teacher").CALIBRATION_EXAMPLES,
-               "two_stage_examples": _library("teacher").TWO_STAGE_EXAMPLES,
-               "objective": experiment.RUN_OBJECTIVES,
-               "optimizer": experiment.RUN_OPTIMIZERS, "lr_schedule": experiment.LR_SCHEDULES}
+
+def source_constant(module: str, name: str) -> tuple:
+    """The module-level constant ``keras_advcal.<module>.<name>`` read from its source
+    without importing it: a tuple's items, or a dict's sorted keys.
+
+    Example:
+
+        >>> source_constant("targets", "LOSS_FORMS")
+        ('kd', 'soft')
+        >>> source_constant("models", "_REGISTRY")
+        ('cnn', 'preact_resnet18', 'small_cnn', 'wide_resnet', 'wrn')
+    """
+    for node in _module_tree(module).body:
+        targets = (node.targets if isinstance(node, ast.Assign) else
+                   [node.target] if isinstance(node, ast.AnnAssign) else [])
+        if any(isinstance(t, ast.Name) and t.id == name for t in targets):
+            if isinstance(node.value, ast.Dict):
+                return tuple(sorted(ast.literal_eval(key) for key in node.value.keys))
+            return tuple(ast.literal_eval(node.value))
+    raise LookupError(f"keras_advcal.{module} defines no literal {name}")
+
+
+def run_fields() -> list[tuple[str, Any]]:
+    """RunConfig's fields and defaults, in order, read from ``experiment.py``'s source
+    (importing it would import TensorFlow).
+
+    Example:
+
+        >>> run_fields()[0]
+        ('dataset', 'fashion_mnist')
+    """
+    for node in _module_tree("experiment").body:
+        if isinstance(node, ast.ClassDef) and node.name == "RunConfig":
+            return [(item.target.id, ast.literal_eval(item.value)) for item in node.body
+                    if isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name)
+                    and item.value is not None]
+    raise LookupError("keras_advcal.experiment defines no RunConfig")
+
+
+#: The choice lists of RunConfig's fields: (module, constant) of the library.
+_CHOICES = {"labels": ("experiment", "RUN_LABELS"), "teacher": ("teacher", "TEACHER_KINDS"),
+            "loss_form": ("targets", "LOSS_FORMS"), "rule": ("calibration", "RULES"),
+            "selection": ("calibration", "SELECTIONS"), "model": ("models", "_REGISTRY"),
+            "curve_split": ("experiment", "CURVE_SPLITS"),
+            "surrogate_examples": ("teacher", "SURROGATE_EXAMPLES"),
+            "floor_examples": ("teacher", "FLOOR_EXAMPLES"),
+            "calibration_examples": ("teacher", "CALIBRATION_EXAMPLES"),
+            "two_stage_examples": ("teacher", "TWO_STAGE_EXAMPLES"),
+            "objective": ("experiment", "RUN_OBJECTIVES"),
+            "optimizer": ("experiment", "RUN_OPTIMIZERS"),
+            "lr_schedule": ("experiment", "LR_SCHEDULES")}
+
+#: The groups of `advcal train --help`, in order: (title, description, fields). The
+#: last one, the calibration study's variants, shows with --help-all only.
+TRAIN_GROUPS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    ("data", "The dataset and its splits.",
+     ("dataset", "download", "subset", "validation_size", "test_size", "data_seed",
+      "development_size", "test_seed", "test_offset", "label_noise")),
+    ("model", "The classifier.", ("model", "width", "dense", "batchnorm")),
+    ("threat model", "The L-inf attacks of training and of the per-epoch evaluation.",
+     ("epsilon", "train_steps", "train_step_size", "eval_steps", "eval_step_size")),
+    ("method", "Which targets and objective: PGD-AT (--labels hard), the calibrated "
+               "trainer (the default), ADR; TRADES, MART, AWP.",
+     ("labels", "objective", "beta", "awp_gamma", "teacher", "loss_form", "rule",
+      "acc_floor", "selection", "fixed_temperature", "fixed_rho", "swa_start_epoch",
+      "ema_decay", "rectified_targets", "teacher_model", "surrogate_model",
+      "adr_temperature", "adr_rho")),
+    ("optimisation", "Training length, batches, optimizer and schedule.",
+     ("epochs", "batch_size", "learning_rate", "optimizer", "momentum", "weight_decay",
+      "lr_schedule", "lr_drops", "seed", "threads")),
+    ("evaluation", "The per-epoch robust accuracy curve and the final attacks.",
+     ("eval_every", "curve_split", "curve_size", "final_steps", "final_step_size",
+      "final_attacks", "final_attack_steps", "final_square_queries", "final_cascade",
+      "final_splits", "final_strong_attacks", "final_strong_size", "weight_average",
+      "checkpoint_best")),
+    ("output", "Where the run is written and what it prints.",
+     ("config", "out", "overwrite", "verbose")),
+    ("calibration study variants", "Variants of the calibration compared in the "
+                                   "development study (tutorials/method.md); the defaults "
+                                   "are the chosen ones.",
+     ("calibration_size", "surrogate_examples", "separate_surrogate_temperature",
+      "average_fits", "floor_examples", "reuse_validation_examples",
+      "calibration_examples", "two_stage_examples")),
+)
+_STUDY_GROUP = TRAIN_GROUPS[-1][0]
+
+
+class _HelpAll(argparse.Action):
+    """``--help-all``: the help with the options hidden from ``--help``."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS,
+                 help=None):  # noqa: A002 - argparse's name
+        super().__init__(option_strings, dest, nargs=0, default=default, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        for action in parser._actions:  # noqa: SLF001 - argparse has no public list
+            action.help = getattr(action, "full_help", action.help)
+        for group in parser._action_groups:  # noqa: SLF001
+            group.description = getattr(group, "full_description", group.description)
+        parser.print_help()
+        parser.exit()
+
+
+_DOWNLOAD_HELP = ("Download the dataset if it is not on this machine yet (TensorFlow "
+                  "Datasets prepares it in ~/tensorflow_datasets; needs internet). "
+                  "Without it only local copies are read, and a missing dataset stops "
+                  "the command with the ways to get it. digits needs no download.")
+
+#: The options of `advcal train` that are not RunConfig fields.
+_TRAIN_ONLY: dict[str, dict[str, Any]] = {
+    "config": dict(metavar="FILE", help="JSON file of options (e.g. a run's config.json); "
+                                        "flags given on the command line override it."),
+    "download": dict(action="store_true", help=_DOWNLOAD_HELP),
+    "overwrite": dict(action="store_true", help=(
+        "Replace a finished run in --out that was trained with other options. Without "
+        "it advcal refuses; the same options resume (or re-evaluate) the run.")),
+}
+
+
+def _add_run_options(parser: argparse.ArgumentParser) -> None:
+    """One flag per RunConfig field, in the groups of :data:`TRAIN_GROUPS` (a field no
+    group names under "options"); absent flags keep RunConfig's defaults (or the values
+    of --config). Needs no TensorFlow."""
+    fields = dict(run_fields())
+    parser.add_argument("--help-all", action=_HelpAll,
+                        help="show this help with every option (also the calibration "
+                             "study's variants) and exit")
+    placed = set()
+    for title, description, names in TRAIN_GROUPS:
+        group = parser.add_argument_group(title, description)
+        hidden = title == _STUDY_GROUP
+        if hidden:
+            group.full_description = description
+            group.description = f"{len(names)} more options, shown by --help-all."
+        for name in names:
+            if name in _TRAIN_ONLY:
+                group.add_argument("--" + name, dest=name, default=argparse.SUPPRESS,
+                                   **_TRAIN_ONLY[name])
+            elif name in fields:
+                _add_field(group, name, fields[name], hidden)
+            placed.add(name)
+    for name in fields.keys() - placed:  # a new field no group names yet
+        _add_field(parser, name, fields[name], False)
+
+
+def _add_field(group: Any, name: str, default: Any, hidden: bool) -> None:
+    """The flag of RunConfig field ``name`` (its help kept as ``full_help``)."""
     # Flags that are not the field's name: --awp (also --awp-gamma) for awp_gamma.
-    flag_names = {"awp_gamma": ("--awp", "--awp-gamma")}
-    parser.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS,
-                        help="JSON file of options (e.g. a run's config.json); flags given "
-                             "on the command line override it.")
-    for field in dataclasses.fields(experiment.RunConfig):
-        flags = flag_names.get(field.name, ("--" + field.name.replace("_", "-"),))
-        default = field.default
-        shown = " ".join(map(str, default)) if isinstance(default, tuple) else default
-        help_text = f"{_TRAIN_HELP[field.name]} (default: {shown})"
-        kwargs: dict[str, Any] = dict(dest=field.name, default=argparse.SUPPRESS,
-                                      help=help_text)
-        if isinstance(default, bool):
-            parser.add_argument(*flags, action=argparse.BooleanOptionalAction, **kwargs)
-            continue
-        if field.name in choices:
-            kwargs["choices"] = choices[field.name]
-        if isinstance(default, tuple):
+    flags = {"awp_gamma": ("--awp", "--awp-gamma")}.get(name, ("--" + name.replace("_", "-"),))
+    shown = (" ".join(map(str, default)) if isinstance(default, tuple)
+             else "''" if default == "" else default)
+    help_text = f"{_TRAIN_HELP.get(name, name.replace('_', ' '))} (default: {shown})"
+    kwargs: dict[str, Any] = dict(dest=name, default=argparse.SUPPRESS,
+                                  help=argparse.SUPPRESS if hidden else help_text)
+    if isinstance(default, bool):
+        kwargs["action"] = argparse.BooleanOptionalAction
+    else:
+        kwargs["type"] = _ARG_TYPES.get(name, str)
+        if name in _CHOICES:
+            kwargs["choices"] = source_constant(*_CHOICES[name])
+        elif isinstance(default, tuple):
             kwargs.update(nargs=2, metavar=("START", "END"))
-        kwargs["type"] = _ARG_TYPES.get(field.name, str)
-        if field.name in ("teacher_model", "surrogate_model"):
+        elif name in ("teacher_model", "surrogate_model"):
             kwargs["metavar"] = "FILE"
-        parser.add_argument(*flags, **kwargs)
+        elif getattr(kwargs["type"], "__name__", "") in ("int", "float"):
+            kwargs["metavar"] = "N" if kwargs["type"].__name__ == "int" else "X"
+    group.add_argument(*flags, **kwargs).full_help = help_text
 
 
 def _add_data_options(parser: argparse.ArgumentParser) -> None:
     """The data options of ``advcal analyze``, with ``advcal train``'s defaults."""
-    run_config = _library("experiment").RunConfig
+    defaults = dict(run_fields())
     for flag in ("subset", "validation_size", "label_noise", "data_seed"):
-        default = getattr(run_config, flag)
         parser.add_argument("--" + flag.replace("_", "-"), type=_ARG_TYPES[flag],
-                            default=default, help=f"{_TRAIN_HELP[flag]} (default: {default})")
+                            default=defaults[flag],
+                            help=f"{_TRAIN_HELP[flag]} (default: {defaults[flag]})")
 
 
 # ------------------------------------------------------------------------- the parser
@@ -411,6 +551,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "the test split of --dataset.")
     evaluate.add_argument("model", metavar="MODEL.keras", help="the saved model")
     evaluate.add_argument("--dataset", required=True, help="dataset whose test split is used")
+    evaluate.add_argument("--download", action="store_true", help=_DOWNLOAD_HELP)
     evaluate.add_argument("--epsilon", required=True, type=_number(float, 0),
                           help="L-inf radius on [0, 1] pixels")
     evaluate.add_argument("--attacks", default=DEFAULT_ATTACKS,
@@ -452,6 +593,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="the model the examples are made against (default: the "
                               "reference)")
     analyze.add_argument("--dataset", required=True, help="dataset (as for 'advcal train')")
+    analyze.add_argument("--download", action="store_true", help=_DOWNLOAD_HELP)
     analyze.add_argument("--epsilon", required=True, type=_number(float, 0),
                          help="L-inf radius on [0, 1] pixels")
     analyze.add_argument("--steps", type=_number(int, 1), default=10,
@@ -517,6 +659,8 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     values: dict[str, Any] = {}
     options = vars(args).copy()
     options.pop("command", None)
+    download = options.pop("download", False)
+    overwrite = options.pop("overwrite", False)
     config_file = options.pop("config", None)
     if config_file is not None:
         try:
@@ -532,7 +676,8 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     problem = settings_problem(config)
     if problem:
         parser.error(problem)
-    splits = _load_splits(parser, config.dataset, loader=lambda: experiment.load_data(config))
+    splits = _load_splits(parser, config.dataset, download=download,
+                          loader=lambda: experiment.load_data(config, download=download))
     problem = data_problem(config, splits)
     if problem:
         parser.error(problem)
@@ -746,18 +891,22 @@ def _compare(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
 
 def _load_splits(parser: argparse.ArgumentParser, name: str,
-                 loader: Callable[[], Any] | None = None, **options: Any):
-    """``loader()`` (default: ``data.load(name, **options)``), or a parser error that
-    says why the dataset cannot be had, with the closest known names for a misspelt
-    one."""
+                 loader: Callable[[], Any] | None = None, download: bool = False,
+                 **options: Any):
+    """``loader()`` (default: ``data.load(name, download=download, **options)``), or a
+    parser error that says why the dataset cannot be had (and that ``--download``
+    fetches it), with the closest known names for a misspelt one."""
     data_lib = _library("data")
     try:
-        return loader() if loader is not None else data_lib.load(name, **options)
+        return (loader() if loader is not None
+                else data_lib.load(name, download=download, **options))
     except data_lib.DatasetNotAvailableError as error:
         close = dataset_suggestions(name)
         if close and name not in close:
             parser.error(f"unknown dataset {name!r}; did you mean {' or '.join(close)}?")
-        parser.error(f"dataset {name!r} is not available.\n{error}")
+        hint = ("" if download else " Run again with --download to fetch it (needs "
+                "internet), or see the ways below.")
+        parser.error(f"dataset {name!r} is not available on this machine.{hint}\n{error}")
     except ValueError as error:
         parser.error(str(error))
 
@@ -821,7 +970,8 @@ def _evaluate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         parser.error(f"unknown attack(s) {', '.join(unknown) or '(none given)'}; choose "
                      f"from {', '.join(evaluation.ATTACK_NAMES)}")
     _pgd(parser, args.epsilon)
-    splits = _load_splits(parser, args.dataset, test_size=args.n, seed=args.data_seed)
+    splits = _load_splits(parser, args.dataset, test_size=args.n, seed=args.data_seed,
+                          download=args.download)
     model = _load_model(parser, args.model, splits.input_shape, args.dataset, "evaluate")
     if model is None:
         return 1
@@ -844,7 +994,7 @@ def _analyze(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         if path is not None and not Path(path).is_file():
             parser.error(f"model file not found: {path}")
     attack = _pgd(parser, args.epsilon, steps=args.steps, step_size=args.step_size)
-    splits = _load_splits(parser, args.dataset, subset=args.subset,
+    splits = _load_splits(parser, args.dataset, download=args.download, subset=args.subset,
                           validation_size=args.validation_size, seed=args.data_seed,
                           label_noise=args.label_noise)
     models = [_load_model(parser, path, splits.input_shape, args.dataset, "analyze")

@@ -687,9 +687,9 @@ def set_threads(threads: int) -> None:
         pass
 
 
-def load_data(config: RunConfig) -> data_lib.DatasetSplits:
-    """The dataset splits of ``config``."""
-    return data_lib.load(config.dataset, subset=config.subset,
+def load_data(config: RunConfig, download: bool = False) -> data_lib.DatasetSplits:
+    """The dataset splits of ``config`` (``download``: let TFDS fetch a missing dataset)."""
+    return data_lib.load(config.dataset, subset=config.subset, download=download,
                          validation_size=config.validation_size, test_size=config.test_size,
                          seed=config.data_seed, label_noise=config.label_noise,
                          development_size=config.development_size or None,

@@ -156,6 +156,58 @@ def test_every_run_option_has_a_flag_with_help():
     assert names == set(cli._TRAIN_HELP)
 
 
+def test_train_options_come_from_runconfig_without_importing_it():
+    """The help reads RunConfig and the choice lists from source: the same as imported."""
+    import dataclasses
+
+    from keras_advcal import calibration, experiment, models, targets, teacher
+
+    assert cli.run_fields() == [(field.name, field.default)
+                                for field in dataclasses.fields(experiment.RunConfig)]
+    modules = {"experiment": experiment, "teacher": teacher, "targets": targets,
+               "calibration": calibration}
+    for field, (module, name) in cli._CHOICES.items():
+        expected = (tuple(models.available()) if module == "models"
+                    else getattr(modules[module], name))
+        assert cli.source_constant(module, name) == tuple(expected), field
+
+
+def test_every_run_option_is_in_one_help_group():
+    import dataclasses
+
+    from keras_advcal.experiment import RunConfig
+
+    grouped = [name for _, _, names in cli.TRAIN_GROUPS for name in names]
+    assert len(grouped) == len(set(grouped))
+    fields = {field.name for field in dataclasses.fields(RunConfig)}
+    assert set(grouped) == fields | set(cli._TRAIN_ONLY)
+    assert [title for title, _, _ in cli.TRAIN_GROUPS] == [
+        "data", "model", "threat model", "method", "optimisation", "evaluation", "output",
+        "calibration study variants"]
+    for name in ("optimizer", "momentum", "weight_decay", "lr_schedule", "lr_drops"):
+        assert name in dict((t, n) for t, _, n in cli.TRAIN_GROUPS)["optimisation"]
+
+
+def test_train_help_is_grouped_and_help_all_shows_the_study_variants(capsys):
+    assert cli.main(["train", "--help"]) == 0
+    short = capsys.readouterr().out
+    for title in ("data:", "model:", "threat model:", "method:", "optimisation:",
+                  "evaluation:", "output:", "calibration study variants:"):
+        assert f"\n{title}\n" in short, title
+    assert short.index("\ndata:") < short.index("\noutput:") < short.index("\ncalibration study")
+    assert "--epochs" in short and "--surrogate-examples" not in short
+    assert "8 more options, shown by --help-all." in short
+    assert cli.main(["train", "--help-all"]) == 0
+    full = capsys.readouterr().out
+    for flag in ("--surrogate-examples", "--floor-examples", "--average-fits",
+                 "--calibration-size", "--epochs", "--optimizer"):
+        assert flag in full, flag
+    # A hidden option still parses.
+    args = cli.build_parser().parse_args(["train", "--surrogate-examples", "surrogate",
+                                          "--average-fits"])
+    assert (args.surrogate_examples, args.average_fits) == ("surrogate", True)
+
+
 def test_objective_beta_and_awp_flags():
     from keras_advcal.experiment import RunConfig
 
@@ -223,7 +275,8 @@ def test_help_needs_no_tensorflow():
     result = _python("import sys\n"
                      "from keras_advcal import cli\n"
                      "for argv in (['--help'], ['compare', '--help'], ['demo', '--help'],\n"
-                     "             ['evaluate', '--help']):\n"
+                     "             ['evaluate', '--help'], ['train', '--help'],\n"
+                     "             ['train', '--help-all'], ['analyze', '--help']):\n"
                      "    assert cli.main(argv) == 0\n"
                      "print('tensorflow imported:', 'tensorflow' in sys.modules)")
     assert result.returncode == 0, result.stderr
@@ -307,3 +360,54 @@ def test_python_dash_m_help():
                             capture_output=True, text=True, env=env, timeout=120)
     assert result.returncode == 0
     assert "advcal" in result.stdout and "compare" in result.stdout
+
+
+# ------------------------------------------------------------------- --download
+_DOWNLOAD_DIR: list = []  # where the builder below prepares itself (set by the fixture)
+
+
+@pytest.fixture
+def local_tfds_dataset(tmp_path):
+    """A TFDS dataset that TFDS builds on this machine (no network): 8x8 grey images
+    whose label is their pixel value mod 10; prepared only when asked to download."""
+    import numpy as np
+    import tensorflow_datasets as tfds
+
+    class AdvcalCliDownload(tfds.core.GeneratorBasedBuilder):
+        VERSION = tfds.core.Version("1.0.0")
+
+        def __init__(self, **kwargs):
+            super().__init__(**dict(kwargs, data_dir=str(_DOWNLOAD_DIR[-1])))
+
+        def _info(self):
+            return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict(
+                {"image": tfds.features.Image(shape=(8, 8, 1)),
+                 "label": tfds.features.ClassLabel(num_classes=10)}))
+
+        def _split_generators(self, dl_manager):
+            return {"train": self._generate_examples(0, 160),
+                    "test": self._generate_examples(1000, 40)}
+
+        def _generate_examples(self, start, count):
+            for key in range(start, start + count):
+                yield key, {"image": np.full((8, 8, 1), key % 256, np.uint8),
+                            "label": key % 10}
+
+    _DOWNLOAD_DIR.append(tmp_path / "tfds")
+    return "advcal_cli_download"
+
+
+def test_download_fetches_a_missing_dataset_and_its_absence_says_how(local_tfds_dataset,
+                                                                    tmp_path, capsys):
+    small = ["--dataset", local_tfds_dataset, "--subset", "40", "--validation-size", "100",
+             "--test-size", "20", "--width", "4", "--dense", "8", "--train-steps", "1",
+             "--eval-steps", "1", "--final-steps", "1", "--epochs", "1", "--labels",
+             "hard", "--verbose", "0"]
+    assert cli.main(["train", *small, "--out", str(tmp_path / "refused")]) == 2
+    err = capsys.readouterr().err
+    assert "not available on this machine. Run again with --download" in err
+    assert not (tmp_path / "refused").exists()
+    assert cli.main(["train", *small, "--download", "--out", str(tmp_path / "run")]) == 0
+    assert "(40 training, 100 validation, 20 test images)" in capsys.readouterr().out
+    assert (_DOWNLOAD_DIR[-1] / local_tfds_dataset).is_dir()  # prepared by the download
+    assert "download" not in json.loads((tmp_path / "run" / "config.json").read_text())
