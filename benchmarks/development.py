@@ -246,15 +246,21 @@ def run_dir(results: Path, variant: str, seed: int) -> Path:
 
 def plan(results: Path, variants: list[str], seeds: list[int] | None) -> list[Job]:
     """Seed-major, so that every row gets its first seed early."""
+    return variant_jobs(results, [VARIANT[name] for name in variants],
+                        lambda variant: seeds if seeds is not None else variant.seeds)
+
+
+def variant_jobs(results: Path, variants: list[Variant], seeds_of) -> list[Job]:
+    """The runs of ``variants`` in this setting (``seeds_of(variant)`` gives each one's
+    seeds), seed-major in the order of ``variants``."""
     jobs = []
-    for name in variants:
-        variant = VARIANT[name]
-        for seed in (seeds if seeds is not None else variant.seeds):
-            directory = run_dir(results, name, seed)
+    for variant in variants:
+        for seed in seeds_of(variant):
+            directory = run_dir(results, variant.name, seed)
             config = dict(BASE, **variant.overrides, seed=seed, out=str(directory),
                           verbose=2, threads=1)
             jobs.append(Job(variant, seed, directory, config))
-    order = [v.name for v in VARIANTS]
+    order = [v.name for v in variants]
     jobs.sort(key=lambda job: (job.seed, order.index(job.method.name)))
     return jobs
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-SCRIPTS = ["development", "heldout", "label_noise", "step_costs", "throughput"]
+SCRIPTS = ["development", "heldout", "label_noise", "recipes", "step_costs", "throughput"]
 
 
 def _load(name: str):
@@ -316,3 +316,57 @@ def test_heldout_second_round_settings_and_their_keep_rule(tmp_path):
     entry = [s for s in summary["settings"] if s["name"] == "mnist_eps03"][0]
     assert entry["kept"] is True and entry["round"] == 2 and entry["dataset"] == "mnist"
     assert all(c["setting"] != "mnist_eps03" for c in summary["comparisons"])
+
+
+def _finished_dev_run(directory: Path, robust: float, clean: float, gap: float = 0.01,
+                      **parts: dict) -> None:
+    import json
+
+    directory.mkdir(parents=True)
+    summary = {"final_worst_case_dev_adv_accuracy": robust, "final_dev_clean_accuracy": clean,
+               "smoothed_gap": gap}
+    for key, (part_robust, part_clean) in parts.items():
+        summary[key] = {"final_worst_case_dev_adv_accuracy": part_robust,
+                        "final_dev_clean_accuracy": part_clean}
+    (directory / "summary.json").write_text(json.dumps(summary))
+    (directory / "config.json").write_text(json.dumps({"labels": "hard"}))
+    (directory / "training_done.json").write_text("{}")
+
+
+def test_recipes_plan_adds_the_awp_rows_once_the_sweep_has_chosen_gamma(tmp_path):
+    recipes = _load("recipes")
+    names = [job.name for job in recipes.plan(tmp_path)]
+    assert names[:5] == ["trades_hard_s0", "trades_calibrated_clean_s0",
+                         "default_averaged_s0", "trades_awp_0.01_s0", "trades_awp_0.03_s0"]
+    assert not any(name.startswith(("trades_awp_s", "trades_calibrated_clean_awp"))
+                   for name in names)
+    trades = recipes.plan(tmp_path)[0].config
+    assert trades["objective"] == "trades" and trades["checkpoint_best"] and trades["weight_average"]
+    _finished_dev_run(recipes.run_dir(tmp_path, "trades_awp_0.01", 0), 0.60, 0.80)
+    _finished_dev_run(recipes.run_dir(tmp_path, "trades_awp_0.03", 0), 0.62, 0.78)
+    assert recipes.chosen_gamma(tmp_path) == 0.03
+    jobs = {job.name: job for job in recipes.plan(tmp_path)}
+    assert "trades_awp_s0" not in jobs  # the sweep's run is its seed 0
+    assert jobs["trades_awp_s1"].config["awp_gamma"] == 0.03
+    assert jobs["trades_calibrated_clean_awp_s2"].config["labels"] == "calibrated"
+    row = recipes.measure(tmp_path, recipes.ROW["trades_awp"])
+    assert row["seeds"] == [0] and row["robust_mean"] == 62.0
+
+
+def test_recipes_rows_read_the_final_best_and_average_models(tmp_path):
+    recipes = _load("recipes")
+    for seed, shift in zip((0, 1, 2), (0.0, 0.01, 0.02)):
+        _finished_dev_run(recipes.run_dir(tmp_path, "trades_hard", seed), 0.60 + shift, 0.80,
+                          best_checkpoint=(0.61 + shift, 0.78),
+                          weight_average=(0.63 + shift, 0.795))
+    summary = recipes.analyse(tmp_path)
+    rows = {r["row"]: r for r in summary["rows"]}
+    assert rows["trades_hard"]["robust_mean"] == pytest.approx(61.0)
+    assert rows["trades_hard_es"]["robust_mean"] == pytest.approx(62.0)
+    assert rows["trades_hard_es"]["smoothed_gap_mean"] is None
+    assert rows["trades_hard_swa"]["clean_mean"] == pytest.approx(79.5)
+    decision = summary["decision"]
+    # Every other candidate is missing: the winner among these is provisional.
+    assert decision["winner"] == "trades_hard_swa" and not decision["complete"]
+    assert "default" in decision["waiting"]
+    assert "Provisional" in recipes.report(summary)
