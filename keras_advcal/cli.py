@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import ast
 import contextlib
+import dataclasses
 import difflib
 import functools
 import importlib
@@ -36,6 +37,9 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 
 DEFAULT_ATTACKS = "pgd,cw,apgd-ce,apgd-t,square"
+#: Test images of `advcal evaluate` unless --n says otherwise (fewer if there are fewer).
+EVALUATE_N = 1000
+_N_NOT_GIVEN = 0  # --n's default: not a value a user can type (--n must be >= 1)
 
 # Help text of each RunConfig option (the default is appended from RunConfig itself).
 _TRAIN_HELP: dict[str, str] = {
@@ -252,7 +256,9 @@ def _number(kind: type, low: float | None = None, strict: bool = False,
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+            what = "a whole number" if kind is int else "a number"
+            words = "".join(f" or {word!r}" for word in optional[:1])
+            raise argparse.ArgumentTypeError(f"expected {what}{words}, got {text!r}") from None
         if isinstance(value, float) and math.isnan(value):
             raise argparse.ArgumentTypeError("NaN is not allowed")
         if low is not None and (value <= low if strict else value < low):
@@ -545,7 +551,8 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
 
     evaluate = commands.add_parser(
-        "evaluate", help="robust accuracy of a saved model under several attacks",
+        "evaluate", usage="%(prog)s MODEL.keras --dataset NAME --epsilon X [OPTIONS]",
+        help="robust accuracy of a saved model under several attacks",
         description="Loads a .keras model (a saved trainer or any Keras classifier that "
                     "outputs logits) and runs keras_advcal.evaluation.evaluate_robustness on "
                     "the test split of --dataset.")
@@ -557,9 +564,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--attacks", default=DEFAULT_ATTACKS,
                           help=f"comma-separated attacks (default: {DEFAULT_ATTACKS}; also "
                                "apgd-dlr, fgsm)")
-    evaluate.add_argument("--n", type=_number(int, 1, optional=("all",)), default=1000,
+    evaluate.add_argument("--n", type=_number(int, 1, optional=("all",)), default=_N_NOT_GIVEN,
                           help="test examples evaluated, a fixed random subset ('all': the "
-                               "whole test split; default: 1000)")
+                               f"whole test split; default: {EVALUATE_N}, or the whole "
+                               "test split when it is smaller)")
     evaluate.add_argument("--steps", type=_number(int, 1), default=100,
                           help="steps of the gradient attacks (default: 100)")
     evaluate.add_argument("--n-queries", type=_number(int, 1), default=5000,
@@ -577,7 +585,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--json", metavar="FILE", help="write the result as JSON")
 
     analyze = commands.add_parser(
-        "analyze", populate=_add_data_options, help="label noise of PGD examples (how far one-hot labels are from "
+        "analyze", populate=_add_data_options,
+        usage="%(prog)s REFERENCE.keras --dataset NAME --epsilon X [OPTIONS]", help="label noise of PGD examples (how far one-hot labels are from "
                         "a calibrated estimate of the true label distribution)",
         description="Makes PGD examples of a split of --dataset against --model (default: "
                     "the reference) and compares their one-hot labels with the "
@@ -671,16 +680,24 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     try:
         config = experiment.RunConfig.from_dict(values).validate()
     except (TypeError, ValueError) as error:
-        parser.error(str(error))
+        parser.error(flag_names(str(error)))
+    problem = settings_problem(config) or out_problem(config, overwrite=True)
+    if problem:  # a file at --out is refused before the data is read
+        parser.error(problem)
     experiment.set_threads(config.threads)
-    problem = settings_problem(config)
+    sizes, splits, note = _load_splits(
+        parser, config.dataset, download=download,
+        sizes={name: getattr(config, name) for name in _SIZE_FLAGS},
+        typed=set(values), loader=lambda sizes: experiment.load_data(
+            dataclasses.replace(config, **sizes), download=download))
+    config = dataclasses.replace(config, **sizes)
+    problem = data_problem(config, splits) or out_problem(config, overwrite)
     if problem:
         parser.error(problem)
-    splits = _load_splits(parser, config.dataset, download=download,
-                          loader=lambda: experiment.load_data(config, download=download))
-    problem = data_problem(config, splits)
-    if problem:
-        parser.error(problem)
+    if note:
+        print(note, flush=True)
+    if overwrite:
+        _clear_run(Path(config.out))
     print(f"advcal train: {config.dataset} ({len(splits.train[1])} training, "
           f"{len(splits.validation[1])} validation, {len(splits.test[1])} test images), "
           f"labels={config.labels}"
@@ -742,6 +759,100 @@ def data_problem(config: Any, splits: Any) -> str | None:
             return (f"{flag} {len(labels)}: calibrating T and rho needs at least {needed} "
                     f"{what} images (--labels hard needs none).")
     return None
+
+
+#: What a run writes into --out (see RunConfig.out): removed by --overwrite.
+RUN_ARTIFACTS = ("config.json", "history.csv", "history.json", "model.keras", "best.keras",
+                 "training_done.json", "summary.json", "curves.png", "correctness_*.npz",
+                 "evaluated_*.json", "backup")
+
+
+def out_problem(config: Any, overwrite: bool = False) -> str | None:
+    """Why ``config.out`` cannot take this run, as one line, or ``None``: a file
+    there, or a run directory trained with other options (unless ``overwrite``). The
+    same training options resume the run (or re-evaluate a finished one).
+
+    Example:
+
+        >>> from keras_advcal.experiment import RunConfig
+        >>> print(out_problem(RunConfig(out="pyproject.toml")))
+        --out pyproject.toml is a file, not a directory; choose another --out.
+    """
+    out = Path(config.out)
+    if out.exists() and not out.is_dir():
+        return f"--out {out} is a file, not a directory; choose another --out."
+    if overwrite or not (out / "config.json").is_file():
+        return None
+    experiment = _library("experiment")
+    try:
+        before = experiment.RunConfig.from_dict(json.loads((out / "config.json").read_text()))
+    except (OSError, ValueError, TypeError):
+        return (f"--out {out} holds a run whose config.json this version cannot read; add "
+                "--overwrite to replace it, or choose another --out.")
+
+    def settings(run: Any) -> dict:
+        values = experiment._training_settings(run)  # noqa: SLF001 - what the model depends on
+        values.pop("out", None)
+        return json.loads(json.dumps(values))
+
+    old, new = settings(before), settings(config)
+    changed = [key for key in new if old.get(key) != new[key]]
+    if not changed:
+        return None
+    state = "finished run" if (out / "training_done.json").is_file() else "run"
+    shown = ", ".join(f"--{key.replace('_', '-')} {_shown(old.get(key))} -> {_shown(new[key])}"
+                      for key in changed[:3]) + (", ..." if len(changed) > 3 else "")
+    return (f"--out {out} holds a {state} trained with other options ({shown}); add "
+            "--overwrite to replace it, or choose another --out.")
+
+
+def _shown(value: Any) -> str:
+    return " ".join(map(str, value)) if isinstance(value, list) else str(value)
+
+
+def _clear_run(out: Path) -> None:
+    """Removes what an earlier run wrote into ``out`` (:data:`RUN_ARTIFACTS`), so that
+    nothing of it is resumed or mistaken for the new run's."""
+    import shutil
+
+    for pattern in RUN_ARTIFACTS:
+        for path in out.glob(pattern):
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
+def describe_file(path: str | os.PathLike) -> str | None:
+    """What ``path`` is when it is not a Keras archive (a ``.keras`` zip with a
+    ``config.json``), in a few words; ``None`` when it is one.
+
+    Example:
+
+        >>> describe_file("pyproject.toml")
+        'a text file (pyproject.toml starts with "[build-system]")'
+    """
+    import zipfile
+
+    path = Path(path)
+    if path.is_dir():
+        return ("a directory (a TensorFlow SavedModel? Keras 3 loads .keras files; export "
+                "one with model.save('model.keras'))" if (path / "saved_model.pb").is_file()
+                else "a directory")
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            if "config.json" in archive.namelist():
+                return None
+        return "a zip archive without config.json, not a Keras model"
+    with open(path, "rb") as file:
+        head = file.read(512)
+    if not head:
+        return "an empty file"
+    if head.startswith(b"\x89HDF\r\n\x1a\n"):
+        return ("an HDF5 file (a legacy .h5 model? load it with keras.models.load_model and "
+                "save it as .keras)")
+    try:
+        first = head.decode("utf-8").strip().splitlines()[0][:40]
+    except (UnicodeDecodeError, IndexError):
+        return f"{path.stat().st_size} bytes of binary data, not a Keras archive"
+    return f'a text file ({path.name} starts with "{first}")'
 
 
 def curve_split(summary: dict) -> str:
@@ -890,25 +1001,68 @@ def _compare(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     return 0
 
 
+#: The size options of data.load that a command's defaults may exceed, and their flags.
+_SIZE_FLAGS = {"subset": "--subset", "validation_size": "--validation-size",
+               "test_size": "--test-size"}
+
+
+def flag_names(message: str, flags: dict[str, str] | None = None) -> str:
+    """``message`` (the library's words) with each option named as its flag: the
+    RunConfig fields with an underscore (``test_size`` -> ``--test-size``), or
+    ``flags``; a count on the command line is never a fraction.
+
+    Example:
+
+        >>> flag_names("test_size must be a count in [0, 359] or a fraction in [0, 1], got 2000.",
+        ...            {"test_size": "--n"})
+        '--n must be a count in [0, 359], got 2000.'
+    """
+    if flags is None:
+        flags = {name: "--" + name.replace("_", "-") for name, _ in run_fields() if "_" in name}
+    message = message.replace(" or a fraction in [0, 1]", "")
+    for name, flag in flags.items():
+        message = re.sub(rf"(?<![\w-]){name}(?!\w)", flag, message)
+    return message
+
+
+_TOO_LARGE = re.compile(r"^(\w+) must be a count in \[0, (\d+)\]")
+
+
 def _load_splits(parser: argparse.ArgumentParser, name: str,
-                 loader: Callable[[], Any] | None = None, download: bool = False,
-                 **options: Any):
-    """``loader()`` (default: ``data.load(name, download=download, **options)``), or a
-    parser error that says why the dataset cannot be had (and that ``--download``
-    fetches it), with the closest known names for a misspelt one."""
+                 loader: Callable[[dict], Any], sizes: dict[str, Any], typed: set[str],
+                 download: bool = False, flags: dict[str, str] = _SIZE_FLAGS
+                 ) -> tuple[dict[str, Any], Any, str | None]:
+    """``(sizes, loader(sizes), note)``, where a size the user did not type (not in
+    ``typed``) that exceeds the dataset is lowered to what there is, which ``note``
+    says (for the caller to print once its checks pass; else ``None``); or a parser
+    error naming the flag, or saying why the dataset cannot be
+    had (and that ``--download`` fetches it), with the closest known names for a
+    misspelt one."""
     data_lib = _library("data")
-    try:
-        return (loader() if loader is not None
-                else data_lib.load(name, download=download, **options))
-    except data_lib.DatasetNotAvailableError as error:
-        close = dataset_suggestions(name)
-        if close and name not in close:
-            parser.error(f"unknown dataset {name!r}; did you mean {' or '.join(close)}?")
-        hint = ("" if download else " Run again with --download to fetch it (needs "
-                "internet), or see the ways below.")
-        parser.error(f"dataset {name!r} is not available on this machine.{hint}\n{error}")
-    except ValueError as error:
-        parser.error(str(error))
+    sizes = dict(sizes)
+    lowered = []
+    while True:
+        try:
+            splits = loader(sizes)
+            break
+        except data_lib.DatasetNotAvailableError as error:
+            close = dataset_suggestions(name)
+            if close and name not in close:
+                parser.error(f"unknown dataset {name!r}; did you mean {' or '.join(close)}?")
+            hint = ("" if download else " Run again with --download to fetch it (needs "
+                    "internet), or see the ways below.")
+            parser.error(f"dataset {name!r} is not available on this machine.{hint}\n{error}")
+        except ValueError as error:
+            match = _TOO_LARGE.match(str(error))
+            size = match and match.group(1)
+            if not match or size not in sizes or size in typed or sizes[size] is None \
+                    or int(match.group(2)) >= sizes[size]:
+                parser.error(flag_names(str(error), flags))
+            lowered.append(f"{flags[size]} {match.group(2)} (the default, {sizes[size]}, "
+                           "is more than there is)")
+            sizes[size] = int(match.group(2))
+    note = f"{parser.prog}: {name}: {'; '.join(lowered)}" if lowered else None
+    return sizes, splits, note
 
 
 #: Datasets the loader reads without TFDS (besides the TFDS names themselves).
@@ -933,6 +1087,15 @@ def dataset_suggestions(name: str, count: int = 3) -> list[str]:
         pass
     return difflib.get_close_matches(str(name), list(dict.fromkeys(names)), n=count,
                                      cutoff=0.6)
+
+
+def _check_model_file(parser: argparse.ArgumentParser, path: str) -> None:
+    """A parser error unless ``path`` is a Keras archive: what it is instead."""
+    if not Path(path).exists():
+        parser.error(f"model file not found: {path}")
+    what = describe_file(path)
+    if what is not None:
+        parser.error(f"{path} is not a Keras model (.keras): it is {what}.")
 
 
 def _load_model(parser: argparse.ArgumentParser, path: str, input_shape: tuple, dataset: str,
@@ -961,8 +1124,7 @@ def _pgd(parser: argparse.ArgumentParser, epsilon: float, **options: Any):
 
 
 def _evaluate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    if not Path(args.model).is_file():
-        parser.error(f"model file not found: {args.model}")
+    _check_model_file(parser, args.model)
     evaluation = _library("evaluation")
     attacks = [name.strip().lower() for name in args.attacks.split(",") if name.strip()]
     unknown = [name for name in attacks if name not in evaluation.ATTACK_NAMES]
@@ -970,11 +1132,18 @@ def _evaluate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         parser.error(f"unknown attack(s) {', '.join(unknown) or '(none given)'}; choose "
                      f"from {', '.join(evaluation.ATTACK_NAMES)}")
     _pgd(parser, args.epsilon)
-    splits = _load_splits(parser, args.dataset, test_size=args.n, seed=args.data_seed,
-                          download=args.download)
+    data_lib = _library("data")
+    _, splits, note = _load_splits(
+        parser, args.dataset, download=args.download, flags={"test_size": "--n"},
+        sizes={"test_size": EVALUATE_N if args.n == _N_NOT_GIVEN else args.n},
+        typed=set() if args.n == _N_NOT_GIVEN else {"test_size"},
+        loader=lambda sizes: data_lib.load(args.dataset, seed=args.data_seed,
+                                           download=args.download, **sizes))
     model = _load_model(parser, args.model, splits.input_shape, args.dataset, "evaluate")
     if model is None:
         return 1
+    if note:
+        print(note, flush=True)
     print(f"advcal evaluate: {args.model} on {len(splits.test[1])} {args.dataset} test "
           f"images, epsilon={args.epsilon:g}", flush=True)
     result = evaluation.evaluate_robustness(model, splits.test, args.epsilon, attacks=attacks,
@@ -991,12 +1160,17 @@ def _evaluate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
 def _analyze(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     for path in (args.reference, args.model):
-        if path is not None and not Path(path).is_file():
-            parser.error(f"model file not found: {path}")
+        if path is not None:
+            _check_model_file(parser, path)
     attack = _pgd(parser, args.epsilon, steps=args.steps, step_size=args.step_size)
-    splits = _load_splits(parser, args.dataset, download=args.download, subset=args.subset,
-                          validation_size=args.validation_size, seed=args.data_seed,
-                          label_noise=args.label_noise)
+    data_lib = _library("data")
+    _, splits, _ = _load_splits(
+        parser, args.dataset, download=args.download,
+        sizes={"subset": args.subset, "validation_size": args.validation_size},
+        typed={"subset", "validation_size"},
+        loader=lambda sizes: data_lib.load(args.dataset, seed=args.data_seed,
+                                           label_noise=args.label_noise,
+                                           download=args.download, **sizes))
     models = [_load_model(parser, path, splits.input_shape, args.dataset, "analyze")
               if path is not None else None for path in (args.reference, args.model)]
     if models[0] is None or (args.model is not None and models[1] is None):

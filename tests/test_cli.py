@@ -109,7 +109,7 @@ def test_analyze_writes_the_label_noise_report(two_runs, capsys, tmp_path):
     (["train", "--labels", "soft"], "--labels"),
     (["train", "--epochs", "0"], "--epochs"),
     (["train", "--dataset", "no_such_dataset_xyz", "--out", "unused"], "not available"),
-    (["train", "--teacher", "fixed"], "teacher_model"),
+    (["train", "--teacher", "fixed"], "needs --teacher-model"),
     (["compare", "/no/such/run/dir"], "not found"),
     (["evaluate", "/no/such/model.keras", "--dataset", "digits", "--epsilon", "0.1"],
      "not found"),
@@ -250,6 +250,9 @@ def test_demo_config_is_a_digits_run():
                                      "fashion_mnist?"),
     (["--no-such-option"], "unrecognized arguments: --no-such-option"),
     (["--final-attacks", "pgd,apgd-x"], "--final-attacks: unknown attack(s) apgd-x"),
+    (["--subset", "0.5"], "argument --subset: expected a whole number or 'all', got '0.5'"),
+    (["--test-size", "5000"], "--test-size must be a count in [0, 359], got 5000."),
+    (["--awp-gamma", "x"], "argument --awp/--awp-gamma: expected a number, got 'x'"),
 ])
 def test_bad_train_options_stop_before_anything_is_written(argv, message, tmp_path, capsys):
     """Exit 2, the train command's one-line usage and a one-line error; no run directory."""
@@ -411,3 +414,89 @@ def test_download_fetches_a_missing_dataset_and_its_absence_says_how(local_tfds_
     assert "(40 training, 100 validation, 20 test images)" in capsys.readouterr().out
     assert (_DOWNLOAD_DIR[-1] / local_tfds_dataset).is_dir()  # prepared by the download
     assert "download" not in json.loads((tmp_path / "run" / "config.json").read_text())
+
+
+# ------------------------------------------- defaults that exceed digits; the run directory
+SMALL_RUN = [arg for arg in TINY if arg not in ("--test-size", "60")] + [
+    "--labels", "hard", "--epochs", "1", "--final-attacks", ""]
+
+
+def _one_error_line(captured, command: str = "train") -> str:
+    """The error line of a refusal: usage, then one line; nothing on stdout."""
+    lines = captured.err.splitlines()
+    assert len(lines) == 2 and lines[0].startswith(f"usage: advcal {command}"), captured.err
+    assert captured.out == ""
+    return lines[1]
+
+
+def test_a_finished_run_is_resumed_refused_or_overwritten(tmp_path, capsys):
+    out = tmp_path / "run"
+    # The default --test-size (2000) exceeds digits' 359 test images: all of them, said once.
+    assert cli.main(["train", *SMALL_RUN, "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("--test-size 359 (the default, 2000, is more than there is)") == 1
+    assert json.loads((out / "config.json").read_text())["test_size"] == 359
+    model = (out / "model.keras").read_bytes()
+    summary = (out / "summary.json").read_text()
+
+    # Other training options: refused in one line, nothing touched.
+    assert cli.main(["train", *SMALL_RUN, "--epochs", "2", "--out", str(out)]) == 2
+    error = _one_error_line(capsys.readouterr())
+    assert error == (f"advcal train: error: --out {out} holds a finished run trained with "
+                     "other options (--epochs 1 -> 2); add --overwrite to replace it, or "
+                     "choose another --out.")
+    assert (out / "summary.json").read_text() == summary
+    assert (out / "model.keras").read_bytes() == model
+
+    # The same options: the trained model is kept and only re-evaluated.
+    assert cli.main(["train", *SMALL_RUN, "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert (out / "model.keras").read_bytes() == model
+    assert json.loads((out / "summary.json").read_text())["resumed_after_training"] is True
+
+    # --overwrite replaces it.
+    assert cli.main(["train", *SMALL_RUN, "--epochs", "2", "--overwrite",
+                     "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert json.loads((out / "history.json").read_text())["epoch"] == [0, 1]
+    assert "resumed_after_training" not in json.loads((out / "summary.json").read_text())
+
+
+def test_out_pointing_at_a_file_is_refused_in_one_line(tmp_path, capsys):
+    target = tmp_path / "notes.txt"
+    target.write_text("mine")
+    assert cli.main(["train", *SMALL_RUN, "--out", str(target)]) == 2
+    assert _one_error_line(capsys.readouterr()) == (
+        f"advcal train: error: --out {target} is a file, not a directory; choose another "
+        "--out.")
+    assert target.read_text() == "mine"
+
+
+def test_evaluate_takes_the_whole_small_test_split_and_names_its_own_flag(two_runs, capsys):
+    _, _, hard = two_runs
+    model = str(hard / "model.keras")
+    assert cli.main(["evaluate", model, "--dataset", "digits", "--epsilon", "0.15",
+                     "--attacks", "fgsm"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("advcal evaluate: digits: --n 359 (the default, 1000, is more than "
+                     "there is)") == 1
+    assert "on 359 digits test images" in out
+    assert cli.main(["evaluate", model, "--dataset", "digits", "--epsilon", "0.15",
+                     "--n", "5000"]) == 2
+    assert _one_error_line(capsys.readouterr(), "evaluate") == (
+        "advcal evaluate: error: --n must be a count in [0, 359], got 5000.")
+
+
+@pytest.mark.parametrize("content, what", [
+    (b"epochs,loss\n0,1.2\n", 'it is a text file (model.keras starts with "epochs,loss")'),
+    (b"\x89HDF\r\n\x1a\n" + bytes(100), "it is an HDF5 file (a legacy .h5 model?"),
+    (b"", "it is an empty file"),
+])
+def test_evaluate_says_what_a_file_that_is_not_a_keras_model_is(tmp_path, capsys, content,
+                                                               what):
+    path = tmp_path / "model.keras"
+    path.write_bytes(content)
+    assert cli.main(["evaluate", str(path), "--dataset", "digits", "--epsilon", "0.1"]) == 2
+    error = _one_error_line(capsys.readouterr(), "evaluate")
+    assert error.startswith(f"advcal evaluate: error: {path} is not a Keras model (.keras): "
+                            f"{what}"), error
