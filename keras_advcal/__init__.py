@@ -64,6 +64,8 @@ _EXPORTS = {
     "CalibratedTeacher": "keras_advcal.teacher",
     "calibrate_teacher": "keras_advcal.teacher",
     "AdvCalTrainer": "keras_advcal.trainer",
+    "FAB": "keras_advcal.fab",
+    "autoattack": "keras_advcal.autoattack",  # the module, callable as the function
 }
 
 __all__ = sorted(_EXPORTS, key=str.lower) + ["__version__"]

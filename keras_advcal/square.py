@@ -93,6 +93,10 @@ class Square(Attack):
         norm: ``"linf"``; ``"l2"`` raises ``NotImplementedError``.
         bounds: valid pixel range ``(low, high)``.
         seed: seed of the attack's own random stream.
+        rescale_schedule: rescale the schedule of ``p`` to ``n_queries`` (the
+            paper's choice for budgets other than 10,000); ``False`` applies it to
+            the iteration number as it is, as the standard AutoAttack does (with
+            5,000 queries ``p`` then halves only 7 times).
 
     Inputs must be images ``(batch, height, width, channels)`` (NHWC) with
     height and width at least 2.
@@ -106,7 +110,7 @@ class Square(Attack):
 
     def __init__(self, epsilon: float, n_queries: int = 1000, p_init: float = 0.8,
                  norm: str = "linf", bounds: tuple[float, float] = (0.0, 1.0),
-                 seed: int | None = None):
+                 seed: int | None = None, rescale_schedule: bool = True):
         super().__init__(epsilon=epsilon, norm=norm, bounds=bounds, seed=seed)
         if norm != "linf":
             raise NotImplementedError(
@@ -118,10 +122,13 @@ class Square(Attack):
             raise ValueError(f"p_init must lie in (0, 1], got {p_init!r}.")
         self.n_queries = int(n_queries)
         self.p_init = float(p_init)
+        self.rescale_schedule = bool(rescale_schedule)
 
     def get_config(self) -> dict:
         config = super().get_config()
         config.update(n_queries=self.n_queries, p_init=self.p_init)
+        if not self.rescale_schedule:  # (configs saved before the option stay the same)
+            config["rescale_schedule"] = False
         return config
 
     def perturb(self, model, x, y, seed):
@@ -151,7 +158,8 @@ class Square(Attack):
         step_seed = tf.random.experimental.stateless_fold_in(base_seed, iteration)
         window_seed, sign_seed = tf.unstack(
             tf.random.experimental.stateless_split(step_seed, 2))
-        side = _window_side(square_p_schedule(self.p_init, iteration, self.n_queries),
+        schedule_queries = self.n_queries if self.rescale_schedule else 10_000
+        side = _window_side(square_p_schedule(self.p_init, iteration, schedule_queries),
                             height, width)
         mask = _window_mask(batch, height, width, side, window_seed)
         signs = _random_signs(tf.stack([batch, 1, 1, channels]), sign_seed, x.dtype)
