@@ -73,7 +73,7 @@ __all__ = sorted(_EXPORTS, key=str.lower) + ["__version__"]
 
 #: The modules that register Keras classes (``keras.saving.register_keras_serializable``):
 #: imported as soon as Keras is, so that ``keras.models.load_model`` finds their classes.
-_KERAS_MODULES = ("adr", "apgd", "attacks", "awp", "objectives", "square", "trainer")
+_KERAS_MODULES = ("adr", "apgd", "attacks", "awp", "fab", "objectives", "square", "trainer")
 
 
 def _is_module(name: str) -> bool:
