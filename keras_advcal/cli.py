@@ -10,9 +10,10 @@
 a message (argparse's convention), before anything is written; ``main(argv)``
 returns the exit status. Options must be spelt in full (no prefix matching).
 
-TensorFlow is imported only once a command needs it (``advcal --help`` does not),
-with its start-up log lines hidden; set ``TF_CPP_MIN_LOG_LEVEL`` yourself (e.g. to
-0) to see them.
+TensorFlow is imported only once a command needs it (``advcal --help`` and
+``advcal train --help`` do not), with its start-up log lines hidden (also CUDA's
+``failed call to cuInit`` on a machine without GPU, and absl's warnings); run with
+``TF_CPP_MIN_LOG_LEVEL=0`` to see them.
 """
 
 from __future__ import annotations
@@ -172,11 +173,12 @@ _TRAIN_HELP: dict[str, str] = {
 
 # ------------------------------------------------------------ TensorFlow, quietly
 # Lines TensorFlow's native code writes to stderr while it starts (CUDA probing on a
-# machine without GPU, CPU features, absl's pre-initialisation notice).
+# machine without GPU, CPU features, absl's pre-initialisation notice, cuInit's
+# failure where there is no GPU).
 _START_UP_NOISE = re.compile(
     r"^(I\d{4} |WARNING: All log messages before absl::InitializeLog"
     r"|To enable the following instructions:"
-    r"|[EW]\d{4} .*Unable to register cu(DNN|FFT|BLAS) factory)")
+    r"|[EW]\d{4} .*(Unable to register cu(DNN|FFT|BLAS) factory|failed call to cuInit))")
 
 
 @contextlib.contextmanager
@@ -203,18 +205,22 @@ def _native_stderr_filtered() -> Iterator[None]:
 
 
 def _library(module: str):
-    """``keras_advcal.<module>``, importing TensorFlow first: quietly (start-up log
-    lines hidden, absl warnings off) unless the user set ``TF_CPP_MIN_LOG_LEVEL``.
+    """``keras_advcal.<module>``, importing TensorFlow first, quietly: its start-up log
+    lines and CUDA's probe on a machine without GPU (``failed call to cuInit``) are
+    hidden, and absl's warnings (TFDS' notice about a missing dataset folder) are off;
+    unless the user set ``TF_CPP_MIN_LOG_LEVEL=0`` to see everything.
 
     Example:
 
         >>> _library("targets").LOSS_FORMS
         ('kd', 'soft')
     """
-    if "tensorflow" not in sys.modules and "TF_CPP_MIN_LOG_LEVEL" not in os.environ:
-        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    if "tensorflow" not in sys.modules and os.environ.get("TF_CPP_MIN_LOG_LEVEL") != "0":
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         with _native_stderr_filtered():
-            import tensorflow  # noqa: F401
+            import tensorflow
+
+            tensorflow.config.list_physical_devices()  # CUDA's probe logs here, once
         import absl.logging
 
         absl.logging.set_verbosity(absl.logging.ERROR)
@@ -522,7 +528,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "run the demo.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Run 'advcal COMMAND --help' for the options of a command. TensorFlow's "
-               "start-up log lines are hidden unless TF_CPP_MIN_LOG_LEVEL is set.")
+               "start-up log lines are hidden unless TF_CPP_MIN_LOG_LEVEL=0.")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     commands.add_parser(

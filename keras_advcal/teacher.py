@@ -236,8 +236,9 @@ class CalibratedTeacher(keras.callbacks.Callback):
     when the teacher equals the student (a new ``best`` snapshot, the first ``swa``
     average: the NLL does not depend on ``rho`` then), when the fitted ``T`` lies on the
     edge of its grid (the optimum is outside it: a teacher at chance level, or an
-    overconfident one), or when no grid point meets the accuracy floor. A failed fit
-    also raises a ``RuntimeWarning``.
+    overconfident one), or when no grid point meets the accuracy floor. The first
+    failed fit also raises a ``RuntimeWarning`` (once per callback: the logs' status
+    records the later ones).
 
     Adds to the epoch logs (History, CSVLogger and TensorBoard record them):
     ``temperature``, ``rho``, ``calibration_nll``, ``train_agreement``,
@@ -397,6 +398,7 @@ class CalibratedTeacher(keras.callbacks.Callback):
         self.calibrations_from_validation_pass = 0
         self.calibrations_from_attack = 0
         self._warned_other_validation = False
+        self._warned_failed_fit = False
         self._epoch: int | None = None  # the epoch in progress (between begin and end)
         self._teacher_changed: bool | None = None  # swa update done before validation
         self._record_current = True  # the recorded teacher is the current one
@@ -505,12 +507,22 @@ class CalibratedTeacher(keras.callbacks.Callback):
             trainer.rho.assign(rho)
             self._say(epoch, f"T={result.temperature:.3f} rho={result.rho:.3f} "
                       f"nll={result.nll:.4f} ({result.message})")
-        else:
+        elif not self._warned_failed_fit:  # news once; the logs record every epoch
+            self._warned_failed_fit = True
+            kept_rho = float(trainer.rho.numpy())
             warnings.warn(
-                f"CalibratedTeacher epoch {epoch + 1}: the calibration failed "
-                f"({STATUS_TEXT[status]}: T={result.temperature:.3g}, rho={result.rho:.3g}); "
-                f"keeping T={float(trainer.temperature.numpy()):.3g}, "
-                f"rho={float(trainer.rho.numpy()):.3g}.", RuntimeWarning, stacklevel=2)
+                f"CalibratedTeacher epoch {epoch + 1}: the fit of T and rho failed "
+                f"({STATUS_TEXT[status]}: T={result.temperature:.3g}, rho={result.rho:.3g}), "
+                f"so the trainer kept T={float(trainer.temperature.numpy()):.3g}, "
+                f"rho={kept_rho:.3g} "
+                + ("(no fit yet: plain one-hot targets). " if kept_rho == 0
+                   else "(the last successful fit). ")
+                + "Later failures are not warned about: the logs' calibration_status "
+                "records every epoch (0 fitted; 3 T on the edge of its grid, usual while "
+                "the teacher is near chance; 4 no grid point meets the floor).",
+                RuntimeWarning, stacklevel=1)
+        else:
+            self._say(epoch, f"the fit failed ({STATUS_TEXT[status]}); T and rho kept")
         self._log(logs, status=status, started=started, result=result,
                   teacher_accuracy=teacher_accuracy)
 
