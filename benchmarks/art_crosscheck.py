@@ -1,21 +1,38 @@
-"""Cross-checks keras_advcal's APGD-CE against the Adversarial Robustness Toolbox.
+"""Cross-checks keras_advcal's attacks and AutoAttack against independent implementations.
 
 Trains (or loads) a small CNN with PGD adversarial training on Fashion-MNIST, then
-attacks the same test examples with
+attacks the same test examples with keras_advcal and with
 
-* ``keras_advcal.evaluation.APGD`` (APGD-CE, Croce & Hein 2020), and
 * ART's ``AutoProjectedGradientDescent`` (``loss_type="cross_entropy"``) on a
-  ``TensorFlowV2Classifier`` wrapping the same model,
+  ``TensorFlowV2Classifier`` wrapping the same model: APGD-CE, one random start,
+  ``--steps`` iterations, initial step ``2 * epsilon``;
+* ART's ``SquareAttack`` on the same classifier (L-inf, 5,000 queries,
+  ``p_init=0.8``): against :class:`keras_advcal.square.Square` with AutoAttack's
+  unscaled schedule;
+* torchattacks (a PyTorch port of the AutoAttack reference code) on a PyTorch copy of
+  the model (the weights copied, its logits checked against the Keras model's):
+  ``APGDT`` (targeted DLR, 9 targets, 100 steps) against keras_advcal's APGD-T,
+  ``FAB`` with ``multi_targeted=True`` (FAB-T: 9 targets, 100 steps) against
+  :class:`keras_advcal.fab.FAB`, and the standard cascade (torchattacks'
+  ``MultiAttack`` of APGD-CE, APGD-T, FAB-T and Square-5000 with the reference's
+  settings; torchattacks' own ``AutoAttack`` uses 10 steps and a rescaled Square
+  schedule) against :func:`keras_advcal.autoattack.autoattack`.
 
-with the same budget (one random start, ``--steps`` iterations, initial step size
-``2 * epsilon``), and times :func:`keras_advcal.evaluation.evaluate_robustness` on
-the same examples. The numbers go to ``benchmarks/results/art_crosscheck.json`` and
-a markdown table is printed.
+ART's APGD with ``targeted=True`` is not APGD-T (its DLR loss is the untargeted one,
+pushed towards a target), and ART's ``AutoAttack`` runs ART's own default list (no
+FAB-T, no targeted DLR): neither matches the standard AutoAttack, so APGD-T and the
+cascade are checked against the port of the reference code instead. Each comparison
+reports both robust accuracies, the per-example disagreements and the seconds.
 
-ART is not a dependency of keras-advcal; install it to run this script::
+The numbers go to ``benchmarks/results/art_crosscheck.json`` (``--output``) and a
+markdown summary is printed.
 
-    pip install adversarial-robustness-toolbox
-    python benchmarks/art_crosscheck.py            # about 10 minutes on 2 CPU cores
+ART, PyTorch and torchattacks are not dependencies of keras-advcal; install them to
+run this script::
+
+    pip install adversarial-robustness-toolbox torch
+    pip install --no-deps torchattacks
+    python benchmarks/art_crosscheck.py            # 1,000 test images: hours on 2 CPU cores
 
 Fashion-MNIST is read from the gzip IDX files in ``--data-dir`` (Debian's
 ``/usr/share/datasets/fashion-mnist/`` by default).
@@ -45,12 +62,15 @@ sys.path.insert(0, str(ROOT))
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from keras_advcal.attacks import PGD  # noqa: E402
+from keras_advcal.attacks import PGD, Attack  # noqa: E402
+from keras_advcal.autoattack import autoattack, standard_attacks  # noqa: E402
 from keras_advcal.evaluation import APGD, evaluate_robustness  # noqa: E402
+from keras_advcal.square import Square  # noqa: E402
 from keras_advcal.trainer import AdvCalTrainer  # noqa: E402
 
 DEFAULT_DATA_DIR = "/usr/share/datasets/fashion-mnist"
 RESULTS = ROOT / "benchmarks" / "results" / "art_crosscheck.json"
+COMPARISONS = ("apgd-ce", "apgd-t", "fab-t", "square", "autoattack")
 
 
 # -- data and model ----------------------------------------------------------------
@@ -118,16 +138,22 @@ def predict_labels(model: keras.Model, x: np.ndarray, batch_size: int = 500) -> 
 
 
 # -- the two APGD implementations ----------------------------------------------------
-def ours_apgd(model: keras.Model, x: np.ndarray, y: np.ndarray, epsilon: float,
-              steps: int, batch_size: int, seed: int) -> tuple[np.ndarray, float]:
-    """Adversarial inputs from keras_advcal's APGD-CE and the seconds taken."""
-    attack = APGD(epsilon, steps=steps, loss="ce", seed=seed)
+def ours_attack(attack: Attack, model: keras.Model, x: np.ndarray, y: np.ndarray,
+                batch_size: int) -> tuple[np.ndarray, float]:
+    """Adversarial inputs from one keras_advcal attack (compiled once) and the seconds."""
     run = tf.function(lambda a, b: attack(model, a, b), input_signature=[
         tf.TensorSpec([None, *x.shape[1:]], tf.float32), tf.TensorSpec([None], tf.int32)])
     start = time.perf_counter()
     x_adv = np.concatenate([run(x[i:i + batch_size], y[i:i + batch_size]).numpy()
                             for i in range(0, len(x), batch_size)])
     return x_adv, time.perf_counter() - start
+
+
+def ours_apgd(model: keras.Model, x: np.ndarray, y: np.ndarray, epsilon: float,
+              steps: int, batch_size: int, seed: int) -> tuple[np.ndarray, float]:
+    """Adversarial inputs from keras_advcal's APGD-CE and the seconds taken."""
+    return ours_attack(APGD(epsilon, steps=steps, loss="ce", seed=seed), model, x, y,
+                       batch_size)
 
 
 def _patch_keras3_reduction() -> None:
@@ -165,6 +191,139 @@ def art_apgd(model: keras.Model, x: np.ndarray, y: np.ndarray, epsilon: float,
     return x_adv.astype("float32"), time.perf_counter() - start, art.__version__
 
 
+def art_square(model: keras.Model, x: np.ndarray, y: np.ndarray, epsilon: float,
+               n_queries: int, batch_size: int, seed: int) -> tuple[np.ndarray, float]:
+    """Adversarial inputs from ART's SquareAttack (L-inf) on the same model."""
+    from art.attacks.evasion import SquareAttack
+    from art.estimators.classification import TensorFlowV2Classifier
+
+    _patch_keras3_reduction()
+    classifier = TensorFlowV2Classifier(
+        model=model, nb_classes=10, input_shape=x.shape[1:], clip_values=(0.0, 1.0),
+        loss_object=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    attack = SquareAttack(classifier, norm=np.inf, eps=epsilon, max_iter=n_queries,
+                          p_init=0.8, nb_restarts=1, batch_size=batch_size, verbose=False)
+    np.random.seed(seed)
+    start = time.perf_counter()
+    x_adv = attack.generate(x=x, y=keras.utils.to_categorical(y, 10))
+    return x_adv.astype("float32"), time.perf_counter() - start
+
+
+def torch_copy(model: keras.Model):
+    """A PyTorch module computing the same logits as the Keras small CNN (conv / pool
+    / flatten / dense layers), with its weights copied."""
+    import torch
+
+    layers: list = []
+    for layer in model.layers:
+        kind = type(layer).__name__
+        if kind == "InputLayer":
+            continue
+        if kind == "Conv2D":
+            kernel, bias = layer.get_weights()
+            conv = torch.nn.Conv2d(kernel.shape[2], kernel.shape[3], kernel.shape[:2],
+                                   padding="same")
+            conv.weight.data = torch.tensor(kernel.transpose(3, 2, 0, 1).copy())
+            conv.bias.data = torch.tensor(bias)
+            layers.append(conv)
+        elif kind == "MaxPooling2D":
+            layers.append(torch.nn.MaxPool2d(layer.pool_size,
+                                             ceil_mode=layer.padding == "same"))
+        elif kind == "Flatten":  # Keras flattens (h, w, c)
+            layers += [_nhwc()(), torch.nn.Flatten()]
+        elif kind == "Dense":
+            kernel, bias = layer.get_weights()
+            dense = torch.nn.Linear(*kernel.shape)
+            dense.weight.data = torch.tensor(kernel.T.copy())
+            dense.bias.data = torch.tensor(bias)
+            layers.append(dense)
+        elif kind != "Activation":
+            raise ValueError(f"torch_copy does not know the layer {layer.name} ({kind}).")
+        activation = getattr(layer, "activation", None)
+        if activation is not None and activation.__name__ == "relu":
+            layers.append(torch.nn.ReLU())
+    return torch.nn.Sequential(*layers).eval()
+
+
+def _nhwc():
+    """A torch module class turning NCHW tensors into NHWC."""
+    import torch
+
+    class Permute(torch.nn.Module):
+        def forward(self, x):
+            return x.permute(0, 2, 3, 1)
+    return Permute
+
+
+def torch_attack(name: str, torch_model, x: np.ndarray, y: np.ndarray, epsilon: float,
+                 batch_size: int, seed: int) -> tuple[np.ndarray, float, str]:
+    """Adversarial inputs from torchattacks (the port of the AutoAttack reference) on
+    the PyTorch copy: ``"apgd-t"``, ``"fab-t"`` or ``"autoattack"`` (the standard
+    cascade with the reference's settings)."""
+    import torch
+    import torchattacks as ta
+
+    torch.manual_seed(seed)
+    common = dict(norm="Linf", eps=epsilon, seed=seed)
+    apgd_t = lambda: ta.APGDT(torch_model, steps=100, n_restarts=1, n_classes=10,  # noqa: E731
+                              **common)
+    fab_t = lambda: ta.FAB(torch_model, steps=100, n_restarts=1, multi_targeted=True,  # noqa: E731
+                           n_classes=10, **common)
+    if name == "apgd-t":
+        attack = apgd_t()
+    elif name == "fab-t":
+        attack = fab_t()
+    else:
+        attack = ta.MultiAttack([
+            ta.APGD(torch_model, steps=100, n_restarts=1, loss="ce", **common), apgd_t(),
+            fab_t(), ta.Square(torch_model, n_queries=5000, n_restarts=1, p_init=0.8,
+                               resc_schedule=False, **common)])
+    images = torch.tensor(x.transpose(0, 3, 1, 2).copy())
+    labels = torch.tensor(y.astype("int64"))
+    start = time.perf_counter()
+    x_adv = torch.cat([attack(images[i:i + batch_size], labels[i:i + batch_size])
+                       for i in range(0, len(x), batch_size)])
+    return (x_adv.detach().numpy().transpose(0, 2, 3, 1).astype("float32"),
+            time.perf_counter() - start, ta.__version__)
+
+
+def robust_under(model: keras.Model, x: np.ndarray, y: np.ndarray, clean: np.ndarray,
+                 x_adv: np.ndarray, epsilon: float, name: str) -> np.ndarray:
+    """Per-example robustness to the adversarial inputs ``x_adv``, after checking that
+    they lie inside the L-inf ball and [0, 1]."""
+    size = float(np.abs(x_adv - x).max())
+    assert size <= epsilon + 1e-5, f"{name} left the ball: {size}"
+    assert x_adv.min() >= 0.0 and x_adv.max() <= 1.0, f"{name} left [0, 1]"
+    return clean & (predict_labels(model, x_adv) == y)
+
+
+def compare(ours: tuple[np.ndarray, float], theirs: tuple[np.ndarray, float],
+            library: str) -> dict:
+    """Robust accuracy, seconds and per-example disagreements of two attacks, each
+    given as ``(per-example robustness, seconds)``."""
+    entry: dict = {"library": library}
+    for side, (robust, seconds) in (("keras_advcal", ours), ("other", theirs)):
+        entry[side] = {"accuracy": float(robust.mean()), "seconds": seconds,
+                       "seconds_per_image": seconds / len(robust)}
+    entry["difference_points"] = 100 * (entry["keras_advcal"]["accuracy"]
+                                        - entry["other"]["accuracy"])
+    entry["agreement"] = {
+        "both_robust": int(np.sum(ours[0] & theirs[0])),
+        "only_ours_broke": int(np.sum(~ours[0] & theirs[0])),
+        "only_other_broke": int(np.sum(ours[0] & ~theirs[0])),
+    }
+    return entry
+
+
+def check_torch_copy(model: keras.Model, torch_model, x: np.ndarray) -> float:
+    """Largest difference between the Keras and PyTorch logits on ``x``."""
+    import torch
+
+    with torch.no_grad():
+        theirs = torch_model(torch.tensor(x.transpose(0, 3, 1, 2).copy())).numpy()
+    return float(np.abs(np.asarray(model(x, training=False)) - theirs).max())
+
+
 # -- the report ----------------------------------------------------------------------
 def markdown(report: dict) -> str:
     """The markdown table pasted into benchmarks/RESULTS.md."""
@@ -193,7 +352,38 @@ def markdown(report: dict) -> str:
         + ", ".join(f"{name} {100 * evaluation['accuracy_cumulative'][name]:.1f}% "
                     f"{evaluation['seconds'][name]:.1f}s" for name in evaluation["attacks"]),
     ]
-    return "\n".join(lines)
+    return "\n".join(lines + comparison_markdown(report))
+
+
+def comparison_markdown(report: dict) -> list[str]:
+    """The table of the comparisons with ART and torchattacks, and the cascade's stages."""
+    comparisons = report.get("comparisons", {})
+    if not comparisons:
+        return []
+    lines = ["", f"Cross-checks on the same {report['n_examples']} images (robust accuracy; "
+             "per example: broken only by keras_advcal / only by the other; seconds per "
+             "image):", "",
+             "| attack | keras_advcal | other | difference (points) | only ours broke | "
+             "only other broke | s/image ours | s/image other |",
+             "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |"]
+    for name, entry in comparisons.items():
+        ours, other, agreement = entry["keras_advcal"], entry["other"], entry["agreement"]
+        lines.append(
+            f"| {name} | {100 * ours['accuracy']:.1f}% | {entry['library']}: "
+            f"{100 * other['accuracy']:.1f}% | {entry['difference_points']:+.1f} | "
+            f"{agreement['only_ours_broke']} | {agreement['only_other_broke']} | "
+            f"{ours['seconds_per_image']:.3f} | {other['seconds_per_image']:.3f} |")
+    cascade = report.get("autoattack")
+    if cascade:
+        stages = ", ".join(f"{name} {100 * cascade['accuracy_cumulative'][name]:.1f}% "
+                           f"({cascade['seconds'][name]:.0f} s)" for name in cascade["attacks"])
+        lines += ["", f"`autoattack` (standard) after each stage: {stages}; "
+                  f"{cascade['total_seconds']:.0f} s in all, "
+                  f"{cascade['total_seconds'] / report['n_examples']:.3f} s per image."]
+    if "torch_copy_max_logit_difference" in report:
+        lines.append(f"The PyTorch copy's logits differ from the Keras model's by at most "
+                     f"{report['torch_copy_max_logit_difference']:.1e}.")
+    return lines
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -215,6 +405,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--model", default=None,
                         help="a saved .keras model to load (trained and saved there if missing).")
     parser.add_argument("--output", default=str(RESULTS))
+    parser.add_argument("--comparisons", default=",".join(COMPARISONS),
+                        help="comma-separated cross-checks to run besides APGD-CE "
+                             f"(default: all of {', '.join(COMPARISONS)}; empty: none).")
+    parser.add_argument("--square-queries", type=int, default=5000,
+                        help="queries of the Square cross-check.")
     return parser.parse_args(argv)
 
 
@@ -272,11 +467,60 @@ def main(argv: list[str] | None = None) -> dict:
                                 "n_queries": args.n_queries, "individual": args.individual,
                                 "total_seconds": evaluation_seconds},
         "machine": {"python": platform.python_version(), "tensorflow": tf.__version__,
-                    "keras": keras.__version__, "cpus": os.cpu_count()},
+                    "keras": keras.__version__, "cpus": os.cpu_count(),
+                    "load_average_at_start": os.getloadavg()[0]},
+        "command": "python benchmarks/art_crosscheck.py " + " ".join(argv or sys.argv[1:]),
     }
+    report.update(cross_checks(args, model, x, y, clean))
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps(report, indent=2) + "\n")
     print(markdown(report))
+    return report
+
+
+def cross_checks(args: argparse.Namespace, model: keras.Model, x: np.ndarray,
+                 y: np.ndarray, clean: np.ndarray) -> dict:
+    """The comparisons named by ``--comparisons``, on the images ``x``."""
+    names = [name.strip() for name in args.comparisons.split(",") if name.strip()]
+    unknown = sorted(set(names) - set(COMPARISONS))
+    if unknown:
+        raise SystemExit(f"unknown comparisons {unknown}; choose from {COMPARISONS}")
+    eps, batch, seed = args.epsilon, args.batch_size, args.seed
+    report: dict = {"comparisons": {}}
+    ours_attacks = dict(standard_attacks(eps, num_classes=10, seed=seed))
+    torch_model = None
+    if set(names) & {"apgd-t", "fab-t", "autoattack"}:
+        torch_model = torch_copy(model)
+        report["torch_copy_max_logit_difference"] = check_torch_copy(model, torch_model, x)
+    for name in names:
+        print(f"[cross-check] {name}", flush=True)
+        if name == "apgd-ce":
+            continue  # the APGD-CE comparison with ART above
+        if name == "autoattack":
+            start = time.perf_counter()
+            result = autoattack(model, x, y, eps, batch_size=batch, seed=seed)
+            seconds = time.perf_counter() - start
+            report["autoattack"] = {**result.to_dict(), "total_seconds": seconds}
+            ours = (result.robust_mask, seconds)
+        else:
+            attack = (Square(eps, n_queries=args.square_queries, rescale_schedule=False,
+                             seed=seed) if name == "square" else ours_attacks[name])
+            x_adv, seconds = ours_attack(attack, model, x, y, batch)
+            ours = (robust_under(model, x, y, clean, x_adv, eps, name), seconds)
+        if name == "square":
+            x_other, other_seconds = art_square(model, x, y, eps, args.square_queries,
+                                                batch, seed)
+            import art
+            library = f"ART {art.__version__} SquareAttack"
+        else:
+            x_other, other_seconds, version = torch_attack(name, torch_model, x, y, eps,
+                                                           batch, seed)
+            library = f"torchattacks {version} " + {
+                "apgd-t": "APGDT", "fab-t": "FAB (multi_targeted)",
+                "autoattack": "MultiAttack (standard settings)"}[name]
+        theirs = (robust_under(model, x, y, clean, x_other, eps, library), other_seconds)
+        report["comparisons"][name] = compare(ours, theirs, library)
+        print(json.dumps(report["comparisons"][name]), flush=True)
     return report
 
 
