@@ -582,6 +582,15 @@ def build_parser() -> argparse.ArgumentParser:
                           help="random restarts of the gradient attacks (default: 1)")
     evaluate.add_argument("--batch-size", type=_number(int, 1), default=256,
                           help="examples per attack batch (default: 256)")
+    evaluate.add_argument("--autoattack", action="store_true",
+                          help="run AutoAttack instead of --attacks (keras_advcal.autoattack: "
+                               "each attack on what the ones before it left; --steps, "
+                               "--n-queries, --restarts and --cascade do not apply)")
+    evaluate.add_argument("--version", choices=source_constant("autoattack", "VERSIONS"),
+                          default="standard",
+                          help="the AutoAttack cascade: standard (APGD-CE, APGD-T, FAB-T, "
+                               "Square-5000, the reference's settings) or fast (PGD-20, "
+                               "APGD-CE, APGD-T, Square-5000); default: standard")
     evaluate.add_argument("--cascade", action="store_true",
                           help="attack only the survivors of the previous attacks (faster; "
                                "no per-attack accuracy)")
@@ -1152,11 +1161,16 @@ def _evaluate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         print(note, flush=True)
     print(f"advcal evaluate: {args.model} on {len(splits.test[1])} {args.dataset} test "
           f"images, epsilon={args.epsilon:g}", flush=True)
-    result = evaluation.evaluate_robustness(model, splits.test, args.epsilon, attacks=attacks,
-                                            steps=args.steps, n_queries=args.n_queries,
-                                            restarts=args.restarts,
-                                            batch_size=args.batch_size, seed=args.seed,
-                                            individual=not args.cascade, verbose=False)
+    if args.autoattack:
+        print(f"AutoAttack, version {args.version}", flush=True)
+        result = _library("autoattack").autoattack(
+            model, *splits.test, args.epsilon, version=args.version,
+            batch_size=args.batch_size, seed=args.seed, progress=sys.stdout.isatty())
+    else:
+        result = evaluation.evaluate_robustness(
+            model, splits.test, args.epsilon, attacks=attacks, steps=args.steps,
+            n_queries=args.n_queries, restarts=args.restarts, batch_size=args.batch_size,
+            seed=args.seed, individual=not args.cascade, verbose=False)
     print(result.table())
     if args.json:
         Path(args.json).write_text(result.to_json())

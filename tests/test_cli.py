@@ -500,3 +500,19 @@ def test_evaluate_says_what_a_file_that_is_not_a_keras_model_is(tmp_path, capsys
     error = _one_error_line(capsys.readouterr(), "evaluate")
     assert error.startswith(f"advcal evaluate: error: {path} is not a Keras model (.keras): "
                             f"{what}"), error
+
+
+def test_evaluate_with_autoattack(two_runs, capsys, tmp_path):
+    _, _, hard = two_runs
+    out_json = tmp_path / "aa.json"
+    assert cli.main(["evaluate", str(hard / "model.keras"), "--dataset", "digits",
+                     "--epsilon", "0.15", "--autoattack", "--version", "fast", "--n", "20",
+                     "--json", str(out_json)]) == 0
+    assert "AutoAttack, version fast" in capsys.readouterr().out
+    result = json.loads(out_json.read_text())
+    assert result["attacks"] == ["pgd-20", "apgd-ce", "apgd-t", "square"]
+    assert result["n_examples"] == 20 and result["config"]["version"] == "fast"
+    assert 0.0 <= result["robust_accuracy"] <= result["clean_accuracy"] <= 1.0
+    assert cli.main(["evaluate", str(hard / "model.keras"), "--dataset", "digits",
+                     "--epsilon", "0.15", "--autoattack", "--version", "quick"]) == 2
+    assert "argument --version: invalid choice: 'quick'" in capsys.readouterr().err
