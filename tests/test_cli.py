@@ -516,3 +516,14 @@ def test_evaluate_with_autoattack(two_runs, capsys, tmp_path):
     assert cli.main(["evaluate", str(hard / "model.keras"), "--dataset", "digits",
                      "--epsilon", "0.15", "--autoattack", "--version", "quick"]) == 2
     assert "argument --version: invalid choice: 'quick'" in capsys.readouterr().err
+
+
+def test_download_reads_a_local_copy_first():
+    """download=True (--download) fetches only what no source has: Fashion-MNIST from
+    the Debian package or the Keras cache loads without a network."""
+    from keras_advcal import data
+
+    splits = data.load("fashion_mnist", subset=20, validation_size=10, test_size=10,
+                       download=True)
+    assert splits.source in ("tfds", "keras_cache", "debian")
+    assert [len(y) for _, y in (splits.train, splits.validation, splits.test)] == [20, 10, 10]
