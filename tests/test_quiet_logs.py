@@ -6,8 +6,11 @@ import os
 import subprocess
 import sys
 import warnings
+from pathlib import Path
 
 from keras_advcal import cli
+
+GETTING_STARTED = Path(__file__).resolve().parents[1] / "tutorials" / "getting-started.md"
 
 SMALL = ["--subset", "100", "--validation-size", "100", "--test-size", "50", "--width", "4",
          "--dense", "8", "--train-steps", "1", "--eval-steps", "1", "--final-steps", "1",
@@ -44,3 +47,9 @@ def test_a_failed_calibration_is_warned_about_once_with_what_was_kept(tmp_path):
     assert len(failed) == 1, failed
     assert "so the trainer kept T=1, rho=0 (no fit yet: plain one-hot targets)" in failed[0]
     assert "calibration_status records every epoch" in failed[0]
+    # Every column of the log is explained in the docs.
+    history = json.loads((out / "history.json").read_text())
+    docs = GETTING_STARTED.read_text()
+    section = docs.split("### What each column of the epoch log means", 1)[1].split("\n## ")[0]
+    missing = [key for key in history if key != "epoch" and f"`{key}`" not in section]
+    assert not missing, missing

@@ -1,0 +1,44 @@
+"""The README for someone deciding in a minute: install first, where the data comes from
+before the quick start, which recipe to pick, the generated blocks still marked."""
+
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
+
+
+def _sections() -> list[str]:
+    return re.findall(r"^## (.+)$", README, flags=re.MULTILINE)
+
+
+def test_install_comes_first_with_the_clone_and_the_git_form():
+    assert _sections()[:3] == ["Install", "First run", "Quick start"]
+    install = README.split("## Install", 1)[1].split("\n## ", 1)[0]
+    first_block = re.search(r"```bash\n(.*?)```", install, flags=re.DOTALL).group(1)
+    assert first_block.splitlines()[0].startswith("pip install .")
+    assert 'pip install ".[notebooks]"' in first_block and "jupyter lab notebooks/" in first_block
+    repo = re.search(r"^repo_url:\s*(\S+)", (ROOT / "mkdocs.yml").read_text(),
+                     flags=re.MULTILINE).group(1).rstrip("/")
+    assert f'pip install "keras-advcal @ git+{repo}.git"' in install
+
+
+def test_the_data_source_is_said_before_the_quick_start_which_downloads_on_first_use():
+    before, quick_start = README.split("## Quick start", 1)
+    assert "Where the data comes from" in before and "--download" in before
+    code = re.search(r"```python\n(.*?)```", quick_start, flags=re.DOTALL).group(1)
+    assert "download=True" in code
+
+
+def test_recipes_before_the_evidence_and_every_generated_block_marked():
+    sections = _sections()
+    assert sections.index("Which recipe to pick") < sections.index("Does it work?")
+    for name in ("heldout-headline", "heldout-evidence"):
+        start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+        assert README.count(start) == README.count(end) == 1, name
+        assert README.index(start) < README.index(end)
+    assert README.index("## Which recipe to pick") < README.index("<!-- heldout-evidence:start")
+    recipes = README.split("## Which recipe to pick", 1)[1].split("\n## ", 1)[0]
+    for flag in ("--labels hard", "--objective trades"):
+        assert flag in recipes
+    assert not re.search(r"\d+\.\d+ ?(%|points)", recipes)  # no numbers no script wrote
