@@ -228,7 +228,17 @@ def test_heldout_plan_waits_for_every_pgd_at_seed_before_dropping(tmp_path):
 
 
 def test_heldout_reserve_settings_join_only_while_too_few_are_kept(tmp_path):
+    import dataclasses
+
     heldout = _load("heldout")
+    # The first round's settings with two more reserves like seed5 (wide64 and seed7,
+    # the first round's other reserves, have joined the second round).
+    reserve = heldout.SETTING["seed5"]
+    synthetic = [s for s in heldout.SETTINGS if s.round == 1] + [
+        dataclasses.replace(reserve, name=f"reserve{i}", data_seed=20 + i) for i in (1, 2)]
+    heldout.SETTINGS[:] = synthetic
+    heldout.SETTING.clear()
+    heldout.SETTING.update({s.name: s for s in synthetic})
     first_round = [s for s in heldout.SETTINGS if s.role == "heldout" and not s.reserve]
     reserves = [s for s in heldout.SETTINGS if s.reserve]
     assert len(first_round) >= heldout.REQUIRED_HELDOUT and len(reserves) >= 2
