@@ -653,13 +653,24 @@ def _paired(runs: dict, setting: str, method: str, baseline: str):
     return np.stack([a[s]["correct"] - b[s]["correct"] for s in seeds])
 
 
+#: Baselines resolved per setting to whichever of their rows has the highest mean
+#: final worst case (chosen on test numbers, in the baseline's favour).
+RESOLVED = {"pgd_at_es_or_swa": ("pgd_at_es", "pgd_at_swa"),
+            "best_of_pgd_at_trades": ("pgd_at", "pgd_at_es", "pgd_at_swa", "trades",
+                                      "trades_es", "trades_swa")}
+#: The second round's comparisons: each of these methods minus each baseline.
+ROUND2_METHODS = ("default_v2", "calibrated_default")
+ROUND2_BASELINES = ("best_of_pgd_at_trades", "pgd_at", "pgd_at_es", "pgd_at_swa", "trades",
+                    "trades_es", "trades_swa", "calibrated_default")
+
+
 def _resolve_baseline(runs: dict, setting: str, baseline: str) -> str:
-    if baseline != "pgd_at_es_or_swa":
+    if baseline not in RESOLVED:
         return baseline
     means = {name: mean_se([r["worst"] for r in runs.get((setting, name), {}).values()])[0]
-             for name in ("pgd_at_es", "pgd_at_swa")}
+             for name in RESOLVED[baseline]}
     means = {k: v for k, v in means.items() if v is not None}
-    return max(means, key=means.get) if means else "pgd_at_es"
+    return max(means, key=means.get) if means else RESOLVED[baseline][0]
 
 
 def bootstrap(differences: list[np.ndarray], rng: np.random.Generator,
@@ -770,30 +781,103 @@ def analyse(results: Path, seed: int = 0) -> dict:
     decided = all(s["kept"] is not None for s in settings
                   if s["role"] == "heldout" and s["round"] == 1)
     pooled_names = [s["name"] for s in heldout]
+    first = [s for s in SETTINGS if s.round == 1]
     for baseline in BASELINES:
         comparisons += paired_comparisons(runs, "calibrated_default", baseline,
-                                          pooled_names, decided, rng)
+                                          pooled_names, decided, rng, settings=first)
     # Drawn after the protocol's comparisons, so that adding these changed none of them.
     secondary = [c for method, baseline in SECONDARY
                  for c in paired_comparisons(runs, method, baseline, pooled_names, decided,
-                                             rng)]
+                                             rng, settings=first)]
+    round2 = round2_comparisons(runs, settings, rng)
     return {"settings": settings, "rows": rows, "comparisons": comparisons,
-            "secondary_comparisons": secondary,
+            "secondary_comparisons": secondary, "round2_comparisons": round2,
+            "views": views(settings, rows),
             "protocol": "benchmarks/heldout.py (module docstring)",
             "generated": time.strftime("%Y-%m-%d %H:%M:%S")}
 
 
+def round2_comparisons(runs: dict, settings: list[dict], rng: np.random.Generator
+                       ) -> list[dict]:
+    """The second round's analysis (drawn after the first round's, so that it changes
+    none of its numbers): each of :data:`ROUND2_METHODS` minus each of
+    :data:`ROUND2_BASELINES`, per second-round setting, pooled over the kept
+    second-round settings (``pooled_round2``, once all of them are decided) and over the
+    kept held-out settings of both rounds (``pooled_both_rounds``, where the method has
+    rows in every one of them)."""
+    def kept_names(round_: int) -> list[str]:
+        return [s["name"] for s in settings
+                if s["round"] == round_ and s["role"] == "heldout" and s["kept"]]
+
+    def decided(round_: int) -> bool:
+        return all(s["kept"] is not None for s in settings
+                   if s["round"] == round_ and s["role"] == "heldout")
+
+    second = [s for s in SETTINGS if s.round == 2]
+    heldout = [s for s in SETTINGS if s.role == "heldout"]
+    found = []
+    for method in ROUND2_METHODS:
+        for baseline in ROUND2_BASELINES:
+            if baseline == method:
+                continue
+            found += paired_comparisons(runs, method, baseline, kept_names(2), decided(2),
+                                        rng, settings=second, pooled_label="pooled_round2")
+            found += paired_comparisons(runs, method, baseline, kept_names(1) + kept_names(2),
+                                        decided(1) and decided(2), rng, settings=heldout,
+                                        pooled_label="pooled_both_rounds", per_setting=False)
+    return found
+
+
+def views(settings: list[dict], rows: list[dict]) -> dict:
+    """Mean final worst case (points) of each method over the settings that count
+    (development and kept held-out ones, both rounds), grouped by dataset, by model and
+    by optimizer: the per-dataset and per-model view of the evidence.
+
+    Example:
+
+        >>> settings = [{"name": "a", "role": "heldout", "kept": True, "dataset": "mnist",
+        ...              "model": "small_cnn_w32_d256", "optimizer": "adam"}]
+        >>> rows = [{"setting": "a", "method": "trades", "final_worst_case_mean": 80.0}]
+        >>> views(settings, rows)["dataset"]
+        {'mnist': {'trades': 80.0}}
+    """
+    counted = {s["name"]: s for s in settings if s["role"] == "development" or s.get("kept")}
+    grouped: dict = {}
+    for key in ("dataset", "model", "optimizer"):
+        groups: dict = {}
+        for row in rows:
+            setting = counted.get(row["setting"])
+            if setting is None or row["final_worst_case_mean"] is None:
+                continue
+            label = setting.get(key, "adam" if key == "optimizer" else "fashion_mnist")
+            if key == "model":
+                label = label.split("_w")[0]
+            groups.setdefault(label, {}).setdefault(row["method"], []).append(
+                row["final_worst_case_mean"])
+        grouped[key] = {label: {method: round(float(np.mean(values)), 2)
+                                for method, values in methods.items()}
+                        for label, methods in groups.items()}
+    return grouped
+
+
 def paired_comparisons(runs: dict, method: str, baseline: str, pooled_settings: list[str],
-                       decided: bool, rng: np.random.Generator) -> list[dict]:
+                       decided: bool, rng: np.random.Generator,
+                       settings: list[Setting] | None = None,
+                       pooled_label: str = "pooled_heldout",
+                       per_setting: bool = True) -> list[dict]:
     """``method`` minus ``baseline`` (resolved per setting, see
     :func:`_resolve_baseline`), paired on common seeds, with its bootstrap interval: per
     setting and, once every held-out setting is decided and each of
     ``pooled_settings`` has both rows, pooled over them. In points."""
     found, pooled = [], {}
-    for setting in SETTINGS:
+    for setting in (SETTINGS if settings is None else settings):
         name = _resolve_baseline(runs, setting.name, baseline)
         d = _paired(runs, setting.name, method, name)
         if d is None:
+            continue
+        if setting.name in pooled_settings:
+            pooled[setting.name] = d
+        if not per_setting:
             continue
         diff, ci = bootstrap([d], rng)
         t_ci = seed_t_interval([d])
@@ -801,12 +885,10 @@ def paired_comparisons(runs: dict, method: str, baseline: str, pooled_settings: 
                       "resolved_baseline": name, "seeds": int(d.shape[0]),
                       "diff_mean": _pp(diff), "ci95": [_pp(v) for v in ci],
                       "ci95_seed_t": None if t_ci is None else [_pp(v) for v in t_ci]})
-        if setting.name in pooled_settings:
-            pooled[setting.name] = d
     if decided and pooled and len(pooled) == len(pooled_settings):
         diff, ci = bootstrap(list(pooled.values()), rng)
         t_ci = seed_t_interval(list(pooled.values()))
-        found.append({"setting": "pooled_heldout", "method": method, "baseline": baseline,
+        found.append({"setting": pooled_label, "method": method, "baseline": baseline,
                       "diff_mean": _pp(diff), "ci95": [_pp(v) for v in ci],
                       "ci95_seed_t": None if t_ci is None else [_pp(v) for v in t_ci],
                       "settings": list(pooled),
@@ -983,7 +1065,62 @@ def report(summary: dict) -> str:
     if not summary["comparisons"]:
         lines += ["", "No comparison yet: the calibrated default's held-out rows run after "
                   "the development-split study freezes the default."]
+    lines += ["", *second_round_lines(summary)]
     return "\n".join(lines) + "\n"
+
+
+def second_round_lines(summary: dict) -> list[str]:
+    """The second round's part of the report: where it stands, its comparisons, and
+    the per-dataset / per-model / per-optimizer view of the evidence."""
+    second = [s for s in summary["settings"] if s.get("round") == 2]
+    lines = ["### Second round: other datasets, a ResNet with BatchNorm, the SGD recipe", "",
+             second_round_status(second), ""]
+    comparisons = summary.get("round2_comparisons", [])
+    if comparisons:
+        lines += ["| setting | method | baseline (resolved) | diff | 95% CI (bootstrap) | "
+                  "95% CI (seeds, t) |", "|---|---|---|---|---|---|"]
+        for c in comparisons:
+            resolved = c.get("resolved_baseline", c["baseline"])
+            lines.append(f"| {c['setting']} | `{c['method']}` | `{c['baseline']}` "
+                         f"(`{resolved}`) | {_cell(c['diff_mean'], 2)} | "
+                         f"[{_cell(c['ci95'][0], 2)}, {_cell(c['ci95'][1], 2)}] | "
+                         f"{_interval(c.get('ci95_seed_t'))} |")
+        lines.append("")
+    for key, title in (("dataset", "dataset"), ("model", "model"),
+                       ("optimizer", "optimizer")):
+        view = summary.get("views", {}).get(key, {})
+        if len(view) < 2:
+            continue  # one group: nothing to compare across
+        methods = sorted({m for groups in view.values() for m in groups})
+        lines += [f"Mean final worst case by {title} (settings that count, both rounds):",
+                  "", "| " + title + " | " + " | ".join(f"`{m}`" for m in methods) + " |",
+                  "|---" * (len(methods) + 1) + "|"]
+        for label, groups in view.items():
+            lines.append(f"| {label} | " + " | ".join(_cell(groups.get(m)) for m in methods)
+                         + " |")
+        lines.append("")
+    return lines
+
+
+def second_round_status(settings: list[dict]) -> str:
+    """One sentence per second-round setting on its keep decision so far.
+
+    Example:
+
+        >>> second_round_status([{"name": "a", "kept": None, "pgd_at_gap_seeds": 1,
+        ...                       "pgd_at_gap_so_far": 4.0}])
+        "`a`: not decided yet (PGD-AT's gap 4.0 over 1 seed so far)."
+    """
+    parts = []
+    for s in settings:
+        seeds = s.get("pgd_at_gap_seeds") or 0
+        so_far = (f" (PGD-AT's gap {s['pgd_at_gap_so_far']:.1f} over {seeds} "
+                  f"seed{'s' if seeds != 1 else ''}{' so far' if s['kept'] is None else ''})"
+                  if seeds else " (no PGD-AT run finished yet)")
+        state = {True: "kept", False: "dropped (PGD-AT does not overfit there)",
+                 None: "not decided yet"}[s["kept"]]
+        parts.append(f"`{s['name']}`: {state}{so_far}.")
+    return " ".join(parts) if parts else "No second-round setting."
 
 
 def _interval(values: list[float] | None) -> str:
