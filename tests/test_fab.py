@@ -11,6 +11,7 @@ import tensorflow as tf
 from scipy.optimize import linprog, minimize
 
 from keras_advcal.apgd import APGD
+from keras_advcal.evaluation import evaluate_robustness
 from keras_advcal.fab import FAB, boundary_step
 from tests.conftest import accuracy as _accuracy
 from tests.conftest import conv_dense_model
@@ -220,3 +221,12 @@ def test_rejects_a_single_class_model():
                               keras.layers.Dense(1)])
     with pytest.raises(ValueError, match="at least 2 classes"):
         FAB(0.1, steps=2)(model, np.zeros((2, 2, 2, 1), "float32"), [0, 0])
+
+
+def test_fab_runs_inside_evaluate_robustness(digits_200, undefended_digits_model):
+    _, (x, y) = digits_200
+    result = evaluate_robustness(undefended_digits_model, (x[:40], y[:40]), 0.1,
+                                 attacks=[("fab-t", FAB(0.1, steps=10, n_target_classes=2))],
+                                 batch_size=16, verbose=False)
+    assert result.robust_accuracy < result.clean_accuracy
+    assert not any("outside" in note for note in result.warnings), result.warnings
