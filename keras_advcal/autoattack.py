@@ -202,8 +202,8 @@ def autoattack(model: Callable, x: Any, y: Any, epsilon: float, norm: str = "lin
         if not valid:
             broken_outside.append(name)
         if progress:
-            print(f"[autoattack] after {name}: {_pct(float(np.mean(robust)))} robust "
-                  f"({seconds[name]:.1f} s)", flush=True)
+            print(f"[autoattack] after {name}: {_pct(float(np.mean(robust)))} robust, "
+                  f"{int(np.sum(~survived))} broken ({seconds[name]:.1f} s)", flush=True)
     stages = np.logical_and.accumulate([clean_correct, *masks.values()])[1:]
     cumulative_masks = dict(zip(masks, stages))
     cumulative = {name: float(np.mean(mask)) for name, mask in cumulative_masks.items()}
@@ -254,8 +254,7 @@ def _run_attack(model: Callable, attack: Attack, name: str, x: np.ndarray, y: np
     if len(indices) == 0:
         return np.zeros(0, bool), True
     run = _compile_attack(model, attack, x)
-    bar = keras.utils.Progbar(len(indices), unit_name="example",
-                                             stateful_metrics=["broken"]) if progress else None
+    bar = keras.utils.Progbar(len(indices), unit_name="example") if progress else None
     if progress:
         print(f"[autoattack] {name} on {len(indices)} examples", flush=True)
     parts, valid, done = [], True, 0
@@ -265,8 +264,7 @@ def _run_attack(model: Callable, attack: Attack, name: str, x: np.ndarray, y: np
         valid &= batch_valid
         done += len(index)
         if bar is not None:
-            bar.update(done, values=[("broken", float(np.sum(~np.concatenate(parts))))],
-                       finalize=done == len(indices))
+            bar.update(done, finalize=done == len(indices))
     return np.concatenate(parts), valid
 
 
