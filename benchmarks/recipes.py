@@ -173,9 +173,12 @@ def runs(results: Path) -> list[Variant]:
     return variants
 
 
-def plan(results: Path, seeds: list[int] | None = None) -> list[Job]:
-    """Seed-major over the run variants, in the protocol's order, the AWP rows last."""
-    jobs = variant_jobs(results, runs(results),
+def plan(results: Path, seeds: list[int] | None = None,
+         variants: list[str] | None = None) -> list[Job]:
+    """Seed-major over the run variants (or those named in ``variants``), in the
+    protocol's order, the AWP rows last."""
+    chosen = [v for v in runs(results) if variants is None or v.name in variants]
+    jobs = variant_jobs(results, chosen,
                         lambda variant: [s for s in variant.seeds
                                          if seeds is None or s in seeds])
     # The AWP rows last (stable sort: seed-major within each group).
@@ -343,6 +346,8 @@ def report(summary: dict) -> str:
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False)
+    parser.add_argument("--variants", nargs="+", default=None,
+                        help="only these run variants (default: every one)")
     add_run_options(parser, RESULTS)
     return parser.parse_args(argv)
 
@@ -352,7 +357,7 @@ def main(argv=None) -> int:
     results = args.results.resolve()
     status: dict = {}
     if args.dry_run:
-        for job in plan(results, args.seeds):
+        for job in plan(results, args.seeds, args.variants):
             print(f"{job.name:36s} {'done' if finished(job.run_dir) else 'to run'}")
         return 0
     if not args.report_only:
@@ -360,7 +365,7 @@ def main(argv=None) -> int:
         code = snapshot_code(results)
         # Twice: the AWP rows are planned once the sweep has chosen gamma.
         for _ in range(2):
-            status.update(execute(plan(results, args.seeds), args.jobs, code))
+            status.update(execute(plan(results, args.seeds, args.variants), args.jobs, code))
     summary = analyse(results)
     SUMMARY.write_text(json.dumps(summary, indent=2))
     update_section(RESULTS_MD, report(summary), heading=SECTION)
