@@ -230,3 +230,17 @@ def test_fab_runs_inside_evaluate_robustness(digits_200, undefended_digits_model
                                  batch_size=16, verbose=False)
     assert result.robust_accuracy < result.clean_accuracy
     assert not any("outside" in note for note in result.warnings), result.warnings
+
+
+def test_zero_gradients_leave_the_input_unchanged():
+    """A model whose input gradient is zero (rounded inputs): FAB cannot move, and
+    returns the clean input, without NaNs."""
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4, 4, 1)),
+                              keras.layers.Lambda(lambda t: tf.round(t * 4) / 4),
+                              keras.layers.Flatten(), keras.layers.Dense(10)])
+    x = np.random.default_rng(0).uniform(0, 1, (6, 4, 4, 1)).astype("float32")
+    y = np.argmax(model(x), axis=1)
+    for norm in ("linf", "l2"):
+        x_adv = FAB(0.3, steps=3, norm=norm, n_target_classes=2)(model, x, y).numpy()
+        np.testing.assert_array_equal(x_adv, x)
