@@ -135,7 +135,8 @@ def test_attack_strength_undefended_vs_adversarially_trained(digits):
     plain = tiny_cnn(0)
     plain.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     plain.fit(x_train, y_train, epochs=15, batch_size=64, verbose=0)
-    robust = AdvCalTrainer(tiny_cnn(0), PGD(0.2, 0.05, 5), labels="hard", seed=0)
+    robust = AdvCalTrainer(tiny_cnn(0), PGD(0.2, 0.05, 5), labels="hard", seed=0,
+                           objective="pgd_at")
     robust.compile(keras.optimizers.Adam(2e-3))
     robust.fit(x_train, y_train, epochs=15, batch_size=64, verbose=0)
 

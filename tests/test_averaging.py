@@ -31,7 +31,8 @@ class _Snapshots(keras.callbacks.Callback):
 
 def test_average_is_the_uniform_mean_of_the_epoch_end_weights():
     keras.utils.set_random_seed(0)
-    trainer = AdvCalTrainer(_net(), PGD(0.1, steps=1), labels="hard", average_weights=True)
+    trainer = AdvCalTrainer(_net(), PGD(0.1, steps=1), labels="hard", average_weights=True,
+                            objective="pgd_at")
     trainer.compile(optimizer=keras.optimizers.SGD(0.1))
     x, y = _data()
     snapshots = _Snapshots()
@@ -47,7 +48,7 @@ def test_average_is_the_uniform_mean_of_the_epoch_end_weights():
 
 def test_average_survives_save_and_load(tmp_path):
     trainer = AdvCalTrainer(_net(batchnorm=True), PGD(0.1, steps=1), labels="hard",
-                            average_weights=True)
+                            average_weights=True, objective="pgd_at")
     trainer.compile(optimizer="adam")
     x, y = _data()
     trainer.fit(x, y, epochs=2, batch_size=16, verbose=0, callbacks=[WeightAverage(x)])
@@ -60,7 +61,7 @@ def test_average_survives_save_and_load(tmp_path):
 
 def test_batchnorm_statistics_of_the_average_are_reestimated():
     trainer = AdvCalTrainer(_net(batchnorm=True), PGD(0.1, steps=1), labels="hard",
-                            average_weights=True)
+                            average_weights=True, objective="pgd_at")
     trainer.compile(optimizer="adam")
     x, y = _data()
     trainer.fit(x, y, epochs=2, batch_size=16, verbose=0, callbacks=[WeightAverage(x)])
@@ -76,7 +77,8 @@ def test_batchnorm_statistics_come_from_the_training_attack_against_the_average(
     statistics of the training attack's examples made against the average itself
     (in inference mode, with the statistics of a clean pass)."""
     attack = PGD(0.3, step_size=0.1, steps=3, random_start=False)
-    trainer = AdvCalTrainer(_net(batchnorm=True), attack, labels="hard", average_weights=True)
+    trainer = AdvCalTrainer(_net(batchnorm=True), attack, labels="hard", average_weights=True,
+                            objective="pgd_at")
     trainer.compile(optimizer="adam")
     x, y = _data()
     trainer.fit(x, y, epochs=2, batch_size=16, verbose=0,
@@ -102,7 +104,7 @@ def test_reestimation_with_an_attack_needs_labels():
 
 
 def test_errors_name_the_problem():
-    trainer = AdvCalTrainer(_net(), PGD(0.1, steps=1), labels="hard")
+    trainer = AdvCalTrainer(_net(), PGD(0.1, steps=1), labels="hard", objective="pgd_at")
     trainer.compile(optimizer="adam")
     x, y = _data(16)
     with pytest.raises(ValueError, match="average_weights=True"):

@@ -163,7 +163,8 @@ def test_gradient_free_kernel_is_not_moved():
 @pytest.mark.parametrize("make, error, message", [
     (lambda: AWP(gamma=-0.01), ValueError, "`gamma`"),
     (lambda: AWP(gamma=float("inf")), ValueError, "`gamma`"),
-    (lambda: AdvCalTrainer(tiny_cnn(0), PGD(0.1, steps=1), weight_perturbation="awp"),
+    (lambda: AdvCalTrainer(tiny_cnn(0), PGD(0.1, steps=1), weight_perturbation="awp",
+                           labels="calibrated", objective="pgd_at"),
      TypeError, "`weight_perturbation`"),
 ])
 def test_bad_arguments_are_named(make, error, message):

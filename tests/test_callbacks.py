@@ -11,7 +11,7 @@ from tests.conftest import digits_holdout, tiny_cnn
 def _fit(callbacks, epochs=2):
     (x, y), (x_val, y_val) = digits_holdout(200)
     trainer = AdvCalTrainer(tiny_cnn(), PGD(0.1, step_size=0.05, steps=2), labels="hard",
-                            seed=0)
+                            seed=0, objective="pgd_at")
     trainer.compile(optimizer=keras.optimizers.Adam(3e-3))
     history = trainer.fit(x[:256], y[:256], validation_data=(x_val, y_val), epochs=epochs,
                           batch_size=64, callbacks=callbacks, verbose=0)

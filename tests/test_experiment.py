@@ -12,7 +12,8 @@ from keras_advcal.experiment import RunConfig
 
 def tiny_config(tmp_path, name, **overrides):
     """A run of a few seconds: digits, small subsets, a narrow CNN, short attacks."""
-    values = dict(dataset="digits", subset=150, validation_size=120, test_size=60,
+    values = dict(dataset="digits", labels="calibrated", objective="pgd_at",
+                  subset=150, validation_size=120, test_size=60,
                   width=8, dense=32, epsilon=0.15, train_steps=2, train_step_size=0.1,
                   eval_steps=2, eval_step_size=0.1, eval_every=1, epochs=2,
                   batch_size=64, final_steps=2, verbose=0, out=str(tmp_path / name))

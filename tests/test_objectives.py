@@ -221,10 +221,12 @@ def test_train_step_computes_the_objective_with_the_teacher_on_its_input(digits,
 
 
 def test_trainer_default_objective_is_pgd_at():
-    trainer = AdvCalTrainer(tiny_cnn(0), PGD(0.1, steps=2))
+    trainer = AdvCalTrainer(tiny_cnn(0), PGD(0.1, steps=2),
+                            labels="calibrated", objective="pgd_at")
     assert trainer.objective == PGDAT() and trainer.weight_perturbation is None
     assert trainer.training_attack is trainer.attack
-    trades = AdvCalTrainer(tiny_cnn(0), PGD(0.1, steps=2), objective=TRADES(beta=3.0))
+    trades = AdvCalTrainer(tiny_cnn(0), PGD(0.1, steps=2), objective=TRADES(beta=3.0),
+                           labels="calibrated")
     assert trades.objective.beta == 3.0 and trades.training_attack.loss == "kl"
 
 
@@ -236,9 +238,11 @@ def test_trainer_default_objective_is_pgd_at():
     (lambda: objectives.get("madry"), ValueError, "`objective` must be one of"),
     (lambda: objectives.get("pgd_at", beta=2.0), ValueError, "`beta` applies to"),
     (lambda: objectives.get(TRADES(), beta=2.0), ValueError, "`beta`"),
-    (lambda: AdvCalTrainer(tiny_cnn(0), PGD(0.1, steps=1), objective="nope"), ValueError,
+    (lambda: AdvCalTrainer(tiny_cnn(0), PGD(0.1, steps=1), objective="nope",
+                           labels="calibrated"), ValueError,
      "`objective`"),
-    (lambda: AdvCalTrainer(tiny_cnn(0), APGD(0.1, steps=2), objective="trades"), TypeError,
+    (lambda: AdvCalTrainer(tiny_cnn(0), APGD(0.1, steps=2), objective="trades",
+                           labels="calibrated"), TypeError,
      "`attack`"),
     (lambda: AdvCalTrainer(tiny_cnn(0), PGD(0.1, steps=1), labels="hard", objective="adr"),
      ValueError, "needs labels='calibrated'"),

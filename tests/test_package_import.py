@@ -39,7 +39,7 @@ def saved_trainer(tmp_path_factory):
     y = data.target[:64].astype("int32")
     trainer = AdvCalTrainer(tiny_cnn(0), PGD(0.1, 0.05, 2),
                             objective=objectives.get("trades", beta=None),
-                            weight_perturbation=AWP(0.004), seed=1)
+                            weight_perturbation=AWP(0.004), seed=1, labels="calibrated")
     trainer.compile(keras.optimizers.Adam(1e-3))
     trainer.fit(x, y, epochs=1, batch_size=32, verbose=0)
     path = tmp_path_factory.mktemp("saved") / "trainer.keras"

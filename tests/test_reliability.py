@@ -80,7 +80,8 @@ def _bad_input_cases():
     def hidden_softmax(x, y):
         net = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(),
                                 keras.layers.Dense(10), HiddenSoftmax()])
-        trainer = AdvCalTrainer(net, PGD(0.1, 0.05, 2))  # structurally invisible
+        trainer = AdvCalTrainer(net, PGD(0.1, 0.05, 2),
+                                labels="calibrated", objective="pgd_at")  # structurally invisible
         trainer.compile("adam")
         _fit(trainer, x, y)
 
@@ -110,10 +111,12 @@ def _bad_input_cases():
          InputError, ["`x`", "3 channels", "expects 1", "NHWC"]),
         ("images_without_labels", lambda x, y: _fit(_trainer(), x), InputError,
          ["`x`", "without labels", "pass y="]),
-        ("softmax_model", lambda x, y: AdvCalTrainer(_net("softmax"), PGD(0.1)), InputError,
+        ("softmax_model", lambda x, y: AdvCalTrainer(_net("softmax"), PGD(0.1),
+                                                     labels="calibrated", objective="pgd_at"), InputError,
          ["`model`", "softmax", "Dense(10) instead of", "from_logits=False"]),
         ("softmax_fixed_teacher",
-         lambda x, y: AdvCalTrainer(_net(), PGD(0.1), teacher=_net("softmax")), InputError,
+         lambda x, y: AdvCalTrainer(_net(), PGD(0.1), teacher=_net("softmax"),
+                                    labels="calibrated", objective="pgd_at"), InputError,
          ["`teacher`", "softmax", "from_logits=False"]),
         ("hidden_softmax_model", hidden_softmax, InputError,
          ["`model`", "outputs probabilities", "from_logits=False"]),
@@ -124,7 +127,8 @@ def _bad_input_cases():
         ("epsilon_beyond_bounds", lambda x, y: PGD(epsilon=8.0), ValueError,
          ["epsilon=8.0", "bounds", "8/255"]),
         ("l2_epsilon_beyond_box",
-         lambda x, y: _fit(AdvCalTrainer(_net(), PGD(9.0, norm="l2")), x, y), InputError,
+         lambda x, y: _fit(AdvCalTrainer(_net(), PGD(9.0, norm="l2"),
+                                         labels="calibrated", objective="pgd_at"), x, y), InputError,
          ["`attack`", "L2 epsilon=9", "diameter 8", "epsilon=0.5"]),
         ("negative_step_size", lambda x, y: PGD(0.1, step_size=-1.0), ValueError,
          ["step_size", "non-negative"]),
@@ -163,7 +167,8 @@ def _bad_input_cases():
          lambda x, y: _trainer().evaluate(x * 255, y, verbose=0), InputError,
          ["`x`", "divide by 255"]),
         ("compile_with_loss",
-         lambda x, y: AdvCalTrainer(_net(), PGD(0.1)).compile("adam", loss="mse"),
+         lambda x, y: AdvCalTrainer(_net(), PGD(0.1),
+                                    labels="calibrated", objective="pgd_at").compile("adam", loss="mse"),
          ValueError, ["without `loss`"]),
     ]
 
@@ -212,7 +217,7 @@ def test_probability_model_trains_with_from_logits_false(data):
     """The explicit alternative named in the softmax error works."""
     x, y = data["train"]
     trainer = AdvCalTrainer(_net("softmax"), PGD(0.1, 0.05, 2), labels="hard",
-                            from_logits=False)
+                            from_logits=False, objective="pgd_at")
     trainer.compile("adam")
     history = _fit(trainer, x[:128], y[:128], batch_size=64)
     assert np.isfinite(history.history["loss"][0])

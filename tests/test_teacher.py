@@ -31,7 +31,8 @@ def _calibration_data(digits):
 
 def _fit(digits, kind, epochs=4, batchnorm=False, **kwargs):
     x_train, y_train, x_test, y_test = digits
-    trainer = AdvCalTrainer(tiny_cnn(0, batchnorm=batchnorm), PGD(0.15, 0.05, 3), seed=0)
+    trainer = AdvCalTrainer(tiny_cnn(0, batchnorm=batchnorm), PGD(0.15, 0.05, 3), seed=0,
+                            labels="calibrated", objective="pgd_at")
     trainer.compile(keras.optimizers.Adam(2e-3))
     callback = CalibratedTeacher(*_calibration_data(digits), kind=kind, **kwargs)
     recorder = WeightRecorder()
@@ -124,7 +125,8 @@ def test_swa_reestimates_batchnorm_on_the_training_attack(digits):
 
 def test_ema_teacher_follows_the_formula(digits):
     x, y = digits[0][:64], digits[1][:64]
-    trainer = AdvCalTrainer(tiny_cnn(0, batchnorm=True), PGD(0.1, 0.05, 2), seed=0)
+    trainer = AdvCalTrainer(tiny_cnn(0, batchnorm=True), PGD(0.1, 0.05, 2), seed=0,
+                            labels="calibrated", objective="pgd_at")
     trainer.compile(keras.optimizers.SGD(0.1))
     trainer.train_on_batch(x, y)  # build the optimizer and move the student
     old_teacher = [w.copy() for w in trainer.teacher.get_weights()]
@@ -160,14 +162,14 @@ def test_teacher_state_survives_save_and_load(digits, tmp_path):
 def test_fixed_teacher_and_two_stage_recipe(digits):
     x_train, y_train, x_test, y_test = digits
     attack = PGD(0.15, 0.05, 3)
-    first = AdvCalTrainer(tiny_cnn(0), attack, labels="hard", seed=0)
+    first = AdvCalTrainer(tiny_cnn(0), attack, labels="hard", seed=0, objective="pgd_at")
     first.compile("adam")
     first.fit(x_train[:600], y_train[:600], epochs=2, verbose=0)
     result = calibrate_teacher(first.model, first.model, (x_test[:200], y_test[:200]),
                                (x_train[:200], y_train[:200]), attack)
     assert 0.2 <= result.temperature <= 16.0 and 0.0 <= result.rho <= 1.0
     second = AdvCalTrainer(tiny_cnn(1), attack, teacher=first.model,
-                           temperature=result.temperature, rho=max(result.rho, 0.5))
+                           temperature=result.temperature, rho=max(result.rho, 0.5), labels="calibrated", objective="pgd_at")
     second.compile("adam")
     callback = CalibratedTeacher((x_test[:200], y_test[:200]), (x_train[:200], y_train[:200]),
                                  kind="fixed")
@@ -186,7 +188,8 @@ def test_calibrate_teacher_attacks_the_model_it_is_told(digits, examples):
     attack = PGD(0.15, 0.05, 3)
     models = []
     for seed in (0, 1):
-        trainer = AdvCalTrainer(tiny_cnn(seed), attack, labels="hard", seed=seed)
+        trainer = AdvCalTrainer(tiny_cnn(seed), attack, labels="hard", seed=seed,
+                                objective="pgd_at")
         trainer.compile("adam")
         trainer.fit(x_train[:300], y_train[:300], epochs=1 + seed, verbose=0)
         models.append(trainer.model)
@@ -241,11 +244,11 @@ def test_callback_errors(digits):
         CalibratedTeacher((x, y), (x, y), kind="median")
     with pytest.raises(ValueError, match="at least 100"):
         CalibratedTeacher((x[:20], y[:20]), (x, y))
-    hard = AdvCalTrainer(tiny_cnn(0), PGD(0.1, steps=1), labels="hard")
+    hard = AdvCalTrainer(tiny_cnn(0), PGD(0.1, steps=1), labels="hard", objective="pgd_at")
     hard.compile("adam")
     with pytest.raises(ValueError, match="labels='calibrated'"):
         hard.fit(x, y, epochs=1, verbose=0, callbacks=[CalibratedTeacher((x, y), (x, y))])
-    own = AdvCalTrainer(tiny_cnn(0), PGD(0.1, steps=1))
+    own = AdvCalTrainer(tiny_cnn(0), PGD(0.1, steps=1), labels="calibrated", objective="pgd_at")
     own.compile("adam")
     with pytest.raises(ValueError, match="needs a trained teacher"):
         own.fit(x, y, epochs=1, verbose=0,
@@ -404,7 +407,8 @@ def test_calibration_uses_the_validation_pass_without_an_attack(digits):
     averaged once per epoch (before the pass), the student's recorded logits giving
     the logged val_adv_accuracy."""
     x_train, y_train, x_test, y_test = digits
-    trainer = AdvCalTrainer(tiny_cnn(0), PGD(0.15, 0.05, 3), seed=0)
+    trainer = AdvCalTrainer(tiny_cnn(0), PGD(0.15, 0.05, 3), seed=0,
+                            labels="calibrated", objective="pgd_at")
     trainer.compile(keras.optimizers.Adam(2e-3))
     callback = CalibratedTeacher(*_calibration_data(digits), kind="swa")
     attacks = CountingCalls(None)
@@ -434,7 +438,8 @@ def test_calibration_uses_the_validation_pass_without_an_attack(digits):
 
 def test_calibration_falls_back_to_an_attack_without_a_validation_pass(digits):
     x_train, y_train, x_test, y_test = digits
-    trainer = AdvCalTrainer(tiny_cnn(0), PGD(0.15, 0.05, 3), seed=0)
+    trainer = AdvCalTrainer(tiny_cnn(0), PGD(0.15, 0.05, 3), seed=0,
+                            labels="calibrated", objective="pgd_at")
     trainer.compile(keras.optimizers.Adam(2e-3))
     callback = CalibratedTeacher(*_calibration_data(digits), kind="swa")
     trainer.fit(x_train[:600], y_train[:600], epochs=2, batch_size=64, verbose=0,
@@ -470,7 +475,8 @@ def test_trades_calibration_reads_clean_validation_logits(digits):
     from keras_advcal import TRADES
 
     x_train, y_train, x_test, y_test = digits
-    trainer = AdvCalTrainer(tiny_cnn(0), PGD(0.15, 0.05, 3), objective=TRADES(), seed=0)
+    trainer = AdvCalTrainer(tiny_cnn(0), PGD(0.15, 0.05, 3), objective=TRADES(), seed=0,
+                            labels="calibrated")
     trainer.compile(keras.optimizers.Adam(2e-3))
     callback = CalibratedTeacher(*_calibration_data(digits), kind="swa")
     history = trainer.fit(x_train[:600], y_train[:600], validation_data=(x_test[:200],
@@ -508,7 +514,8 @@ def test_a_known_temperature_is_recovered_on_clean_inputs():
     teacher = keras.Sequential([keras.Input((6,)), keras.layers.Dense(4, use_bias=False)])
     teacher.layers[0].set_weights([weights * 3.0 * true_temperature])
     student = keras.Sequential([keras.Input((6,)), keras.layers.Dense(4)])
-    trainer = AdvCalTrainer(student, PGD(0.05, 0.02, 2), objective=TRADES(), teacher=teacher)
+    trainer = AdvCalTrainer(student, PGD(0.05, 0.02, 2), objective=TRADES(), teacher=teacher,
+                            labels="calibrated")
     trainer.compile(keras.optimizers.Adam(0.0))  # the student does not move
     callback = CalibratedTeacher((x[:3000], y[:3000]), (x[3000:], y[3000:]), kind="fixed",
                                  acc_floor=0.0)

@@ -28,7 +28,7 @@ def test_hard_labels_equal_hand_written_pgd_at_step(digits):
     attack = PGD(0.1, 0.03, 5, random_start=False)
     student = tiny_cnn(0)
     reference = clone_architecture(student)
-    trainer = AdvCalTrainer(student, attack, labels="hard")
+    trainer = AdvCalTrainer(student, attack, labels="hard", objective="pgd_at")
     trainer.compile(keras.optimizers.SGD(0.1))
     logs = trainer.train_on_batch(x, y, return_dict=True)
 
@@ -48,7 +48,8 @@ def test_rho_zero_calibrated_equals_hard(digits):
     x, y = _batch(digits, 128)
     results = []
     for labels in ("hard", "calibrated"):
-        trainer = AdvCalTrainer(tiny_cnn(3), PGD(0.1, 0.03, 3), labels=labels, seed=7)
+        trainer = AdvCalTrainer(tiny_cnn(3), PGD(0.1, 0.03, 3), labels=labels, seed=7,
+                                objective="pgd_at")
         trainer.compile(keras.optimizers.Adam(1e-3))
         history = trainer.fit(x, y, batch_size=32, epochs=2, shuffle=False, verbose=0)
         results.append((history.history["loss"], trainer.model.get_weights()))
@@ -58,7 +59,8 @@ def test_rho_zero_calibrated_equals_hard(digits):
 
 def test_calibrated_step_uses_teacher_when_rho_positive(digits):
     x, y = _batch(digits)
-    trainer = AdvCalTrainer(tiny_cnn(0), PGD(0.1, 0.03, 3, random_start=False))
+    trainer = AdvCalTrainer(tiny_cnn(0), PGD(0.1, 0.03, 3, random_start=False),
+                            labels="calibrated", objective="pgd_at")
     trainer.compile(keras.optimizers.SGD(0.0))  # no update: compare losses only
     hard = trainer.train_on_batch(x, y, return_dict=True)["loss"]
     trainer.rho.assign(1.0)
@@ -72,7 +74,8 @@ def test_calibrated_step_uses_teacher_when_rho_positive(digits):
 
 def test_fit_logs_metrics_and_validation_metrics(digits):
     x_train, y_train, x_test, y_test = digits
-    trainer = AdvCalTrainer(tiny_cnn(0), PGD(0.1, 0.05, 3), eval_attack=PGD(0.1, 0.025, 5))
+    trainer = AdvCalTrainer(tiny_cnn(0), PGD(0.1, 0.05, 3), eval_attack=PGD(0.1, 0.025, 5),
+                            labels="calibrated", objective="pgd_at")
     trainer.compile("adam")
     history = trainer.fit(x_train[:256], y_train[:256], validation_data=(x_test, y_test),
                           epochs=2, batch_size=64, verbose=0)
@@ -86,7 +89,8 @@ def test_fit_logs_metrics_and_validation_metrics(digits):
 
 def test_clean_accuracy_can_be_turned_off(digits):
     x, y = _batch(digits)
-    trainer = AdvCalTrainer(tiny_cnn(0), PGD(0.1, 0.05, 2), track_clean_accuracy=False)
+    trainer = AdvCalTrainer(tiny_cnn(0), PGD(0.1, 0.05, 2), track_clean_accuracy=False,
+                            labels="calibrated", objective="pgd_at")
     trainer.compile("adam")
     history = trainer.fit(x, y, epochs=1, verbose=0)
     assert "accuracy" not in history.history and "adv_accuracy" in history.history
@@ -96,12 +100,13 @@ def test_tf_data_sample_weight_and_steps_per_execution(digits):
     x, y = _batch(digits, 128)
     weights = np.where(y < 5, 1.0, 0.0).astype("float32")
     dataset = tf.data.Dataset.from_tensor_slices((x, y, weights)).batch(32)
-    trainer = AdvCalTrainer(tiny_cnn(0), PGD(0.1, 0.05, 2, random_start=False), labels="hard")
+    trainer = AdvCalTrainer(tiny_cnn(0), PGD(0.1, 0.05, 2, random_start=False), labels="hard",
+                            objective="pgd_at")
     trainer.compile(keras.optimizers.SGD(0.0), steps_per_execution=2)
     history = trainer.fit(dataset, epochs=1, verbose=0)
     # Half-zero weights shrink the reported loss (sum over batch size convention).
     unweighted = AdvCalTrainer(trainer.model, PGD(0.1, 0.05, 2, random_start=False),
-                               labels="hard")
+                               labels="hard", objective="pgd_at")
     unweighted.compile(keras.optimizers.SGD(0.0))
     full = unweighted.fit(x, y, batch_size=32, epochs=1, verbose=0, shuffle=False)
     assert history.history["loss"][0] < full.history["loss"][0]
@@ -109,7 +114,8 @@ def test_tf_data_sample_weight_and_steps_per_execution(digits):
 
 def test_jit_compile_trains(digits):
     x, y = _batch(digits, 128)
-    trainer = AdvCalTrainer(tiny_cnn(0), PGD(0.1, 0.05, 3), seed=0)
+    trainer = AdvCalTrainer(tiny_cnn(0), PGD(0.1, 0.05, 3), seed=0,
+                            labels="calibrated", objective="pgd_at")
     trainer.compile("adam", jit_compile=True)
     trainer.rho.assign(0.5)
     # (tests/test_xla.py compiles the test step too and compares with graph mode.)
@@ -123,7 +129,7 @@ def test_save_load_round_trip(digits, tmp_path):
     student = tiny_cnn(0, batchnorm=True)
     attack = PGD(0.1, 0.05, 3, loss="cw")
     trainer = AdvCalTrainer(student, attack, eval_attack=PGD(0.1, 0.02, 7), loss_form="soft",
-                            seed=5)
+                            seed=5, labels="calibrated", objective="pgd_at")
     trainer.compile(keras.optimizers.Adam(1e-3))
     trainer.fit(x, y, epochs=1, batch_size=32, verbose=0)
     trainer.copy_student_to_teacher()
@@ -156,7 +162,7 @@ def test_save_load_round_trip(digits, tmp_path):
 def test_save_load_with_fixed_teacher(digits, tmp_path):
     teacher = tiny_cnn(9)
     trainer = AdvCalTrainer(tiny_cnn(0), PGD(0.1, 0.05, 2), teacher=teacher, rho=0.4,
-                            temperature=3.0)
+                            temperature=3.0, labels="calibrated", objective="pgd_at")
     assert float(trainer.teacher_ready.numpy()) == 1.0
     path = tmp_path / "fixed.keras"
     trainer.save(path)
@@ -172,7 +178,7 @@ def test_save_load_round_trip_with_objective_and_awp(digits, tmp_path, objective
     x, y = _batch(digits, 64)
     trainer = AdvCalTrainer(tiny_cnn(0, batchnorm=True), PGD(0.1, 0.05, 2),
                             objective=objectives.get(objective, beta=None),
-                            weight_perturbation=AWP(0.004), seed=5)
+                            weight_perturbation=AWP(0.004), seed=5, labels="calibrated")
     trainer.compile(keras.optimizers.Adam(1e-3))
     trainer.fit(x, y, epochs=1, batch_size=32, verbose=0)
     path = tmp_path / f"{objective}.keras"
@@ -187,7 +193,7 @@ def test_save_load_round_trip_with_objective_and_awp(digits, tmp_path, objective
 
 def test_config_round_trip():
     trainer = AdvCalTrainer(tiny_cnn(0), PGD(0.1, 0.05, 2), eval_attack=PGD(0.1, 0.01, 20),
-                            labels="hard", label_smoothing=0.1, seed=3, name="at")
+                            labels="hard", label_smoothing=0.1, seed=3, name="at", objective="pgd_at")
     config = trainer.get_config()
     again = AdvCalTrainer.from_config(json.loads(json.dumps(config)))
     assert json.dumps(again.get_config(), sort_keys=True) == json.dumps(config, sort_keys=True)
@@ -199,7 +205,8 @@ def test_config_round_trip():
 
 
 def test_rectified_targets_keep_every_label_on_top():
-    trainer = AdvCalTrainer(tiny_cnn(0), PGD(0.1, 0.05, 2), rectified_targets=True)
+    trainer = AdvCalTrainer(tiny_cnn(0), PGD(0.1, 0.05, 2), rectified_targets=True,
+                            labels="calibrated", objective="pgd_at")
     trainer.rho.assign(1.0)
     trainer.temperature.assign(1.5)
     rng = np.random.default_rng(0)
@@ -210,7 +217,7 @@ def test_rectified_targets_keep_every_label_on_top():
     # With rho = 1 the plain target is the teacher's, whose argmax is mostly another
     # class; the rectified one keeps the label as its most likely class everywhere.
     assert np.all(probabilities.argmax(axis=1) == labels)
-    plain = AdvCalTrainer(tiny_cnn(0), PGD(0.1, 0.05, 2))
+    plain = AdvCalTrainer(tiny_cnn(0), PGD(0.1, 0.05, 2), labels="calibrated", objective="pgd_at")
     plain.rho.assign(1.0)
     plain.temperature.assign(1.5)
     assert np.mean(plain.make_target(labels, teacher_logits).probabilities(10).numpy()
@@ -220,19 +227,23 @@ def test_rectified_targets_keep_every_label_on_top():
 
 
 def test_rectified_targets_config_round_trip_and_errors():
-    trainer = AdvCalTrainer(tiny_cnn(0), PGD(0.1, 0.05, 2), rectified_targets=True)
+    trainer = AdvCalTrainer(tiny_cnn(0), PGD(0.1, 0.05, 2), rectified_targets=True,
+                            labels="calibrated", objective="pgd_at")
     again = AdvCalTrainer.from_config(json.loads(json.dumps(trainer.get_config())))
     assert again.rectified_targets
     with pytest.raises(ValueError, match="rectified_targets.*calibrated"):
-        AdvCalTrainer(tiny_cnn(0), PGD(0.1, 0.05, 2), labels="hard", rectified_targets=True)
+        AdvCalTrainer(tiny_cnn(0), PGD(0.1, 0.05, 2), labels="hard", rectified_targets=True,
+                      objective="pgd_at")
     with pytest.raises(ValueError, match="rectifies its targets already"):
-        AdvCalTrainer(tiny_cnn(0), PGD(0.1, 0.05, 2), objective="adr", rectified_targets=True)
+        AdvCalTrainer(tiny_cnn(0), PGD(0.1, 0.05, 2), objective="adr", rectified_targets=True,
+                      labels="calibrated")
 
 
 # --------------------------------------------------------------------- bad input
 def test_labels_out_of_range(digits):
     x, y = _batch(digits)
-    trainer = AdvCalTrainer(tiny_cnn(0), PGD(0.1, steps=1))
+    trainer = AdvCalTrainer(tiny_cnn(0), PGD(0.1, steps=1),
+                            labels="calibrated", objective="pgd_at")
     trainer.compile("adam")
     with pytest.raises(InputError, match=r"labels must be in \[0, 9\]"):
         trainer.fit(x, y + 5, epochs=1, verbose=0)
@@ -240,7 +251,8 @@ def test_labels_out_of_range(digits):
 
 def test_labels_of_wrong_shape(digits):
     x, y = _batch(digits)
-    trainer = AdvCalTrainer(tiny_cnn(0), PGD(0.1, steps=1))
+    trainer = AdvCalTrainer(tiny_cnn(0), PGD(0.1, steps=1),
+                            labels="calibrated", objective="pgd_at")
     trainer.compile("adam")
     with pytest.raises(InputError, match="expected integer labels"):
         trainer.fit(x, np.zeros((len(y), 3)), epochs=1, verbose=0)
@@ -250,29 +262,33 @@ def test_labels_of_wrong_shape(digits):
 
 def test_model_output_does_not_match_classes():
     with pytest.raises(InputError, match="outputs 10 logits but num_classes=7"):
-        AdvCalTrainer(tiny_cnn(0), PGD(0.1, steps=1), num_classes=7)
+        AdvCalTrainer(tiny_cnn(0), PGD(0.1, steps=1), num_classes=7,
+                      labels="calibrated", objective="pgd_at")
 
 
 def test_softmax_model_is_refused():
     model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(),
                               keras.layers.Dense(10, activation="softmax")])
     with pytest.raises(InputError, match="remove the final softmax"):
-        AdvCalTrainer(model, PGD(0.1, steps=1))
+        AdvCalTrainer(model, PGD(0.1, steps=1), labels="calibrated", objective="pgd_at")
     # ... unless the user says the model outputs probabilities.
-    trainer = AdvCalTrainer(model, PGD(0.1, steps=1), from_logits=False)
+    trainer = AdvCalTrainer(model, PGD(0.1, steps=1), from_logits=False,
+                            labels="calibrated", objective="pgd_at")
     assert trainer.from_logits is False
 
 
 def test_pixels_outside_bounds(digits):
     x, y = _batch(digits)
-    trainer = AdvCalTrainer(tiny_cnn(0), PGD(0.1, steps=1))
+    trainer = AdvCalTrainer(tiny_cnn(0), PGD(0.1, steps=1),
+                            labels="calibrated", objective="pgd_at")
     trainer.compile("adam")
     with pytest.raises(InputError, match="divide by 255"):
         trainer.fit(x * 255.0, y, epochs=1, verbose=0)
 
 
 def test_compile_refuses_loss():
-    trainer = AdvCalTrainer(tiny_cnn(0), PGD(0.1, steps=1))
+    trainer = AdvCalTrainer(tiny_cnn(0), PGD(0.1, steps=1),
+                            labels="calibrated", objective="pgd_at")
     with pytest.raises(ValueError, match="computes its own loss"):
         trainer.compile("adam", loss="mse")
 
@@ -291,7 +307,7 @@ def test_bad_trainer_arguments(kwargs, message):
 
 def test_inputs_are_checked_once_per_fit_not_every_epoch(digits, monkeypatch):
     x_train, y_train, x_test, y_test = digits
-    trainer = AdvCalTrainer(tiny_cnn(0), PGD(0.1, 0.05, 1), labels="hard")
+    trainer = AdvCalTrainer(tiny_cnn(0), PGD(0.1, 0.05, 1), labels="hard", objective="pgd_at")
     trainer.compile("adam")
     calls = []
     original = trainer.check_data
