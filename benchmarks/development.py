@@ -157,7 +157,8 @@ BASE = dict(dataset="fashion_mnist", data_seed=0, subset=500, validation_size=10
             epsilon=0.1, width=32, dense=256, batchnorm=False, train_steps=5,
             train_step_size=0.05, eval_steps=10, eval_step_size=0.025, eval_every=3,
             batch_size=64, learning_rate=1e-3, epochs=120)
-DEFAULT = dict(labels="calibrated", teacher="swa", loss_form="kd", rule="published",
+DEFAULT = dict(labels="calibrated", objective="pgd_at", teacher="swa", loss_form="kd",
+               rule="published",
                acc_floor=0.9, selection="one_standard_error", swa_start_epoch=0,
                calibration_size=500, surrogate_examples="teacher",
                separate_surrogate_temperature=False, average_fits=False,
@@ -177,8 +178,8 @@ class Variant:
 
 
 VARIANTS = [
-    Variant("pgd_at", dict(labels="hard", checkpoint_best=True, weight_average=True),
-            (0, 1, 2), "PGD-AT"),
+    Variant("pgd_at", dict(labels="hard", objective="pgd_at", checkpoint_best=True,
+                           weight_average=True), (0, 1, 2), "PGD-AT"),
     Variant("default", DEFAULT, (0, 1, 2), "default (swa, floor 0.9, 1-SE, start 0, 500)"),
     Variant("floor_0.8", dict(DEFAULT, acc_floor=0.8), title="accuracy floor 0.8"),
     Variant("floor_0.95", dict(DEFAULT, acc_floor=0.95), title="accuracy floor 0.95"),
@@ -210,7 +211,8 @@ VARIANTS = [
     Variant("trades_calibrated", dict(FROZEN, objective="trades", beta=6.0), (0, 1, 2),
             "TRADES (beta 6), calibrated targets"),
     Variant("mart", dict(labels="hard", objective="mart", beta=5.0), title="MART (beta 5)"),
-    Variant("pgd_at_awp", dict(labels="hard", awp_gamma=0.005), title="PGD-AT + AWP 0.005"),
+    Variant("pgd_at_awp", dict(labels="hard", objective="pgd_at", awp_gamma=0.005),
+            title="PGD-AT + AWP 0.005"),
     Variant("calibrated_awp", dict(FROZEN, awp_gamma=0.005),
             title="default + AWP 0.005"),
 ]

@@ -373,8 +373,8 @@ class Method:
 
 
 METHODS = [
-    Method("pgd_at", dict(labels="hard", checkpoint_best=True, weight_average=True),
-           (0, 1, 2), round2_seeds=(0, 1, 2)),
+    Method("pgd_at", dict(labels="hard", objective="pgd_at", checkpoint_best=True,
+                          weight_average=True), (0, 1, 2), round2_seeds=(0, 1, 2)),
     Method("pgd_at_es", {}, (0, 1, 2), source="pgd_at", model="best",
            round2_seeds=(0, 1, 2)),
     Method("pgd_at_swa", {}, (0, 1, 2), source="pgd_at", model="average",
@@ -388,7 +388,7 @@ METHODS = [
     Method("two_stage_v1", dict(labels="calibrated", teacher="fixed", rule="published",
                                 two_stage_examples="teacher"), (0, 1), needs_pgd_at=True,
            retired=True),
-    Method("adr", dict(labels="adr", ema_decay=0.995), (0, 1)),
+    Method("adr", dict(labels="adr", objective="pgd_at", ema_decay=0.995), (0, 1)),
     Method("trades", dict(labels="hard", objective="trades", beta=6.0, checkpoint_best=True,
                           weight_average=True), (0, 1),
            needs_trades=True, round2_seeds=(0, 1, 2)),

@@ -148,8 +148,11 @@ def plan(methods: list[str], seeds: list[int] | None, epochs: int, results: Path
             continue
         for seed in (seeds if seeds is not None else method.seeds):
             run_dir = results / run_name(name, seed)
-            config = dict(method.overrides, epochs=epochs, seed=seed, out=str(run_dir),
-                          verbose=2, threads=1, final_attacks=FINAL_ATTACKS)
+            # The objective is named: the library's default recipe may change, this
+            # benchmark's rows do not.
+            config = dict(dict(objective="pgd_at"), **method.overrides, epochs=epochs,
+                          seed=seed, out=str(run_dir), verbose=2, threads=1,
+                          final_attacks=FINAL_ATTACKS)
             if quick:
                 config.update(QUICK)
             after = None

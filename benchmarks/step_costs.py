@@ -83,7 +83,7 @@ def measure(batch_size: int, width: int, calls: int, rounds: int, seed: int) -> 
         # As in the throughput benchmark: no clean-accuracy metric (its extra forward
         # pass would dilute the ratio).
         model = AdvCalTrainer(net, attack, labels="hard", track_clean_accuracy=False,
-                              weight_perturbation=AWP(5e-3) if awp else None)
+                              weight_perturbation=AWP(5e-3) if awp else None, objective="pgd_at")
         model.compile(optimizer=keras.optimizers.Adam(1e-3))
         model.build((None, 28, 28, 1))
         model.optimizer.build(model.trainable_variables)
