@@ -24,7 +24,7 @@ Example:
     >>> net = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(),
     ...                         keras.layers.Dense(10)])
     >>> x = np.random.rand(300, 8, 8, 1).astype("float32"); y = np.arange(300) % 10
-    >>> trainer = AdvCalTrainer(net, PGD(0.1, 0.05, 3))
+    >>> trainer = AdvCalTrainer(net, PGD(0.1, 0.05, 3), labels="calibrated")
     >>> trainer.compile("adam")
     >>> callback = CalibratedTeacher((x[:150], y[:150]), (x[150:], y[150:]))
     >>> h = trainer.fit(x[150:], y[150:], validation_data=(x[:150], y[:150]),
@@ -199,7 +199,7 @@ def average_into_teacher(trainer: AdvCalTrainer) -> int:
     Example:
 
         >>> net = keras.Sequential([keras.Input((2,)), keras.layers.Dense(2)])
-        >>> t = AdvCalTrainer(net, attacks_lib.PGD(0.1, steps=1))
+        >>> t = AdvCalTrainer(net, attacks_lib.PGD(0.1, steps=1), labels="calibrated")
         >>> average_into_teacher(t)
         1
     """
@@ -243,8 +243,9 @@ class CalibratedTeacher(keras.callbacks.Callback):
     Adds to the epoch logs (History, CSVLogger and TensorBoard record them):
     ``temperature``, ``rho``, ``calibration_nll``, ``train_agreement``,
     ``teacher_adv_accuracy`` (the teacher's accuracy on the calibration's validation
-    inputs: robust accuracy, or clean accuracy where the fit reads clean inputs), ``calibration_status`` (0 fitted, 1 no teacher yet, 2
-    teacher equals student, 3 ``T`` on the grid's edge, 4 no point meets the floor; see
+    inputs: robust accuracy, or clean accuracy where the fit reads clean inputs),
+    ``calibration_status`` (0 fitted, 1 no teacher yet, 2 teacher equals student, 3
+    ``T`` on the grid's edge, 4 no point meets the floor; see
     :data:`STATUS_TEXT`) and ``calibration_seconds`` (the time this callback took at
     the epoch's end, which Keras' progress bar folds into the epoch's step time).
 
@@ -630,7 +631,8 @@ class CalibratedTeacher(keras.callbacks.Callback):
             >>> net = keras.Sequential([keras.Input((2,)), keras.layers.Dense(3)])
             >>> callback = CalibratedTeacher((np.zeros((200, 2)), np.zeros(200)),
             ...                              (np.zeros((200, 2)), np.zeros(200)))
-            >>> callback.set_model(AdvCalTrainer(net, PGD(0.1, steps=1), objective=TRADES()))
+            >>> callback.set_model(AdvCalTrainer(net, PGD(0.1, steps=1), labels="calibrated",
+            ...                                  objective=TRADES()))
             >>> callback.calibration_input
             'clean'
         """
@@ -757,7 +759,7 @@ def teacher_equals_student(trainer: AdvCalTrainer) -> bool:
     Example:
 
         >>> net = keras.Sequential([keras.Input((2,)), keras.layers.Dense(2)])
-        >>> t = AdvCalTrainer(net, attacks_lib.PGD(0.1, steps=1))
+        >>> t = AdvCalTrainer(net, attacks_lib.PGD(0.1, steps=1), labels="calibrated")
         >>> t.copy_student_to_teacher(); teacher_equals_student(t)
         True
     """

@@ -404,7 +404,8 @@ class AdvCalTrainer(keras.Model):
 
             >>> from keras_advcal import PGD
             >>> net = keras.Sequential([keras.Input((2,)), keras.layers.Dense(2)])
-            >>> AdvCalTrainer(net, PGD(0.1, steps=1)).make_target([1]).is_calibrated
+            >>> trainer = AdvCalTrainer(net, PGD(0.1, steps=1), labels="calibrated")
+            >>> trainer.make_target([1]).is_calibrated
             False
         """
         if self.labels == "hard" or teacher_logits is None:
@@ -494,7 +495,8 @@ class AdvCalTrainer(keras.Model):
 
             >>> from keras_advcal import PGD
             >>> net = keras.Sequential([keras.Input((2,)), keras.layers.Dense(3)])
-            >>> [a.shape for a in AdvCalTrainer(net, PGD(0.1, steps=1)).validation_sample()]
+            >>> trainer = AdvCalTrainer(net, PGD(0.1, steps=1), labels="calibrated")
+            >>> [a.shape for a in trainer.validation_sample()]
             [(0, 3), (0, 3), (0,)]
         """
         count = min(int(self.validation_record_count.numpy()), VALIDATION_SAMPLE_SIZE)
@@ -510,7 +512,8 @@ class AdvCalTrainer(keras.Model):
 
             >>> from keras_advcal import PGD
             >>> net = keras.Sequential([keras.Input((2,)), keras.layers.Dense(3)])
-            >>> [a.shape for a in AdvCalTrainer(net, PGD(0.1, steps=1)).floor_sample()]
+            >>> trainer = AdvCalTrainer(net, PGD(0.1, steps=1), labels="calibrated")
+            >>> [a.shape for a in trainer.floor_sample()]
             [(0, 3), (0,)]
         """
         count = min(int(self.floor_count.numpy()), FLOOR_SAMPLE_SIZE)
