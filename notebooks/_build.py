@@ -141,7 +141,7 @@ examples; `trainer.model` is your classifier, untouched."""),
     ("code", '''model = models.small_cnn(splits.input_shape, splits.num_classes,
                          width=16 if SMALL else 32, dense=64 if SMALL else 256)
 attack = PGD(epsilon=EPSILON, step_size=2.5 * EPSILON / PGD_STEPS, steps=PGD_STEPS)
-trainer = AdvCalTrainer(model, attack)            # labels="calibrated" by default
+trainer = AdvCalTrainer(model, attack, labels="calibrated")   # calibrated targets
 trainer.compile(optimizer=keras.optimizers.Adam(1e-3))'''),
     ("md", """## Fit with calibration
 
@@ -244,7 +244,7 @@ every epoch (it writes `test_adv_accuracy` into the logs)."""),
     model = models.small_cnn(splits.input_shape, splits.num_classes,
                              width=8 if SMALL else 32, dense=32 if SMALL else 256)
     attack = PGD(epsilon=EPSILON, step_size=2.5 * EPSILON / PGD_STEPS, steps=PGD_STEPS)
-    trainer = AdvCalTrainer(model, attack, labels=labels, seed=SEED)
+    trainer = AdvCalTrainer(model, attack, labels=labels, objective="pgd_at", seed=SEED)
     trainer.compile(optimizer=keras.optimizers.Adam(1e-3))
     test_attack = PGD(epsilon=EPSILON, step_size=2.5 * EPSILON / TEST_PGD_STEPS,
                       steps=TEST_PGD_STEPS)
