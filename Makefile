@@ -1,5 +1,5 @@
 # keras-advcal: the two README commands and a few more.
-#   make demo   installs the package alone, trains PGD-AT and the calibrated trainer on
+#   make demo   installs the package alone, trains PGD-AT, the default (TRADES) and calibrated PGD-AT on
 #               digits, prints a table
 #   make test   installs the package with its dev tools and runs the test suite
 #   make bench  runs the robust-overfitting benchmark (hours on 2 CPU cores)

@@ -1216,7 +1216,7 @@ def _analyze(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
 
 def demo_config(name: str, labels: str, epochs: int, epsilon: float, seed: int, out: str,
-                verbose: int):
+                verbose: int, objective: str = "pgd_at"):
     """The RunConfig of one demo run on digits.
 
     Example:
@@ -1228,19 +1228,23 @@ def demo_config(name: str, labels: str, epochs: int, epsilon: float, seed: int, 
                      width=32, dense=128, epsilon=epsilon, train_steps=5,
                      train_step_size=2.5 * epsilon / 5, eval_steps=10,
                      eval_step_size=2.5 * epsilon / 10, eval_every=max(1, epochs // 10),
-                     labels=labels, epochs=epochs, batch_size=64, seed=seed,
+                     labels=labels, objective=objective, epochs=epochs,
+                     batch_size=64, seed=seed,
                      final_steps=20, out=str(Path(out) / name), verbose=verbose)
 
 
 def _demo(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     experiment = _library("experiment")
-    print(f"advcal demo: PGD-AT vs calibrated labels on scikit-learn digits (8x8), "
+    print(f"advcal demo: PGD-AT, the default recipe (TRADES) and calibrated PGD-AT on "
+          f"scikit-learn digits (8x8), "
           f"epsilon={args.epsilon:g}, {args.epochs} epochs each, seed {args.seed}", flush=True)
     rows = []
-    for name, labels, title in (("pgd_at", "hard", "PGD-AT (hard labels)"),
-                                ("calibrated", "calibrated", "calibrated (swa teacher)")):
+    for name, labels, objective, title in (
+            ("pgd_at", "hard", "pgd_at", "PGD-AT (hard labels)"),
+            ("default", "hard", "trades", "the default: TRADES (hard labels)"),
+            ("calibrated", "calibrated", "pgd_at", "calibrated PGD-AT (swa teacher)")):
         config = demo_config(name, labels, args.epochs, args.epsilon, args.seed, args.out,
-                             args.verbose)
+                             args.verbose, objective)
         print(f"training {title} ...", flush=True)
         summary = experiment.run(config)
         rows.append([title, _pct(summary.get("final_test_clean_accuracy")),

@@ -9,10 +9,13 @@ One training step::
                  -> (weight perturbation: ascent on the weights, descent gradient, restore)
                  -> update
 
-The objective (:mod:`keras_advcal.objectives`: ``"pgd_at"``, the default,
-``"trades"``, ``"mart"``) says what the attack maximises and what the student
-minimises. With ``labels="hard"`` the target is the one-hot label (``"pgd_at"``:
-Madry et al. PGD adversarial training). With ``labels="calibrated"`` it is
+The objective (:mod:`keras_advcal.objectives`: ``"trades"``, the default,
+``"pgd_at"``, ``"mart"``) says what the attack maximises and what the student
+minimises. With ``labels="hard"`` (the default) the target is the one-hot label
+(``"pgd_at"``: Madry et al. PGD adversarial training). The default,
+``AdvCalTrainer(model, attack)``, is TRADES (beta 6) with one-hot labels: the recipe
+the library's development study of recipes chose (``benchmarks/recipes.py``), where
+calibrated targets did not add to it. With ``labels="calibrated"`` it is
 ``rho * softmax(teacher / T) + (1 - rho) * onehot(y)`` and replaces the label in the
 objective's supervised term, where the teacher's weights, ``T`` and ``rho`` are
 Keras variables of the trainer (saved with it, restored by ``BackupAndRestore``).
@@ -116,8 +119,9 @@ class AdvCalTrainer(keras.Model):
             step_size=2/255, steps=10)``.
         eval_attack: the attack used by ``evaluate`` and for ``val_adv_accuracy``
             (default: the training attack).
-        labels: ``"calibrated"`` (soft targets from the teacher, the default) or
-            ``"hard"`` (one-hot labels: Madry et al. PGD adversarial training).
+        labels: ``"hard"`` (one-hot labels, the default) or ``"calibrated"`` (soft
+            targets from a teacher, with ``T`` and ``rho`` fitted by the
+            :class:`~keras_advcal.CalibratedTeacher` callback).
         loss_form: ``"kd"`` (distillation form, default) or ``"soft"`` (cross-entropy
             with the soft target). See :mod:`keras_advcal.targets`.
         teacher: a fixed, trained teacher model (the paper's two-stage recipe). By
@@ -136,8 +140,9 @@ class AdvCalTrainer(keras.Model):
             (``average_model``), maintained by the
             :class:`keras_advcal.averaging.WeightAverage` callback: SWA, the free
             baseline against robust overfitting. Saved with the trainer.
-        objective: the training objective: ``"pgd_at"`` (default), ``"trades"``,
-            ``"mart"`` or an instance such as ``keras_advcal.TRADES(beta=6.0)``
+        objective: the training objective: ``"trades"`` (default, beta 6),
+            ``"pgd_at"``, ``"mart"`` or an instance such as
+            ``keras_advcal.TRADES(beta=6.0)``
             (see :mod:`keras_advcal.objectives`, which also says where the
             calibrated target enters each one).
         weight_perturbation: ``keras_advcal.AWP(gamma=5e-3)`` for adversarial weight
@@ -162,12 +167,12 @@ class AdvCalTrainer(keras.Model):
     """
 
     def __init__(self, model: keras.Model, attack: Any, eval_attack: Any = None,
-                 labels: str = "calibrated", loss_form: str = "kd",
+                 labels: str = "hard", loss_form: str = "kd",
                  teacher: keras.Model | None = None, temperature: float = 1.0,
                  rho: float = 0.0, label_smoothing: float = 0.0,
                  track_clean_accuracy: bool = True, from_logits: bool = True,
                  num_classes: int | None = None, seed: int | None = None,
-                 average_weights: bool = False, objective: Any = "pgd_at",
+                 average_weights: bool = False, objective: Any = "trades",
                  weight_perturbation: Any = None, rectified_targets: bool = False,
                  **kwargs):
         super().__init__(**kwargs)

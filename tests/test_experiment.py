@@ -36,9 +36,11 @@ def test_defaults_are_the_benchmark_protocol():
     assert (config.train_steps, config.train_step_size) == (5, 0.05)
     assert (config.eval_steps, config.eval_step_size, config.eval_every) == (10, 0.025, 3)
     assert (config.learning_rate, config.batch_size, config.epochs) == (1e-3, 64, 120)
-    assert (config.labels, config.teacher, config.loss_form, config.rule) == (
-        "calibrated", "swa", "kd", "published")
-    assert (config.objective, config.beta, config.awp_gamma) == ("pgd_at", None, 0.0)
+    # The default recipe, frozen by the development study of recipes: TRADES, beta 6
+    # (the objective's default), one-hot labels; the calibrated options keep theirs.
+    assert (config.labels, config.objective, config.beta, config.awp_gamma) == (
+        "hard", "trades", None, 0.0)
+    assert (config.teacher, config.loss_form, config.rule) == ("swa", "kd", "published")
     assert config.final_steps == 20
 
 
@@ -184,15 +186,15 @@ def test_build_trainer_takes_objective_beta_and_awp(labels, objective, beta, awp
 
 @pytest.mark.parametrize("changes, message", [
     (dict(epsilon=-0.1), "epsilon"),
-    (dict(teacher="nope"), "teacher"),
+    (dict(labels="calibrated", teacher="nope"), "teacher"),
     (dict(labels="soft"), "labels"),
-    (dict(teacher="fixed"), "teacher_model"),
+    (dict(labels="calibrated", teacher="fixed"), "teacher_model"),
     (dict(epochs=0), "epochs"),
-    (dict(surrogate_model="x.keras"), "surrogate_model"),
+    (dict(labels="calibrated", surrogate_model="x.keras"), "surrogate_model"),
     (dict(objective="madry"), "objective must be one of"),
     (dict(objective="adr"), "objective must be one of"),
     (dict(labels="adr", objective="trades"), "labels='adr'"),
-    (dict(beta=6.0), "beta applies to objective trades or mart"),
+    (dict(objective="pgd_at", beta=6.0), "beta applies to objective trades or mart"),
     (dict(objective="trades", beta=-1.0), "beta must be >= 0"),
     (dict(awp_gamma=-0.01), "awp_gamma must be >= 0"),
     (dict(calibration_examples="pass"), "calibration_examples must be one of"),

@@ -220,11 +220,14 @@ def test_train_step_computes_the_objective_with_the_teacher_on_its_input(digits,
         assert abs(_expected_step_loss(trainer, x, y, state, other) - expected) > 1e-4
 
 
-def test_trainer_default_objective_is_pgd_at():
-    trainer = AdvCalTrainer(tiny_cnn(0), PGD(0.1, steps=2),
-                            labels="calibrated", objective="pgd_at")
-    assert trainer.objective == PGDAT() and trainer.weight_perturbation is None
-    assert trainer.training_attack is trainer.attack
+def test_trainer_default_recipe_is_trades_with_one_hot_labels():
+    """The frozen default recipe: AdvCalTrainer(net, attack) is TRADES (beta 6) with
+    one-hot labels, no weight perturbation; PGD-AT is one argument away."""
+    trainer = AdvCalTrainer(tiny_cnn(0), PGD(0.1, steps=2))
+    assert trainer.labels == "hard" and trainer.objective == TRADES(beta=6.0)
+    assert trainer.weight_perturbation is None and trainer.training_attack.loss == "kl"
+    pgd_at = AdvCalTrainer(tiny_cnn(0), PGD(0.1, steps=2), objective="pgd_at")
+    assert pgd_at.objective == PGDAT() and pgd_at.training_attack is pgd_at.attack
     trades = AdvCalTrainer(tiny_cnn(0), PGD(0.1, steps=2), objective=TRADES(beta=3.0),
                            labels="calibrated")
     assert trades.objective.beta == 3.0 and trades.training_attack.loss == "kl"

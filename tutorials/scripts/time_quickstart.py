@@ -76,14 +76,27 @@ def _replace_once(code: str, old: str, new: str) -> str:
 
 
 def timed(code: str) -> str:
-    """``code`` with the epoch timer ``_EPOCH_TIMER`` added to ``fit``'s callbacks.
+    """``code`` with the epoch timer ``_EPOCH_TIMER`` added to ``fit``'s callbacks (or
+    given as its only callback when the quick start passes none).
 
     Example:
 
         >>> timed("fit(callbacks=[teacher])")
         'fit(callbacks=[teacher, _EPOCH_TIMER])'
+        >>> timed("trainer.fit(x, f(y), epochs=5)")
+        'trainer.fit(x, f(y), epochs=5, callbacks=[_EPOCH_TIMER])'
     """
-    return _replace_once(code, CALLBACKS, "callbacks=[teacher, _EPOCH_TIMER]")
+    if CALLBACKS in code:
+        return _replace_once(code, CALLBACKS, "callbacks=[teacher, _EPOCH_TIMER]")
+    if code.count(".fit(") != 1:
+        raise ValueError("the quick start must call fit once: update this script with "
+                         "the README.")
+    start = code.index(".fit(") + len(".fit(")
+    depth, end = 1, start
+    while depth:
+        depth += {"(": 1, ")": -1}.get(code[end], 0)
+        end += 1
+    return code[:end - 1] + ", callbacks=[_EPOCH_TIMER]" + code[end - 1:]
 
 
 def full_size(code: str, epochs: int) -> str:
