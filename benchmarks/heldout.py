@@ -194,7 +194,9 @@ Rows of the second round: ``pgd_at`` (and ``pgd_at_es``, ``pgd_at_swa``) and
 average ``trades_swa``, BatchNorm re-estimated on adversarial examples) on seeds 0, 1,
 2; ``calibrated_default`` (the first round's calibrated default, pinned in
 ``CALIBRATED_DEFAULT_V1``) on seeds 0, 1; ``default_v2`` (the recipe frozen by the
-development study of recipes, ``DEFAULT_V2``) on seeds 0, 1, 2 once it is frozen. The
+development study of recipes, ``DEFAULT_V2``) on seeds 0, 1, 2 once it is frozen
+(frozen in commit f8c1cdd: plain TRADES, beta 6, one-hot labels, the ``trades`` row's
+own recipe, so ``default_v2`` reads the ``trades`` runs instead of repeating them). The
 other first-round rows do not run here. Analysis: the first round's, per setting, for
 ``default_v2`` (and ``calibrated_default``) against each row and against the best of
 PGD-AT and TRADES (final, early-stopped, averaged; whichever has the highest mean per
@@ -254,9 +256,12 @@ DEFAULT_FROZEN = True
 HAS_TRADES = True
 #: Set in the commit that freezes the recipe chosen by the development study of
 #: recipes (``benchmarks/development.py``): until then ``default_v2`` is not started.
-DEFAULT_V2_FROZEN = False
-#: The recipe frozen then (``RunConfig`` overrides; written in that commit).
-DEFAULT_V2: dict = {}
+DEFAULT_V2_FROZEN = True
+#: The recipe frozen then (``RunConfig`` overrides; written in that commit): plain
+#: TRADES (beta 6, one-hot labels), which is the ``trades`` row's recipe, so the
+#: ``default_v2`` rows are read from the ``trades`` runs (the same configuration) rather
+#: than trained twice.
+DEFAULT_V2: dict = dict(labels="hard", objective="trades", beta=6.0)
 #: The calibrated default that the first round measured, pinned so that its rows keep
 #: their recipe when the library's defaults change.
 CALIBRATED_DEFAULT_V1 = dict(labels="calibrated", objective="pgd_at", teacher="swa",
@@ -398,7 +403,7 @@ METHODS = [
     Method("trades_calibrated", dict(labels="calibrated", objective="trades", beta=6.0),
            (0, 1), needs_trades=True, needs_default=True),
 ]
-METHODS.append(Method("default_v2", DEFAULT_V2, (), needs_default_v2=True,
+METHODS.append(Method("default_v2", {}, (), source="trades", needs_default_v2=True,
                       round2_seeds=(0, 1, 2)))
 METHOD = {m.name: m for m in METHODS}
 BASELINES = ["pgd_at", "pgd_at_es", "pgd_at_swa", "pgd_at_es_or_swa", "frozen_t_rho",
