@@ -109,7 +109,7 @@ def test_analyze_writes_the_label_noise_report(two_runs, capsys, tmp_path):
     (["train", "--labels", "soft"], "--labels"),
     (["train", "--epochs", "0"], "--epochs"),
     (["train", "--dataset", "no_such_dataset_xyz", "--out", "unused"], "not available"),
-    (["train", "--teacher", "fixed"], "needs --teacher-model"),
+    (["train", "--labels", "calibrated", "--teacher", "fixed"], "needs --teacher-model"),
     (["compare", "/no/such/run/dir"], "not found"),
     (["evaluate", "/no/such/model.keras", "--dataset", "digits", "--epsilon", "0.1"],
      "not found"),
@@ -225,7 +225,8 @@ def test_objective_beta_and_awp_flags():
     (["train", "--objective", "madry"], "--objective"),
     (["train", "--beta", "-1"], "--beta"),
     (["train", "--awp", "-0.1"], "--awp"),
-    (["train", "--beta", "6"], "beta applies to objective trades or mart"),
+    (["train", "--objective", "pgd_at", "--beta", "6"],
+     "beta applies to objective trades or mart"),
 ])
 def test_bad_objective_options_exit_with_status_2(argv, message, capsys):
     assert cli.main(argv) == 2
@@ -242,8 +243,8 @@ def test_demo_config_is_a_digits_run():
 
 @pytest.mark.parametrize("argv, message", [
     (["--epsilon", "8"], "--epsilon 8: epsilon=8.0 is larger than the range of bounds"),
-    (["--validation-size", "20"], "--validation-size 20: calibrating T and rho needs at "
-                                  "least 100 validation images"),
+    (["--labels", "calibrated", "--validation-size", "20"],
+     "--validation-size 20: calibrating T and rho needs at least 100 validation images"),
     (["--epoch", "1"], "unrecognized arguments: --epoch 1 (did you mean: --epoch -> "
                        "--epochs?)"),
     (["--dataset", "fashion_mnsit"], "unknown dataset 'fashion_mnsit'; did you mean "
