@@ -92,6 +92,7 @@ def make_trainer(labels: str = "calibrated", arch: str = "dense", seed: int = 0,
     """A compiled trainer on a tiny model; same ``seed`` gives the same initial state."""
     model = make_model(arch, seed)
     attack = PGD(epsilon=0.1, step_size=0.04, steps=steps, random_start=random_start)
+    kwargs.setdefault("objective", "pgd_at")  # the calibrated PGD-AT trainer unless told
     trainer = AdvCalTrainer(model, attack, labels=labels, seed=seed + 1000, **kwargs)
     trainer.compile(optimizer=keras.optimizers.Adam(lr), jit_compile=jit_compile)
     return trainer
