@@ -68,7 +68,8 @@ class ADRTrainer(AdvCalTrainer):
 
         >>> from keras_advcal import PGD
         >>> net = keras.Sequential([keras.Input((2,)), keras.layers.Dense(2)])
-        >>> ADRTrainer(net, PGD(0.1, steps=1), loss_form="soft").objective.name
+        >>> ADRTrainer(net, PGD(0.1, steps=1), labels="calibrated",
+        ...            loss_form="soft").objective.name
         'adr'
     """
 

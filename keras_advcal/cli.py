@@ -762,7 +762,8 @@ def data_problem(config: Any, splits: Any) -> str | None:
 
         >>> from keras_advcal.experiment import RunConfig
         >>> splits = _library("data").load("digits", subset=150, validation_size=20)
-        >>> print(data_problem(RunConfig(dataset="digits", validation_size=20), splits))
+        >>> config = RunConfig(dataset="digits", validation_size=20, labels="calibrated")
+        >>> print(data_problem(config, splits))
         --validation-size 20: calibrating T and rho needs at least 100 validation images (--labels hard needs none).
     """
     if config.labels != "calibrated" or config.rule != "published":

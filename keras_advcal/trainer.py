@@ -802,6 +802,11 @@ class AdvCalTrainer(keras.Model):
                                                  custom_objects=custom_objects)
         if config.get("teacher") is not None:
             config["teacher"] = _DESERIALIZE(config["teacher"], custom_objects=custom_objects)
+        # Configs written before objectives existed, or before TRADES became the
+        # default, name no objective: they trained PGD-AT (and calibrated targets
+        # before one-hot labels became the default).
+        config.setdefault("objective", "pgd_at")
+        config.setdefault("labels", "calibrated")
         for key in ("objective", "weight_perturbation"):
             if isinstance(config.get(key), dict):
                 config[key] = _DESERIALIZE(config[key], custom_objects=custom_objects)

@@ -18,7 +18,10 @@ def _dry_run(target: str, tmp_path: Path, virtual_env: str | None) -> list[str]:
     """The commands ``make -n TARGET`` would run in a copy of the Makefile (no .venv)."""
     for name in ("Makefile", "pyproject.toml"):
         shutil.copy(ROOT / name, tmp_path / name)
-    env = {key: value for key, value in os.environ.items() if key != "VIRTUAL_ENV"}
+    # Not VIRTUAL_ENV, nor the variables of a make that runs these tests (make test:
+    # a nested make would print "Entering directory" lines).
+    env = {key: value for key, value in os.environ.items()
+           if key not in ("VIRTUAL_ENV", "MAKELEVEL", "MAKEFLAGS", "MFLAGS")}
     if virtual_env is not None:
         env["VIRTUAL_ENV"] = virtual_env
     result = subprocess.run(["make", "-n", target], cwd=tmp_path, env=env,

@@ -298,7 +298,7 @@ def test_compile_refuses_loss():
     (dict(loss_form="mse"), "loss_form"),
     (dict(rho=1.5), "rho"),
     (dict(temperature=0.0), "temperature"),
-    (dict(label_smoothing=0.1), "labels='hard' only"),
+    (dict(labels="calibrated", label_smoothing=0.1), "labels='hard' only"),
 ])
 def test_bad_trainer_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
