@@ -539,7 +539,7 @@ class AdvCalTrainer(keras.Model):
 
             >>> from keras_advcal import PGD
             >>> net = keras.Sequential([keras.Input((2,)), keras.layers.Dense(2)])
-            >>> t = AdvCalTrainer(net, PGD(0.1, steps=1), labels="hard")
+            >>> t = AdvCalTrainer(net, PGD(0.1, steps=1), labels="hard", objective="pgd_at")
             >>> [round(float(v), 4) for v in t.per_example_loss([0], [[0.0, 0.0]])]
             [0.6931]
         """
@@ -805,8 +805,9 @@ class AdvCalTrainer(keras.Model):
         # Configs written before objectives existed, or before TRADES became the
         # default, name no objective: they trained PGD-AT (and calibrated targets
         # before one-hot labels became the default).
-        config.setdefault("objective", "pgd_at")
-        config.setdefault("labels", "calibrated")
+        if cls is AdvCalTrainer:  # subclasses (ADRTrainer) have defaults of their own
+            config.setdefault("objective", "pgd_at")
+            config.setdefault("labels", "calibrated")
         for key in ("objective", "weight_perturbation"):
             if isinstance(config.get(key), dict):
                 config[key] = _DESERIALIZE(config[key], custom_objects=custom_objects)
