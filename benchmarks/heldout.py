@@ -231,7 +231,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from robust_overfitting import (Job, add_run_options, execute, finished,  # noqa: E402
-                                replace_marked, snapshot_code, update_section)
+                                model_part, replace_marked, snapshot_code,
+                                update_section)
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "heldout"
@@ -535,12 +536,6 @@ def _load_run(directory: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def _model_part(summary: dict, model: str) -> dict:
-    if model == "final":
-        return summary
-    return summary.get({"best": "best_checkpoint", "average": "weight_average"}[model]) or {}
-
-
 def _correctness(directory: Path, model: str, key: str = "test_strong_robust"
                  ) -> np.ndarray | None:
     path = directory / f"correctness_{model}.npz"
@@ -594,7 +589,7 @@ def collect(results: Path) -> dict:
                 summary = _load_run(directory)
                 if summary is None:
                     continue
-                part = _model_part(summary, method.model)
+                part = model_part(summary, method.model)
                 worst = part.get("final_strong_test_adv_accuracy")
                 correct = _correctness(directory, method.model)
                 if worst is None or correct is None:

@@ -92,11 +92,14 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from development import (FROZEN, RESULTS, RESULTS_MD, Variant, _mean_se, _pp,  # noqa: E402
                          late_fits, late_shares, run_dir, variant_jobs)
 from robust_overfitting import (Job, add_run_options, execute, finished,  # noqa: E402
-                                replace_marked, snapshot_code, update_section)
+                                model_part, replace_marked, snapshot_code,
+                                update_section)
 
 SECTION = "## Recipe study on the development split"
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -197,12 +200,6 @@ def _summary(directory: Path) -> dict | None:
     return json.loads((directory / "summary.json").read_text()) if finished(directory) else None
 
 
-def _part(summary: dict, model: str) -> dict:
-    if model == "final":
-        return summary
-    return summary.get({"best": "best_checkpoint", "average": "weight_average"}[model]) or {}
-
-
 def _run_directories(results: Path, row: Row) -> dict[int, Path]:
     """The seeds' run directories of a row (the AWP row's seed 0 is the sweep's run at
     the chosen gamma)."""
@@ -222,7 +219,7 @@ def measure(results: Path, row: Row) -> dict:
     seeds = []
     for seed, directory in sorted(_run_directories(results, row).items()):
         summary = _summary(directory)
-        part = _part(summary, row.model)
+        part = model_part(summary, row.model)
         if part.get("final_worst_case_dev_adv_accuracy") is None:
             continue
         seeds.append(seed)
@@ -243,18 +240,11 @@ def measure(results: Path, row: Row) -> dict:
              "clean_mean": _pp(_mean_se(clean)[0]),
              "smoothed_gap_mean": _pp(_mean_se(gaps)[0]) if gaps else None}
     if fits:
-        entry["late_temperature_median"] = _median([f["temperature"] for f in fits])
-        entry["late_rho_median"] = _median([f["rho"] for f in fits])
+        for key in ("temperature", "rho"):
+            values = [f[key] for f in fits if f[key] is not None]
+            entry[f"late_{key}_median"] = float(np.median(values)) if values else None
         entry["floor_bound_fraction"] = _mean_se(floors)[0]
     return entry
-
-
-def _median(values: list) -> float | None:
-    values = sorted(v for v in values if v is not None)
-    if not values:
-        return None
-    middle = len(values) // 2
-    return values[middle] if len(values) % 2 else (values[middle - 1] + values[middle]) / 2
 
 
 def decide(rows: list[dict]) -> dict:

@@ -182,6 +182,21 @@ def _environment(code_dir: Path | None) -> dict:
     return env
 
 
+def model_part(summary: dict, model: str) -> dict:
+    """The part of a run's ``summary.json`` about one of its models: ``"final"`` (the
+    summary itself), ``"best"`` (the early-stopped checkpoint) or ``"average"`` (the
+    weight average); empty when the run did not keep that model.
+
+    Example:
+
+        >>> model_part({"a": 1, "weight_average": {"a": 2}}, "average")
+        {'a': 2}
+    """
+    if model == "final":
+        return summary
+    return summary.get({"best": "best_checkpoint", "average": "weight_average"}[model]) or {}
+
+
 def snapshot_code(results: Path) -> Path:
     """Copies the package to a temporary directory that every run imports, so that all
     runs use the same code even while the working tree changes (an edit to a source

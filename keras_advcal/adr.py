@@ -73,6 +73,8 @@ class ADRTrainer(AdvCalTrainer):
         'adr'
     """
 
+    SAVED_WITHOUT_OBJECTIVE = "adr"
+
     def __init__(self, *args: Any, objective: Any = "adr", **kwargs: Any):
         super().__init__(*args, objective=objective, **kwargs)
 

@@ -166,6 +166,9 @@ class AdvCalTrainer(keras.Model):
         True
     """
 
+    #: The objective of a saved config that names none (written before objectives).
+    SAVED_WITHOUT_OBJECTIVE = "pgd_at"
+
     def __init__(self, model: keras.Model, attack: Any, eval_attack: Any = None,
                  labels: str = "hard", loss_form: str = "kd",
                  teacher: keras.Model | None = None, temperature: float = 1.0,
@@ -802,12 +805,9 @@ class AdvCalTrainer(keras.Model):
                                                  custom_objects=custom_objects)
         if config.get("teacher") is not None:
             config["teacher"] = _DESERIALIZE(config["teacher"], custom_objects=custom_objects)
-        # Configs written before objectives existed, or before TRADES became the
-        # default, name no objective: they trained PGD-AT (and calibrated targets
-        # before one-hot labels became the default).
-        if cls is AdvCalTrainer:  # subclasses (ADRTrainer) have defaults of their own
-            config.setdefault("objective", "pgd_at")
-            config.setdefault("labels", "calibrated")
+        # A config written before objectives existed names none: it trained
+        # ``SAVED_WITHOUT_OBJECTIVE`` (PGD-AT; not the current default, TRADES).
+        config.setdefault("objective", cls.SAVED_WITHOUT_OBJECTIVE)
         for key in ("objective", "weight_perturbation"):
             if isinstance(config.get(key), dict):
                 config[key] = _DESERIALIZE(config[key], custom_objects=custom_objects)
