@@ -123,6 +123,7 @@ class Job:
     run_dir: Path
     config: dict
     after: str | None = None  # run directory name that must finish first
+    train_only: bool = False  # stop after training (``advcal train --train-only``)
 
     @property
     def name(self) -> str:
@@ -170,6 +171,17 @@ def plan(methods: list[str], seeds: list[int] | None, epochs: int, results: Path
 
 def finished(run_dir: Path) -> bool:
     return (run_dir / "summary.json").is_file()
+
+
+def trained(run_dir: Path) -> bool:
+    """Whether the run in ``run_dir`` has finished training (its final evaluation may
+    not have run: ``advcal train --train-only``)."""
+    return (run_dir / "training_done.json").is_file() and (run_dir / "history.json").is_file()
+
+
+def done(job: Job) -> bool:
+    """Whether ``job`` has nothing left to do: finished, or trained if it stops there."""
+    return finished(job.run_dir) or (job.train_only and trained(job.run_dir))
 
 
 def _environment(code_dir: Path | None) -> dict:
@@ -231,10 +243,12 @@ def execute(jobs: list[Job], parallel: int, code_dir: Path | None = None) -> dic
     """Runs ``jobs`` as ``advcal train`` processes, ``parallel`` at a time, in order;
     a job waits for the run it depends on. Returns the exit status of each job run.
     With ``code_dir`` the processes import ``keras_advcal`` from there."""
-    pending = [job for job in jobs if not finished(job.run_dir)]
+    pending = [job for job in jobs if not done(job)]
     for job in jobs:
-        if finished(job.run_dir):
-            print(f"[skip] {job.name}: summary.json exists", flush=True)
+        if done(job):
+            print(f"[skip] {job.name}: "
+                  f"{'summary.json' if finished(job.run_dir) else 'training_done.json'} exists",
+                  flush=True)
     running: dict[str, tuple[Job, subprocess.Popen, float, object]] = {}
     status: dict[str, int] = {}
     while pending or running:
@@ -246,7 +260,7 @@ def execute(jobs: list[Job], parallel: int, code_dir: Path | None = None) -> dic
             del running[name]
             status[name] = code
             minutes = (time.time() - started) / 60
-            word = "done" if code == 0 else f"FAILED (exit {code}; see {job.run_dir}/train.log)"
+            word = ("trained" if job.train_only else "done") if code == 0 else f"FAILED (exit {code}; see {job.run_dir}/train.log)"
             print(f"[{time.strftime('%H:%M:%S')}] {name} {word} in {minutes:.1f} min",
                   flush=True)
         for job in list(pending):
@@ -268,7 +282,7 @@ def execute(jobs: list[Job], parallel: int, code_dir: Path | None = None) -> dic
             config_file.write_text(json.dumps(job.config, indent=2))
             log = open(job.run_dir / "train.log", "w")
             command = [sys.executable, "-m", "keras_advcal", "train", "--config",
-                       str(config_file)]
+                       str(config_file)] + (["--train-only"] if job.train_only else [])
             process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
                                        env=_environment(code_dir), cwd=code_dir or ROOT)
             running[job.name] = (job, process, time.time(), log)

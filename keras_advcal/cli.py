@@ -407,7 +407,7 @@ TRAIN_GROUPS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
       "final_splits", "final_strong_attacks", "final_strong_size", "weight_average",
       "checkpoint_best")),
     ("output", "Where the run is written and what it prints.",
-     ("config", "out", "overwrite", "verbose")),
+     ("config", "out", "overwrite", "train_only", "verbose")),
     ("calibration study variants", "Variants of the calibration compared in the "
                                    "development study (tutorials/method.md); the defaults "
                                    "are the chosen ones.",
@@ -447,6 +447,10 @@ _TRAIN_ONLY: dict[str, dict[str, Any]] = {
     "overwrite": dict(action="store_true", help=(
         "Replace a finished run in --out that was trained with other options. Without "
         "it advcal refuses; the same options resume (or re-evaluate) the run.")),
+    "train_only": dict(action="store_true", help=(
+        "Stop once training has ended (model.keras, history and training_done.json "
+        "written), before the final attacks. The same command without it later runs "
+        "only the final evaluation.")),
 }
 
 
@@ -467,7 +471,8 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
             group.description = f"{len(names)} more options, shown by --help-all."
         for name in names:
             if name in _TRAIN_ONLY:
-                group.add_argument("--" + name, dest=name, default=argparse.SUPPRESS,
+                group.add_argument("--" + name.replace("_", "-"), dest=name,
+                                   default=argparse.SUPPRESS,
                                    **_TRAIN_ONLY[name])
             elif name in fields:
                 _add_field(group, name, fields[name], hidden)
@@ -685,6 +690,7 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     options.pop("command", None)
     download = options.pop("download", False)
     overwrite = options.pop("overwrite", False)
+    train_only = options.pop("train_only", False)
     config_file = options.pop("config", None)
     if config_file is not None:
         try:
@@ -719,9 +725,14 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
           + (f", teacher={config.teacher}, loss={config.loss_form}, rule={config.rule}"
              if config.labels == "calibrated" else "")
           + f", epsilon={config.epsilon:g} -> {config.out}", flush=True)
-    summary = experiment.run(config, splits=splits)
+    summary = experiment.run(config, splits=splits, train_only=train_only)
     print()
     print(_summary_text(summary))
+    if train_only:
+        print(f"\nwrote {config.out}/: model.keras, history.csv, history.json, config.json, "
+              "training_done.json (no final attacks: run the same command without "
+              "--train-only to evaluate)")
+        return 0
     print(f"\nwrote {config.out}/: model.keras, history.csv, history.json, curves.png, "
           "config.json, training_done.json, summary.json, correctness_final.npz")
     return 0
@@ -896,6 +907,10 @@ def _summary_text(summary: dict) -> str:
         f"{_pct(summary.get('gap'))}, smoothed gap {_pct(summary.get('smoothed_gap'))}",
         f"early-stopped (best validation epoch {summary.get('early_stopped_epoch')}): "
         f"{_pct(summary.get(f'early_stopped_{split}_adv_accuracy'))}%",
+    ]
+    if summary.get("train_only"):  # trained, not evaluated yet
+        return "\n".join(lines + [f"training time {summary.get('train_seconds') or 0.0:.0f} s"])
+    lines += [
         f"final: clean test {_pct(summary.get('final_test_clean_accuracy'))}%, "
         f"PGD-20 test {_pct(summary.get('final_pgd20_test_adv_accuracy'))}%, "
         f"training robust {_pct(summary.get('final_train_adv_accuracy'))}%",

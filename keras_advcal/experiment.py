@@ -834,24 +834,32 @@ def make_optimizer(config: RunConfig, steps_per_epoch: int) -> keras.optimizers.
     return keras.optimizers.Adam(rate, weight_decay=decay)
 
 
-def run(config: RunConfig, splits: data_lib.DatasetSplits | None = None) -> dict:
+def run(config: RunConfig, splits: data_lib.DatasetSplits | None = None, *,
+        train_only: bool = False) -> dict:
     """Trains one configured run and writes its artifacts into ``config.out``.
 
     Args:
         config: the run's settings.
         splits: the data, when already loaded (else :func:`load_data`).
+        train_only: stop once training has ended (``model.keras``, the history and
+            ``training_done.json`` written), before the final attacks; calling ``run``
+            again without it evaluates the trained model without training again.
 
     Returns:
-        The summary dict also written to ``summary.json``.
+        The summary dict also written to ``summary.json``; with ``train_only``, the
+        summary of the per-epoch curve (:func:`training_summary`), which is not written
+        to ``summary.json``.
     """
     config.validate()
     set_threads(config.threads)
     start = time.perf_counter()
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
+    trained = _finished_training(out, config)
+    if train_only and trained is not None:  # nothing to do, nothing to touch
+        return training_summary(out, config.curve_split)
     (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
     backup = out / "backup"
-    trained = _finished_training(out, config)
     # An interrupted run left a BackupAndRestore checkpoint: resume it, keeping its
     # history; a run interrupted after training (during the final evaluation) keeps
     # its trained model; otherwise start afresh.
@@ -908,6 +916,8 @@ def run(config: RunConfig, splits: data_lib.DatasetSplits | None = None) -> dict
     (out / TRAINED_MARKER).write_text(json.dumps(_json_safe(
         {"config": _training_settings(config), "train_seconds": train_seconds,
          "notes": notes}), indent=2))
+    if train_only:
+        return training_summary(out, config.curve_split)
     return _finish(config, out, trainer, history, splits, eval_attack, final_attack, notes,
                    train_seconds, start)
 
@@ -918,6 +928,43 @@ TRAINED_MARKER = "training_done.json"
 # The final numbers of one evaluated model (final, best, average) of a run whose
 # evaluation is not finished: a restart does not attack that model again.
 EVALUATED_PATTERN = "evaluated_{label}.json"
+
+
+def training_summary(out: str | os.PathLike, split: str = "test") -> dict:
+    """What a trained run's directory says before its final evaluation: the summary of
+    its per-epoch curve (:func:`curve_summary`) and its training time, with
+    ``"train_only": True``.
+
+    Args:
+        out: a run directory with ``history.json`` and ``training_done.json``.
+        split: the split of its per-epoch curve (``RunConfig.curve_split``).
+
+    Returns:
+        The curve's summary (best, final, gap, smoothed gap...) and ``train_seconds``.
+
+    Raises:
+        FileNotFoundError: ``out`` has no finished training.
+
+    Example:
+
+        >>> import tempfile
+        >>> out = Path(tempfile.mkdtemp())
+        >>> write_history({"epoch": [0, 1], "test_adv_accuracy": [0.5, 0.4],
+        ...                "test_accuracy": [0.8, 0.9]}, out)
+        >>> _ = (out / TRAINED_MARKER).write_text('{"train_seconds": 12.0}')
+        >>> summary = training_summary(out)
+        >>> summary["final_test_adv_accuracy"], summary["train_seconds"]
+        (0.4, 12.0)
+    """
+    out = Path(out)
+    marker = out / TRAINED_MARKER
+    if not marker.is_file():
+        raise FileNotFoundError(f"{out} has no {TRAINED_MARKER}: its training has not ended")
+    done = json.loads(marker.read_text())
+    summary: dict[str, Any] = {"run": out.name, "train_only": True}
+    summary.update(curve_summary(read_history(out), split))
+    summary["train_seconds"] = done.get("train_seconds")
+    return summary
 
 
 def _training_settings(config: RunConfig) -> dict:

@@ -7,6 +7,7 @@ checked here instead."""
 
 from __future__ import annotations
 
+import dataclasses
 import doctest
 import importlib.util
 import sys
@@ -326,6 +327,50 @@ def test_heldout_second_round_settings_and_their_keep_rule(tmp_path):
     entry = [s for s in summary["settings"] if s["name"] == "mnist_eps03"][0]
     assert entry["kept"] is True and entry["round"] == 2 and entry["dataset"] == "mnist"
     assert all(c["setting"] != "mnist_eps03" for c in summary["comparisons"])
+
+
+def _trained_pgd_at_run(directory: Path, curve: list[float]) -> None:
+    """A PGD-AT run that has trained and stopped (``--train-only``): its history and
+    marker, no summary."""
+    import json
+
+    directory.mkdir(parents=True)
+    (directory / "history.json").write_text(json.dumps(
+        {"epoch": list(range(len(curve))), "test_adv_accuracy": curve,
+         "test_accuracy": [0.9] * len(curve)}))
+    (directory / "training_done.json").write_text(json.dumps({"train_seconds": 60.0}))
+
+
+def test_heldout_second_round_pgd_at_trains_first_and_the_keep_rule_reads_its_curves(
+        tmp_path):
+    """Until a second-round setting is decided its PGD-AT runs stop after training; the
+    keep rule reads the gap of their curves (a run that only trained counts), and once
+    the setting is kept the same runs are planned again, in full, for their final
+    attacks. First-round runs are never cut short."""
+    heldout = _load("heldout")
+    robust_overfitting = _load("robust_overfitting")
+    jobs, _ = heldout.plan(tmp_path, ["pgd_at"], ["sgd_piecewise", "seed1"], None)
+    assert {job.name: job.train_only for job in jobs if job.seed == 0} == {
+        "seed1/pgd_at_s0": False, "sgd_piecewise/pgd_at_s0": True}
+    # A curve that peaks at 0.6 and ends at 0.5 overfits (smoothed gap 10 points).
+    overfit = [0.3] * 3 + [0.6] * 6 + [0.5] * 6
+    _finished_pgd_at_run(heldout.run_dir(tmp_path, "sgd_piecewise", "pgd_at", 0), 0.05)
+    for seed in (1, 2):
+        _trained_pgd_at_run(heldout.run_dir(tmp_path, "sgd_piecewise", "pgd_at", seed),
+                            overfit)
+    runs = heldout.collect(tmp_path)
+    gap, count = heldout._gap_so_far(runs, heldout.SETTING["sgd_piecewise"])
+    assert count == 3 and gap > heldout.KEEP_GAP
+    # Those two runs are done as train-only jobs, not as full ones.
+    job = jobs[-1]
+    assert robust_overfitting.done(dataclasses.replace(job, train_only=True))
+    assert not robust_overfitting.done(dataclasses.replace(job, train_only=False))
+    # Kept: PGD-AT's unevaluated seeds run in full (their final attacks) and TRADES starts.
+    jobs, _ = heldout.plan(tmp_path, ["pgd_at", "trades"], ["sgd_piecewise"], None)
+    pgd_at = [job for job in jobs if job.method.name == "pgd_at"]
+    assert [job.train_only for job in pgd_at] == [False, False, False]
+    assert [robust_overfitting.done(job) for job in pgd_at] == [True, False, False]
+    assert [job.seed for job in jobs if job.method.name == "trades"] == [0, 1, 2]
 
 
 def _finished_dev_run(directory: Path, robust: float, clean: float, gap: float = 0.01,

@@ -463,6 +463,20 @@ def test_a_finished_run_is_resumed_refused_or_overwritten(tmp_path, capsys):
     assert "resumed_after_training" not in json.loads((out / "summary.json").read_text())
 
 
+def test_train_only_then_the_same_command_evaluates(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert cli.main(["train", *SMALL_RUN, "--out", str(out), "--train-only"]) == 0
+    printed = capsys.readouterr().out
+    assert "smoothed gap" in printed and "training time" in printed
+    assert "final: clean test" not in printed and "without --train-only" in printed
+    assert (out / "training_done.json").is_file() and not (out / "summary.json").exists()
+    model = (out / "model.keras").read_bytes()
+    assert cli.main(["train", *SMALL_RUN, "--out", str(out)]) == 0
+    assert "final: clean test" in capsys.readouterr().out
+    assert (out / "model.keras").read_bytes() == model
+    assert json.loads((out / "summary.json").read_text())["resumed_after_training"] is True
+
+
 def test_out_pointing_at_a_file_is_refused_in_one_line(tmp_path, capsys):
     target = tmp_path / "notes.txt"
     target.write_text("mine")

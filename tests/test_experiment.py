@@ -282,6 +282,35 @@ def test_a_run_killed_during_its_final_evaluation_does_not_train_again(tmp_path,
     assert not (out / experiment.TRAINED_MARKER).exists()
 
 
+def test_train_only_stops_before_the_final_evaluation_and_a_later_run_evaluates(
+        tmp_path, monkeypatch):
+    """``train_only`` writes the model, the history and the marker but no summary and no
+    correctness file; asking again changes nothing; a plain run afterwards evaluates the
+    trained model without training it again."""
+    config = tiny_config(tmp_path, "staged", epochs=2, labels="hard")
+    stopped = experiment.run(config, train_only=True)
+    out = experiment.Path(config.out)
+    assert stopped["train_only"] is True and stopped["train_seconds"] > 0
+    history = experiment.read_history(out)
+    assert stopped["final_test_adv_accuracy"] == pytest.approx(history["test_adv_accuracy"][-1])
+    assert (out / "model.keras").is_file() and (out / experiment.TRAINED_MARKER).is_file()
+    assert not (out / "summary.json").exists() and not list(out.glob("correctness_*.npz"))
+    model_written = (out / "model.keras").stat().st_mtime_ns
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("fit() must not run again")
+
+    monkeypatch.setattr(experiment.AdvCalTrainer, "fit", no_training)
+    assert experiment.run(config, train_only=True) == stopped
+    summary = experiment.run(config)
+    assert summary["resumed_after_training"] is True
+    assert summary["smoothed_gap"] == stopped["smoothed_gap"]
+    assert (out / "model.keras").stat().st_mtime_ns == model_written
+    assert (out / "summary.json").is_file() and (out / "correctness_final.npz").is_file()
+    with pytest.raises(FileNotFoundError, match="training has not ended"):
+        experiment.training_summary(tmp_path)
+
+
 def test_a_restarted_final_evaluation_skips_the_models_already_evaluated(tmp_path,
                                                                          monkeypatch):
     """Killed while attacking the weight average: the restart attacks only that model
