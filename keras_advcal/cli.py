@@ -32,6 +32,7 @@ import os
 import re
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -717,6 +718,8 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         parser.error(problem)
     if note:
         print(note, flush=True)
+    for line in ignored_notes(config):
+        print(line, flush=True)
     if overwrite:
         _clear_run(Path(config.out))
     print(f"advcal train: {config.dataset} ({len(splits.train[1])} training, "
@@ -725,7 +728,9 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
           + (f", teacher={config.teacher}, loss={config.loss_form}, rule={config.rule}"
              if config.labels == "calibrated" else "")
           + f", epsilon={config.epsilon:g} -> {config.out}", flush=True)
-    summary = experiment.run(config, splits=splits, train_only=train_only)
+    with warnings.catch_warnings():  # said above, in the command's words
+        warnings.filterwarnings("ignore", message=r".* is ignored: only a run with ")
+        summary = experiment.run(config, splits=splits, train_only=train_only)
     print()
     print(_summary_text(summary))
     if train_only:
@@ -736,6 +741,28 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     print(f"\nwrote {config.out}/: model.keras, history.csv, history.json, curves.png, "
           "config.json, training_done.json, summary.json, correctness_final.npz")
     return 0
+
+
+def ignored_notes(config: Any) -> list[str]:
+    """One line per option given away from its default that the run does not read
+    (:meth:`RunConfig.ignored_options`), in flags.
+
+    Example:
+
+        >>> from keras_advcal.experiment import RunConfig
+        >>> ignored_notes(RunConfig(labels="hard", teacher="fixed"))
+        ['advcal train: note: --teacher fixed is ignored: only a run with --labels calibrated reads it.']
+    """
+    lines = []
+    for name, needs in config.ignored_options():
+        needs = re.sub(r"(\w+)=(?:'(\w+)'|(\w+))",
+                       lambda m: f"--{m[1].replace('_', '-')} {m[2] or m[3]}", needs)
+        needs = needs.replace("--weight-average True", "--weight-average")
+        needs = re.sub(r" or '(\w+)'", r" or \1", needs)
+        lines.append(f"advcal train: note: --{name.replace('_', '-')} "
+                     f"{_shown(getattr(config, name))} is ignored: only a run with {needs} "
+                     "reads it.")
+    return lines
 
 
 def settings_problem(config: Any) -> str | None:
@@ -834,7 +861,7 @@ def out_problem(config: Any, overwrite: bool = False) -> str | None:
 
 
 def _shown(value: Any) -> str:
-    return " ".join(map(str, value)) if isinstance(value, list) else str(value)
+    return " ".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
 
 
 def _clear_run(out: Path) -> None:

@@ -39,6 +39,7 @@ import json
 import math
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -427,6 +428,47 @@ class RunConfig:
     @property
     def is_calibrated(self) -> bool:
         return self.labels in ("calibrated", "adr")
+
+    def ignored_options(self) -> list[tuple[str, str]]:
+        """The options set away from their defaults that this run does not read, each
+        with the setting that would read it: ``(field, "labels='calibrated'")``.
+
+        A one-hot (``labels="hard"``) run ignores the calibrated targets' options, an
+        Adam run the momentum, a constant rate its drops, PGD-AT the ``beta`` of
+        TRADES and MART.
+
+        Example:
+
+            >>> RunConfig(labels="hard", teacher="fixed", momentum=0.5).ignored_options()
+            [('teacher', "labels='calibrated'"), ('momentum', "optimizer='sgd'")]
+            >>> RunConfig(labels="calibrated", teacher="fixed").ignored_options()
+            []
+        """
+        default = RunConfig()
+        calibrated = self.labels == "calibrated"
+        reads = {name: (calibrated, "labels='calibrated'") for name in CALIBRATED_OPTIONS}
+        reads.update(
+            adr_temperature=(self.labels == "adr", "labels='adr'"),
+            adr_rho=(self.labels == "adr", "labels='adr'"),
+            ema_decay=(self.labels == "adr" or (calibrated and self.teacher == "ema"),
+                       "labels='adr' or teacher='ema'"),
+            swa_start_epoch=(self.weight_average or (calibrated and self.teacher == "swa"),
+                             "weight_average=True or teacher='swa'"),
+            momentum=(self.optimizer == "sgd", "optimizer='sgd'"),
+            lr_drops=(self.lr_schedule == "piecewise", "lr_schedule='piecewise'"),
+            beta=(self.objective != "pgd_at", "objective='trades' or 'mart'"))
+        return [(field.name, reads[field.name][1]) for field in dataclasses.fields(self)
+                if field.name in reads and not reads[field.name][0]
+                and getattr(self, field.name) != getattr(default, field.name)]
+
+
+#: The RunConfig fields that only the calibrated targets read (``labels="calibrated"``).
+CALIBRATED_OPTIONS = (
+    "teacher", "loss_form", "rule", "acc_floor", "selection", "fixed_temperature",
+    "fixed_rho", "teacher_model", "surrogate_model", "calibration_size",
+    "surrogate_examples", "separate_surrogate_temperature", "average_fits",
+    "floor_examples", "reuse_validation_examples", "calibration_examples",
+    "two_stage_examples")
 
 
 # ------------------------------------------------------------------ the recorder
@@ -851,6 +893,9 @@ def run(config: RunConfig, splits: data_lib.DatasetSplits | None = None, *,
         to ``summary.json``.
     """
     config.validate()
+    for name, needs in config.ignored_options():
+        warnings.warn(f"{name}={getattr(config, name)!r} is ignored: only a run with {needs} "
+                      "reads it.", stacklevel=2)
     set_threads(config.threads)
     start = time.perf_counter()
     out = Path(config.out)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import doctest
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -426,3 +427,46 @@ def test_recipes_rows_read_the_final_best_and_average_models(tmp_path):
     assert decision["winner"] == "trades_hard_swa" and not decision["complete"]
     assert "default" in decision["waiting"]
     assert "Provisional" in recipes.report(summary)
+
+
+def test_throughput_skips_the_torch_row_when_torch_does_not_import(monkeypatch, tmp_path,
+                                                                   capsys):
+    throughput = _load("throughput")
+    measured = []
+
+    def fake_measure(spec, timeout):
+        measured.append(spec["method"])
+        return dict(spec, error="not measured in this test")
+
+    monkeypatch.setattr(throughput, "_importable", lambda module: module != "torch")
+    monkeypatch.setattr(throughput, "_measure", fake_measure)
+    out = tmp_path / "throughput.json"
+    throughput.main(["--methods", "hard", throughput.TORCH, "--train-size", "256",
+                     "--epochs", "2", "--out", str(out)])
+    assert measured == ["hard"]
+    assert "torch-pgd-at needs torch, which does not import here" in capsys.readouterr().out
+    assert [r["method"] for r in json.loads(out.read_text())["results"]] == ["hard"]
+    with pytest.raises(SystemExit, match="no method left"):
+        throughput.main(["--methods", throughput.TORCH, "--out", str(out)])
+
+
+def test_throughput_torch_row_is_a_paired_ratio_to_hard_in_words():
+    throughput = _load("throughput")
+    config = {"batch_size": 128, "width": 32, "val_size": 1000, "train_size": 4096,
+              "train_examples_per_epoch": 4096, "torch_threads": 1}
+    runs = []
+    for round_index, (hard, torch) in enumerate([(800.0, 400.0), (600.0, 200.0)]):
+        runs.append(dict(config, method="hard", round=round_index,
+                         examples_per_cpu_second=hard, examples_per_second=hard / 2))
+        runs.append(dict(config, method=throughput.TORCH, round=round_index,
+                         examples_per_cpu_second=torch, examples_per_second=torch / 2))
+    rows = {r["method"]: r for r in throughput.combine(runs)}
+    torch_row = rows[throughput.TORCH]
+    # The median of the per-round ratios (1/2 and 1/3), not the ratio of the medians.
+    assert torch_row["cpu_ratio_to_hard"] == pytest.approx(5 / 12)
+    assert torch_row["ratio_to_hard"] == pytest.approx(5 / 12)
+    assert "cpu_ratio_to_hard" not in rows["hard"]
+    (line,) = [f for f in throughput.findings(list(rows.values())) if "PyTorch" in f]
+    assert "keras-advcal is 2.40x as fast as PyTorch" in line
+    assert "(PyTorch / keras-advcal 0.42 (rounds 0.33-0.50))" in line
+    assert "per 4,096-image epoch" in line

@@ -477,6 +477,18 @@ def test_train_only_then_the_same_command_evaluates(tmp_path, capsys):
     assert json.loads((out / "summary.json").read_text())["resumed_after_training"] is True
 
 
+def test_an_option_the_run_does_not_read_gets_a_note_in_flags(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert cli.main(["train", *SMALL_RUN, "--out", str(out), "--train-only",
+                     "--teacher", "fixed", "--momentum", "0.5"]) == 0
+    captured = capsys.readouterr()
+    assert ("advcal train: note: --teacher fixed is ignored: only a run with --labels "
+            "calibrated reads it.") in captured.out
+    assert ("advcal train: note: --momentum 0.5 is ignored: only a run with --optimizer "
+            "sgd reads it.") in captured.out
+    assert "UserWarning" not in captured.err
+
+
 def test_out_pointing_at_a_file_is_refused_in_one_line(tmp_path, capsys):
     target = tmp_path / "notes.txt"
     target.write_text("mine")

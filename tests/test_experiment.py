@@ -311,6 +311,23 @@ def test_train_only_stops_before_the_final_evaluation_and_a_later_run_evaluates(
         experiment.training_summary(tmp_path)
 
 
+def test_options_the_run_does_not_read_are_named_in_a_warning(tmp_path):
+    """With one-hot labels the calibrated targets' options do nothing: a run given one
+    says so, and names what would read it; options in use give no warning."""
+    config = tiny_config(tmp_path, "ignored", epochs=1, labels="hard", teacher="fixed",
+                         acc_floor=0.8, fixed_rho=0.3)
+    assert [name for name, _ in config.ignored_options()] == ["teacher", "acc_floor",
+                                                             "fixed_rho"]
+    with pytest.warns(UserWarning) as caught:
+        experiment.run(config, train_only=True)
+    assert [str(w.message) for w in caught if "ignored" in str(w.message)] == [
+        f"{name}={value!r} is ignored: only a run with labels='calibrated' reads it."
+        for name, value in (("teacher", "fixed"), ("acc_floor", 0.8), ("fixed_rho", 0.3))]
+    assert tiny_config(tmp_path, "used", teacher="ema", ema_decay=0.9).ignored_options() == []
+    assert tiny_config(tmp_path, "sgd", optimizer="sgd", momentum=0.5,
+                       lr_schedule="piecewise", lr_drops="0.5").ignored_options() == []
+
+
 def test_a_restarted_final_evaluation_skips_the_models_already_evaluated(tmp_path,
                                                                          monkeypatch):
     """Killed while attacking the weight average: the restart attacks only that model
