@@ -37,6 +37,15 @@ batch and attack (L-inf PGD-5, eps 0.1, random start), it measures:
 
       pip install adversarial-robustness-toolbox
 
+* ``torch-pgd-at``: what a user would write instead in plain PyTorch (eager mode, no
+  ``torch.compile``): the same CNN as an ``nn.Module`` (same convolutions, widths,
+  ReLUs, ``'same'`` pooling, dense layers and Glorot-uniform initialisation), the same
+  images (converted to channels-first once, before the first epoch), batch, PGD-5
+  (step, epsilon, random start) and Adam (1e-3), with ``torch.set_num_threads`` and
+  ``torch.set_num_interop_threads`` set to ``--threads``; when ``torch`` imports. Its
+  ratio is to ``hard`` (the library's PGD-AT) in the same round. PyTorch is not a
+  dependency of keras-advcal either; the row is skipped without it.
+
 Each (method, batch size, width) runs in its own subprocess, so the peak resident
 memory (``ru_maxrss``) is that run's alone. Throughput is training examples per
 second over the epochs after the first (the first includes tracing and is reported
@@ -65,6 +74,9 @@ Examples::
         calibrated-best --batch-sizes 64 256 --widths 16 32 --val-sizes 1000 \\
         --train-size 4096 --epochs 4 --threads 1 --repeats 2 --cpus 1 \\
         --out benchmarks/results/throughput_scaling.json   # scaling, 2 rounds, core 1
+    python benchmarks/throughput.py --methods hard torch-pgd-at --batch-sizes 128 \\
+        --widths 32 --train-size 4096 --epochs 3 --threads 1 --repeats 2 --cpus 1 \\
+        --out benchmarks/results/throughput_torch.json   # against plain PyTorch
 """
 
 from __future__ import annotations
@@ -80,11 +92,19 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # PyTorch is optional: only its row imports it
+    import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = ROOT / "benchmarks" / "results"
+TORCH = "torch-pgd-at"
 METHODS = ("minimal", "hard", "hard-validated", "calibrated-best", "calibrated-swa",
-           "calibrated-ema", "trades", "hard-awp", "art")
+           "calibrated-ema", "trades", "hard-awp", "art", TORCH)
+#: Rows that need a package keras-advcal does not depend on: method -> (module, install).
+OPTIONAL = {"art": ("art", "pip install adversarial-robustness-toolbox"),
+            TORCH: ("torch", "pip install torch")}
 #: Trainer rows with another objective or AWP: method -> (objective, AWP gamma). They
 #: run without validation, like ``hard``, their reference.
 VARIANTS = {"trades": ("trades", 0.0), "hard-awp": ("pgd_at", 5e-3)}
@@ -127,12 +147,23 @@ REPORT_NOTES["throughput_4096_frozen_default.json"] = (
     "the calibration's CPU share went from 3% to 2%), with 5 rounds, while two benchmark "
     "trainings ran on the same 2 cores (rounds spread more: 683-834 and 750-855 "
     "examples per CPU-s).")
+REPORT_NOTES["throughput_torch.json"] = (
+    "Against what a user would write instead: `torch-pgd-at` is the same PGD-AT in plain "
+    "eager PyTorch (2.13, CPU build; no `torch.compile`): the same CNN as an `nn.Module`, "
+    "the same images (channels-first), batch, PGD-5 and Adam, with "
+    "`torch.set_num_threads(1)` and `torch.set_num_interop_threads(1)`; its epochs are "
+    "timed like the library's, after a warm-up epoch. Measured while two benchmark "
+    "trainings (`keras_advcal train`) ran on the same 2 cores: the wall-clock columns are "
+    "slowed by them, and the ratio is a same-load ratio (each round ran both rows, one "
+    "after the other, pinned to the same core). The PyTorch row's peak RSS includes "
+    "TensorFlow, which its process imports to load the data.")
 REPORT_FILES = ("throughput.json", "throughput_scaling.json", "throughput_while_loop.json",
                 "throughput_unrolled.json", "throughput_swa_16k.json", "throughput_swa_59k.json",
                 "throughput_1000.json", "throughput_1000_validation_pass.json",
                 "throughput_4096_validation_pass.json",
                 "throughput_4096_validation_pass_rerun.json",
-                "throughput_4096_frozen_default.json", "throughput_objectives.json")
+                "throughput_4096_frozen_default.json", "throughput_objectives.json",
+                "throughput_torch.json")
 EPSILON, STEPS = 0.1, 5
 STEP_SIZE = 2.5 * EPSILON / STEPS  # the PGD default, written out for the minimal loop
 
@@ -320,6 +351,102 @@ def _run_art(model, splits, epochs, timer, batch_size):
     return {"art_version": art.__version__}
 
 
+def same_pooled(size: int, pools: int = 2) -> int:
+    """The side of an image after ``pools`` 2x2 max-poolings with ``'same'`` padding
+    (Keras'), which ``nn.MaxPool2d(2, ceil_mode=True)`` reproduces in PyTorch.
+
+    Example:
+
+        >>> same_pooled(28), same_pooled(8), same_pooled(7)
+        (7, 2, 2)
+    """
+    for _ in range(pools):
+        size = -(-size // 2)
+    return size
+
+
+def _torch_cnn(input_shape: tuple[int, int, int], num_classes: int, width: int,
+               dense: int) -> torch.nn.Sequential:
+    """``small_cnn(input_shape, num_classes, width=width, dense=dense)`` (the model of
+    ``_model``) as a PyTorch module on channels-first images, initialised as Keras
+    initialises it (Glorot-uniform weights, zero biases)."""
+    from torch import nn
+
+    rows, cols, channels = input_shape
+    model = nn.Sequential(
+        nn.Conv2d(channels, width, 3, padding=1), nn.ReLU(),
+        nn.MaxPool2d(2, ceil_mode=True),
+        nn.Conv2d(width, 2 * width, 3, padding=1), nn.ReLU(),
+        nn.MaxPool2d(2, ceil_mode=True),
+        nn.Flatten(),
+        nn.Linear(2 * width * same_pooled(rows) * same_pooled(cols), dense), nn.ReLU(),
+        nn.Linear(dense, num_classes))
+    for layer in model:
+        if isinstance(layer, (nn.Conv2d, nn.Linear)):
+            nn.init.xavier_uniform_(layer.weight)
+            nn.init.zeros_(layer.bias)
+    return model
+
+
+def _torch_pgd(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
+               generator: torch.Generator) -> torch.Tensor:
+    """L-inf PGD-5 from a uniform random start, as the ``minimal`` loop's."""
+    import torch
+    import torch.nn.functional as F
+
+    noise = torch.empty_like(x).uniform_(-EPSILON, EPSILON, generator=generator)
+    x_adv = (x + noise).clamp(0.0, 1.0)
+    for _ in range(STEPS):
+        x_adv.requires_grad_(True)
+        loss = F.cross_entropy(model(x_adv), y, reduction="sum")
+        (grad,) = torch.autograd.grad(loss, [x_adv])
+        x_adv = x_adv.detach() + STEP_SIZE * grad.sign()
+        x_adv = torch.clamp(torch.minimum(torch.maximum(x_adv, x - EPSILON), x + EPSILON),
+                            0.0, 1.0)
+    return x_adv.detach()
+
+
+def _run_torch(splits, spec: dict, timer: _EpochTimer) -> dict:
+    """PGD-AT in plain PyTorch: each epoch a new shuffle, full batches only (like the
+    ``tf.data`` pipeline of the other rows), the attack in ``eval`` mode, one Adam step
+    on the adversarial batch in ``train`` mode."""
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+
+    if spec.get("threads"):  # before any parallel work (interop threads)
+        torch.set_num_threads(spec["threads"])
+        torch.set_num_interop_threads(spec["threads"])
+    torch.manual_seed(spec["seed"])
+    x, y = splits.train
+    x = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))  # NHWC -> NCHW
+    y = torch.from_numpy(y.astype(np.int64))
+    model = _torch_cnn(splits.input_shape, splits.num_classes, spec["width"],
+                       8 * spec["width"])
+    # Keras' Adam default epsilon; PyTorch's is 1e-8.
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, eps=1e-7)
+    generator = torch.Generator().manual_seed(1)
+    batch_size = spec["batch_size"]
+    end = (len(y) // batch_size) * batch_size
+    for _ in range(spec["epochs"]):
+        timer.begin()
+        order = torch.randperm(len(y), generator=generator)
+        for start in range(0, end, batch_size):
+            index = order[start:start + batch_size]
+            x_batch, y_batch = x[index], y[index]
+            model.eval()
+            x_adv = _torch_pgd(model, x_batch, y_batch, generator)
+            model.train()
+            optimizer.zero_grad(set_to_none=True)
+            loss = F.cross_entropy(model(x_adv), y_batch)
+            loss.backward()
+            optimizer.step()
+        timer.end()
+    return {"final_loss": float(loss), "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads(),
+            "parameters": sum(p.numel() for p in model.parameters())}
+
+
 def child(spec: dict) -> dict:
     import keras
     import tensorflow as tf
@@ -332,8 +459,9 @@ def child(spec: dict) -> dict:
     splits = _load_data(spec["train_size"], spec["val_size"], spec["seed"])
     rss_before = _rss_mb()
     x, y = splits.train
-    model = _model(splits.input_shape, splits.num_classes, spec["width"], spec["seed"])
     method = spec["method"]
+    model = (None if method == TORCH
+             else _model(splits.input_shape, splits.num_classes, spec["width"], spec["seed"]))
     timer = _EpochTimer()
     epochs = spec["epochs"]
     args = argparse.Namespace(**spec)
@@ -342,6 +470,8 @@ def child(spec: dict) -> dict:
                              epochs, timer)
     elif method == "art":
         extra = _run_art(model, splits, epochs, timer, spec["batch_size"])
+    elif method == TORCH:
+        extra = _run_torch(splits, spec, timer)
     elif method in VARIANTS:
         objective, awp_gamma = VARIANTS[method]
         extra = _run_trainer(model, _dataset(x, y, spec["batch_size"], spec["seed"]), epochs,
@@ -357,6 +487,7 @@ def child(spec: dict) -> dict:
     skip = 2 if method == "calibrated-best" and epochs > 2 else 1
     steady = timer.seconds[skip:] or timer.seconds
     steady_cpu = timer.cpu_seconds[skip:] or timer.cpu_seconds
+    parameters = extra.pop("parameters") if model is None else int(model.count_params())
     result = dict(spec, dataset=splits.name, train_examples_per_epoch=examples,
                   validation_examples=len(splits.validation[1]),
                   epoch_seconds=timer.seconds, first_epoch_seconds=timer.seconds[0],
@@ -364,7 +495,7 @@ def child(spec: dict) -> dict:
                   epoch_cpu_seconds=timer.cpu_seconds,
                   examples_per_cpu_second=examples * len(steady_cpu) / sum(steady_cpu),
                   rss_before_model_mb=rss_before, peak_rss_mb=_rss_mb(),
-                  parameters=int(model.count_params()), tensorflow=tf.__version__,
+                  parameters=parameters, tensorflow=tf.__version__,
                   keras=keras.__version__, **extra)
     def steady_mean(values: list[float]) -> float:
         values = values[skip:] or values
@@ -394,9 +525,40 @@ def child(spec: dict) -> dict:
 
 
 # ================================================================ parent: the grid
-def _art_available() -> bool:
-    probe = subprocess.run([sys.executable, "-c", "import art"], capture_output=True)
+def _importable(module: str) -> bool:
+    """Whether ``module`` imports in a fresh interpreter (as the runs' children)."""
+    probe = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True)
     return probe.returncode == 0
+
+
+def available_methods(methods: list[str], importable=None) -> tuple[list[str], list[str]]:
+    """The requested methods whose optional package (``OPTIONAL``) imports, and a note
+    for each one left out.
+
+    Args:
+        methods: The requested methods, in order.
+        importable: ``module name -> bool``; a fresh interpreter tries the import by
+            default.
+
+    Returns:
+        ``(kept methods, notes)``.
+
+    Example:
+
+        >>> available_methods(["hard", "torch-pgd-at"], importable=lambda module: False)
+        (['hard'], ['torch-pgd-at needs torch, which does not import here: skipping it \
+(pip install torch)'])
+    """
+    importable = importable or _importable
+    kept, notes = [], []
+    for method in methods:
+        module, install = OPTIONAL.get(method, (None, None))
+        if module is None or importable(module):
+            kept.append(method)
+        else:
+            notes.append(f"{method} needs {module}, which does not import here: skipping "
+                         f"it ({install})")
+    return kept, notes
 
 
 def _measure(spec: dict, timeout: float) -> dict:
@@ -437,8 +599,9 @@ def combine(runs: list[dict]) -> list[dict]:
 
     The row is the round whose examples per CPU-second is the median of the
     configuration's rounds (so its columns come from one run), with the spread of
-    every round's examples per CPU-second, and the ratios to ``minimal`` and to
-    ``hard-validated`` taken as the median of the per-round ratios."""
+    every round's examples per CPU-second, and the ratios to ``minimal``, to
+    ``hard-validated`` (calibrated rows) and to ``hard`` (``VARIANTS`` and the PyTorch
+    row) taken as the median of the per-round ratios."""
     keys = []
     for run in runs:
         key = tuple(run[k] for k in KEY)
@@ -466,15 +629,15 @@ def combine(runs: list[dict]) -> list[dict]:
                                         ("hard", config, "hard")):
             if reference == "hard-validated" and not row["method"].startswith("calibrated"):
                 continue
-            if reference == "hard" and row["method"] not in VARIANTS:
+            if reference == "hard" and row["method"] not in (*VARIANTS, TORCH):
                 continue
             cpu = _paired_ratios(runs, row, reference, same, "examples_per_cpu_second")
             wall = _paired_ratios(runs, row, reference, same, "examples_per_second")
             if cpu:
                 row[f"cpu_ratio_to_{suffix}"] = statistics.median(cpu)
                 row[f"cpu_ratio_to_{suffix}_rounds"] = cpu
-            if wall and reference == "minimal":
-                row["ratio_to_minimal"] = statistics.median(wall)
+            if wall and (reference == "minimal" or row["method"] == TORCH):
+                row[f"ratio_to_{suffix}"] = statistics.median(wall)
     return rows
 
 
@@ -567,6 +730,56 @@ def _step_costs_text(path: Path | None = None) -> str:
             "machine, and that difference is not explained")
 
 
+def faster(ratio: float, name: str, reference: str) -> str:
+    """Which of two is faster and by how much, from ``name``'s throughput over
+    ``reference``'s.
+
+    Example:
+
+        >>> faster(0.8, "PyTorch", "keras-advcal")
+        'keras-advcal is 1.25x as fast as PyTorch'
+        >>> faster(1.1, "PyTorch", "keras-advcal")
+        'PyTorch is 1.10x as fast as keras-advcal'
+        >>> faster(0.998, "PyTorch", "keras-advcal")
+        'PyTorch and keras-advcal are as fast as each other (ratio 0.998)'
+    """
+    if round(ratio, 2) == 1.0:
+        return f"{name} and {reference} are as fast as each other (ratio {ratio:.3f})"
+    if ratio > 1.0:
+        return f"{name} is {ratio:.2f}x as fast as {reference}"
+    return f"{reference} is {1.0 / ratio:.2f}x as fast as {name}"
+
+
+def _epoch_seconds(row: dict) -> str:
+    """``4.10 CPU-s (9.8 s wall)``: a row's steady epoch, from its throughputs."""
+    examples = row["train_examples_per_epoch"]
+    return (f"{examples / row['examples_per_cpu_second']:.2f} CPU-s "
+            f"({examples / row['examples_per_second']:.1f} s wall)")
+
+
+def _torch_findings(results: list[dict]) -> list[str]:
+    """The plain PyTorch PGD-AT epoch against the library's (``hard``), in words."""
+    lines = []
+    for r in _rows(results, TORCH):
+        hard = [h for h in _rows(results, "hard")
+                if (h["batch_size"], h["width"]) == (r["batch_size"], r["width"])]
+        if "cpu_ratio_to_hard" not in r or not hard:
+            continue
+        text = (f"Plain PyTorch PGD-AT (`{TORCH}`, eager, batch {r['batch_size']}, width "
+                f"{r['width']}, `torch.set_num_threads({r.get('torch_threads', '?')})`): "
+                f"{_epoch_seconds(r)} per {r['train_examples_per_epoch']:,}-image epoch, "
+                f"against {_epoch_seconds(hard[0])} for the library's `hard` (the "
+                f"rounds in the table); per CPU-second, "
+                f"{faster(r['cpu_ratio_to_hard'], 'PyTorch', 'keras-advcal')}: PyTorch / "
+                f"keras-advcal {r['cpu_ratio_to_hard']:.2f}"
+                f"{_round_range(r, 'cpu_ratio_to_hard')}")
+        if "ratio_to_hard" in r:
+            text += (f"; by the wall clock, "
+                     f"{faster(r['ratio_to_hard'], 'PyTorch', 'keras-advcal')}")
+        lines.append(text + ".")
+    return lines
+
+
 def findings(results: list[dict]) -> list[str]:
     """Sentences with the ratios the issue's targets are about, from one results list."""
     lines = []
@@ -608,6 +821,7 @@ def findings(results: list[dict]) -> list[str]:
                          f"{_against_target(ratio, (STEPS + 1) / (STEPS + 2))}")
                 text += _step_costs_text()
             lines.append(text + ".")
+    lines += _torch_findings(results)
     art, minimal = _rows(results, "art"), _rows(results, "minimal")
     hard = _rows(results, "hard")
     if art and hard and minimal:
@@ -841,9 +1055,11 @@ def main(argv=None) -> None:
     epochs = args.epochs or (2 if quick else 3)
     train_sample = min(args.train_sample, 256) if quick else args.train_sample
     out = args.out or RESULTS_DIR / ("throughput_quick.json" if quick else "throughput.json")
-    methods = [m for m in args.methods if m != "art" or _art_available()]
-    if "art" in args.methods and "art" not in methods:
-        print("art is not installed: skipping it (pip install adversarial-robustness-toolbox)")
+    methods, notes = available_methods(args.methods)
+    for note in notes:
+        print(note)
+    if not methods:
+        raise SystemExit("no method left to measure")
 
     specs = []
     for batch_size in batch_sizes:

@@ -468,5 +468,5 @@ def test_throughput_torch_row_is_a_paired_ratio_to_hard_in_words():
     assert "cpu_ratio_to_hard" not in rows["hard"]
     (line,) = [f for f in throughput.findings(list(rows.values())) if "PyTorch" in f]
     assert "keras-advcal is 2.40x as fast as PyTorch" in line
-    assert "(PyTorch / keras-advcal 0.42 (rounds 0.33-0.50))" in line
+    assert "PyTorch: PyTorch / keras-advcal 0.42 (rounds 0.33-0.50);" in line
     assert "per 4,096-image epoch" in line
