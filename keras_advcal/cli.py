@@ -148,7 +148,7 @@ _TRAIN_HELP: dict[str, str] = {
     "final_steps": "Steps of the final PGD robust test accuracy.",
     "final_step_size": "Step size of the final PGD (default 2.5 * epsilon / steps).",
     "final_attacks": "Extra attacks on the final model, comma separated (pgd, cw, apgd-ce, "
-                     "apgd-t, square); empty: none.",
+                     "apgd-t, fab-t, square); empty: none.",
     "final_attack_steps": "Steps of those extra attacks.",
     "final_square_queries": "Queries of the Square attack among them.",
     "final_cascade": "Run each final attack only on what the previous ones left.",
@@ -776,7 +776,7 @@ def settings_problem(config: Any) -> str | None:
         >>> settings_problem(RunConfig(epsilon=0.1)) is None
         True
         >>> print(settings_problem(RunConfig(final_attacks="pgd,apgd")))
-        --final-attacks: unknown attack(s) apgd; choose from pgd, cw, apgd-ce, apgd-dlr, apgd-t, square, fgsm
+        --final-attacks: unknown attack(s) apgd; choose from pgd, cw, apgd-ce, apgd-dlr, apgd-t, fab-t, square, fgsm
     """
     try:
         _library("experiment")._attacks(config)  # noqa: SLF001 - the run's own attacks

@@ -40,6 +40,7 @@ from keras_advcal.apgd import (APGD, PGDRestarts, apgd_checkpoints, dlr_loss,
 from keras_advcal.attacks import (FGSM, PGD, Attack, _per_example_norm, cross_entropy_loss,
                                   get as get_attack, margin_loss)
 from keras_advcal.checks import InputError, check_images, outputs_look_like_probabilities
+from keras_advcal.fab import FAB
 from keras_advcal.square import Square, square_p_schedule
 
 __all__ = [
@@ -62,7 +63,7 @@ __all__ = [
     "targeted_dlr_loss",
 ]
 
-ATTACK_NAMES = ("pgd", "cw", "apgd-ce", "apgd-dlr", "apgd-t", "square", "fgsm")
+ATTACK_NAMES = ("pgd", "cw", "apgd-ce", "apgd-dlr", "apgd-t", "fab-t", "square", "fgsm")
 DEFAULT_ATTACKS = ("pgd", "cw", "apgd-ce", "apgd-t", "square")
 
 # Sanity-check thresholds (fractions of the evaluated examples).
@@ -82,6 +83,7 @@ def build_attack(name: str, epsilon: float, norm: str = "linf",
     Names: ``"pgd"`` (PGD, cross-entropy, step ``2.5 * epsilon / steps``), ``"cw"``
     (the same with the Carlini-Wagner margin loss), ``"apgd-ce"``, ``"apgd-dlr"``,
     ``"apgd-t"`` (targeted APGD-DLR over ``min(9, num_classes - 1)`` targets),
+    ``"fab-t"`` (targeted FAB over as many targets, with AutoAttack's step settings),
     ``"square"`` (``n_queries`` queries) and ``"fgsm"``.
 
     Args:
@@ -99,6 +101,8 @@ def build_attack(name: str, epsilon: float, norm: str = "linf",
 
         >>> build_attack("apgd-t", 0.1, steps=20, num_classes=10).n_target_classes
         9
+        >>> build_attack("fab-t", 0.1, num_classes=4).n_target_classes
+        3
     """
     key = name.lower()
     common = dict(epsilon=epsilon, norm=norm, bounds=bounds, seed=seed)
@@ -107,10 +111,13 @@ def build_attack(name: str, epsilon: float, norm: str = "linf",
                            **common)
     if key in ("apgd-ce", "apgd-dlr"):
         return APGD(steps=steps, restarts=restarts, loss=key.split("-")[1], **common)
+    targets = 9 if num_classes is None else max(1, min(9, num_classes - 1))
     if key == "apgd-t":
-        targets = 9 if num_classes is None else max(1, min(9, num_classes - 1))
         return APGD(steps=steps, restarts=restarts, loss="dlr", targeted=True,
                     n_target_classes=targets, **common)
+    if key == "fab-t":
+        return FAB(steps=steps, restarts=restarts, targeted=True, n_target_classes=targets,
+                   **common)
     if key == "square":
         return Square(n_queries=n_queries, **common)
     if key == "fgsm":

@@ -1012,13 +1012,16 @@ def training_summary(out: str | os.PathLike, split: str = "test") -> dict:
     return summary
 
 
+#: RunConfig fields that do not change the trained model: what it prints, its threads,
+#: and the final evaluation (a trained run evaluated with other attacks is not retrained).
+NOT_TRAINING = ("verbose", "threads", "final_steps", "final_step_size", "final_attacks",
+                "final_attack_steps", "final_square_queries", "final_cascade",
+                "final_splits", "final_strong_attacks", "final_strong_size")
+
+
 def _training_settings(config: RunConfig) -> dict:
     """The settings that determine the trained model (not how it is reported)."""
-    values = config.to_dict()
-    for key in ("verbose", "threads", "final_steps", "final_step_size", "final_attacks",
-                "final_attack_steps"):
-        values.pop(key, None)
-    return values
+    return {key: value for key, value in config.to_dict().items() if key not in NOT_TRAINING}
 
 
 def _finished_training(out: Path, config: RunConfig) -> dict | None:
@@ -1035,8 +1038,11 @@ def _finished_training(out: Path, config: RunConfig) -> dict | None:
     def settings(values: RunConfig) -> dict:
         return json.loads(json.dumps(_json_safe(_training_settings(values))))
 
-    # A setting the marker lacks did not exist when it was written: it had the default.
-    written = {**settings(RunConfig()), **(done.get("config") or {})}
+    # A setting the marker lacks did not exist when it was written: it had the default;
+    # markers of earlier versions also recorded some of the evaluation's settings.
+    recorded = {key: value for key, value in (done.get("config") or {}).items()
+                if key not in NOT_TRAINING}
+    written = {**settings(RunConfig()), **recorded}
     return done if written == settings(config) else None
 
 

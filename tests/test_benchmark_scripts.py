@@ -374,6 +374,29 @@ def test_heldout_second_round_pgd_at_trains_first_and_the_keep_rule_reads_its_cu
     assert [job.seed for job in jobs if job.method.name == "trades"] == [0, 1, 2]
 
 
+def test_heldout_reads_the_protocols_attack_before_a_fab_t_stage(tmp_path):
+    """A run evaluated with FAB-T after the four attacks keeps the protocol's number
+    (after Square) as its worst case; the row reports FAB-T's change beside it."""
+    import json
+
+    import numpy as np
+
+    heldout = _load("heldout")
+    directory = heldout.run_dir(tmp_path, "seed7", "pgd_at", 0)
+    directory.mkdir(parents=True)
+    square = np.array([1, 1, 1, 1, 0, 0, 0, 0], dtype=bool)
+    fab = np.array([1, 1, 1, 0, 0, 0, 0, 0], dtype=bool)
+    (directory / "summary.json").write_text(json.dumps(
+        {"smoothed_gap": 0.05, "final_strong_test_adv_accuracy": float(fab.mean())}))
+    np.savez(directory / "correctness_final.npz", test_strong_after_square=square,
+             **{"test_strong_after_fab-t": fab}, test_strong_robust=fab)
+    run = heldout.collect(tmp_path)[("seed7", "pgd_at")][0]
+    assert run["worst"] == 0.5 and run["with_fab_t"] == 0.375
+    assert np.array_equal(run["correct"], square.astype(np.float32))
+    row = [r for r in heldout.analyse(tmp_path)["rows"] if r["method"] == "pgd_at"][0]
+    assert row["final_worst_case_mean"] == 50.0 and row["fab_t_change_mean"] == -12.5
+
+
 def _finished_dev_run(directory: Path, robust: float, clean: float, gap: float = 0.01,
                       **parts: dict) -> None:
     import json

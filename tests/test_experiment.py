@@ -407,6 +407,30 @@ def test_hard_run_with_weight_average_dev_curve_and_cascade(tmp_path):
     assert partial["final_dev_adv_accuracy"] == summary["final_dev_adv_accuracy"]
 
 
+def test_a_trained_run_takes_another_final_attack_without_training_again(tmp_path,
+                                                                        monkeypatch):
+    """The final attacks are not training settings: a run trained with one cascade is
+    evaluated with a FAB-T stage added, without training, and that stage attacks only
+    what Square left."""
+    config = tiny_config(tmp_path, "fab", epochs=1, labels="hard", final_attack_steps=3,
+                         final_attacks="apgd-ce", final_strong_attacks="apgd-t,square",
+                         final_strong_size=30, final_square_queries=10)
+    experiment.run(config, train_only=True)
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("fit() must not run again")
+
+    monkeypatch.setattr(experiment.AdvCalTrainer, "fit", no_training)
+    with_fab = experiment.dataclasses.replace(config, final_strong_attacks="apgd-t,square,fab-t")
+    summary = experiment.run(with_fab)
+    assert summary["resumed_after_training"] is True
+    with np.load(experiment.Path(config.out) / "correctness_final.npz") as arrays:
+        square, fab = arrays["test_strong_after_square"], arrays["test_strong_after_fab-t"]
+        assert fab.shape == square.shape == (30,)
+        assert not np.any(fab & ~square)
+        assert np.array_equal(fab, arrays["test_strong_robust"])
+
+
 def test_development_options_are_validated():
     with pytest.raises(ValueError, match="development_size"):
         RunConfig(curve_split="development").validate()
