@@ -263,6 +263,8 @@ README = ROOT / "README.md"
 SECTION = "## Held-out evaluation"
 #: The README's generated lines on the held-out evidence sit between these markers.
 README_MARKERS = ("<!-- heldout-evidence:start -->", "<!-- heldout-evidence:end -->")
+#: The README's opening lines on what the evidence covers (:func:`coverage`).
+COVERAGE_MARKERS = ("<!-- evidence-coverage:start -->", "<!-- evidence-coverage:end -->")
 #: The method page's generated account of the held-out evidence sits between these.
 METHOD_PAGE = ROOT / "tutorials" / "method.md"
 METHOD_MARKERS = ("<!-- heldout-method:start -->", "<!-- heldout-method:end -->")
@@ -716,12 +718,13 @@ def _paired(runs: dict, setting: str, method: str, baseline: str):
 #: Baselines resolved per setting to whichever of their rows has the highest mean
 #: final worst case (chosen on test numbers, in the baseline's favour).
 RESOLVED = {"pgd_at_es_or_swa": ("pgd_at_es", "pgd_at_swa"),
+            "best_of_pgd_at": ("pgd_at", "pgd_at_es", "pgd_at_swa"),
             "best_of_pgd_at_trades": ("pgd_at", "pgd_at_es", "pgd_at_swa", "trades",
                                       "trades_es", "trades_swa")}
 #: The second round's comparisons: each of these methods minus each baseline.
 ROUND2_METHODS = ("default_v2", "calibrated_default")
-ROUND2_BASELINES = ("best_of_pgd_at_trades", "pgd_at", "pgd_at_es", "pgd_at_swa", "trades",
-                    "trades_es", "trades_swa", "calibrated_default")
+ROUND2_BASELINES = ("best_of_pgd_at_trades", "best_of_pgd_at", "pgd_at", "pgd_at_es",
+                    "pgd_at_swa", "trades", "trades_es", "trades_swa", "calibrated_default")
 
 
 def _resolve_baseline(runs: dict, setting: str, baseline: str) -> str:
@@ -1474,6 +1477,112 @@ def headline(summary: dict) -> str:
         f"(95% interval [{low:.1f}, {high:.1f}]).", *better])
 
 
+def describe_setting(setting: dict) -> str:
+    """A setting's data, model, optimizer and radius, in words.
+
+    Example:
+
+        >>> describe_setting({"dataset": "mnist", "model": "small_cnn_w32_d256",
+        ...                   "optimizer": "adam", "epsilon": 0.3})
+        'MNIST, small CNN, Adam, eps 0.3'
+        >>> describe_setting({"dataset": "fashion_mnist", "model": "preact_resnet18_w8",
+        ...                   "optimizer": "sgd_piecewise", "epsilon": 0.1})
+        'Fashion-MNIST, PreActResNet-18 (width 8, BatchNorm), SGD with a piecewise rate, eps 0.1'
+    """
+    dataset = {"fashion_mnist": "Fashion-MNIST", "mnist": "MNIST"}.get(
+        setting.get("dataset", "fashion_mnist"), setting.get("dataset"))
+    model = setting["model"]
+    if model.startswith("preact_resnet18"):
+        model = f"PreActResNet-18 (width {model.rsplit('_w', 1)[1]}, BatchNorm)"
+    else:
+        width = int(model.split("_")[2][1:])
+        model = ("small CNN" if width == 32 else f"small CNN of width {width}") + (
+            " with BatchNorm" if model.endswith("_batchnorm") else "")
+    optimizer = {"adam": "Adam", "sgd_piecewise": "SGD with a piecewise rate"}.get(
+        setting.get("optimizer", "adam"), setting.get("optimizer"))
+    return f"{dataset}, {model}, {optimizer}, eps {setting['epsilon']}"
+
+
+def _round2_claim(summary: dict, setting: str) -> str | None:
+    """The default minus the best of PGD-AT's three models in ``setting`` (a setting
+    name or ``pooled_round2``), in words, if it was measured."""
+    for c in summary.get("round2_comparisons", []):
+        if (c["setting"], c["method"], c["baseline"]) == (setting, "default_v2",
+                                                           "best_of_pgd_at"):
+            seeds = c.get("seeds")
+            count = (f", {min(seeds.values())} seeds" if isinstance(seeds, dict)
+                     else f", {seeds} seeds" if seeds else "")
+            return (f"the default minus the best of PGD-AT's final, early-stopped and "
+                    f"averaged models {round(c['diff_mean'], 1) + 0.0:+.1f} points (95% "
+                    f"interval [{c['ci95'][0]:.1f}, {c['ci95'][1]:.1f}]{count})")
+    return None
+
+
+def coverage(summary: dict) -> str:
+    """The README's opening lines: every dataset, model and optimizer the held-out
+    evidence covers, and what it supports on each (per second-round setting: the
+    library's default, TRADES, against the best of PGD-AT's final, early-stopped and
+    averaged models; a setting where PGD-AT does not overfit is said to test nothing
+    about overfitting).
+
+    Example:
+
+        >>> summary = {"settings": [
+        ...     {"name": "a", "role": "heldout", "round": 1, "kept": True,
+        ...      "dataset": "fashion_mnist", "model": "small_cnn_w32_d256", "epsilon": 0.1},
+        ...     {"name": "b", "role": "heldout", "round": 2, "kept": False,
+        ...      "dataset": "mnist", "model": "small_cnn_w32_d256", "epsilon": 0.3,
+        ...      "pgd_at_gap_so_far": 1.2, "pgd_at_gap_seeds": 3},
+        ...     {"name": "c", "role": "heldout", "round": 2, "kept": None,
+        ...      "dataset": "fashion_mnist", "model": "preact_resnet18_w8", "epsilon": 0.1}],
+        ...     "comparisons": [], "rows": []}
+        >>> print(coverage(summary))  # doctest: +NORMALIZE_WHITESPACE
+        **What the evidence covers** (held-out settings, generated by `python
+        benchmarks/heldout.py --report-only`): Fashion-MNIST, small CNN, Adam, eps 0.1
+        (first round, 1 setting that counts). Second round: `b` (MNIST, small CNN, Adam,
+        eps 0.3): PGD-AT does not overfit there (smoothed gap 1.2 points over 3 seeds), so
+        it tests nothing about robust overfitting; not decided yet, no claim: `c`
+        (Fashion-MNIST, PreActResNet-18 (width 8, BatchNorm), Adam, eps 0.1).
+    """
+    settings = [s for s in summary["settings"] if s["role"] == "heldout"]
+    first = [s for s in settings if s["round"] == 1 and s["kept"]]
+    kinds = sorted({describe_setting(s) for s in first})
+    trades = [c for c in summary["comparisons"]
+              if (c["setting"], c["method"], c["baseline"])
+              == ("pooled_heldout", "calibrated_default", "trades")]
+    first_claim = ""
+    if trades:
+        c = trades[0]
+        first_claim = (f": TRADES, now the default, beat the earlier calibrated default by "
+                       f"{-c['diff_mean']:.1f} points pooled (95% interval "
+                       f"[{-c['ci95'][1]:.1f}, {-c['ci95'][0]:.1f}])")
+    lines = [f"**What the evidence covers** (held-out settings, generated by `python "
+             f"benchmarks/heldout.py --report-only`): {'; '.join(kinds)} (first round, "
+             f"{len(first)} setting{'s' if len(first) != 1 else ''} that count"
+             f"{'s' if len(first) == 1 else ''}){first_claim}."]
+    parts, running = [], []
+    for s in (s for s in settings if s["round"] == 2):
+        named = f"`{s['name']}` ({describe_setting(s)})"
+        gap = (f"smoothed gap {s.get('pgd_at_gap_so_far'):.1f} points over "
+               f"{s.get('pgd_at_gap_seeds')} seeds" if s.get("pgd_at_gap_seeds") else "")
+        if s["kept"] is None:
+            running.append(named)
+        elif s["kept"] is False:
+            parts.append(f"{named}: PGD-AT does not overfit there ({gap}), so it tests "
+                         "nothing about robust overfitting")
+        else:
+            parts.append(f"{named}: " + (_round2_claim(summary, s["name"]) or (
+                f"PGD-AT overfits there ({gap}); the other rows are running, no claim yet")))
+    if running:
+        parts.append("not decided yet, no claim: " + ", ".join(running))
+    if parts:
+        lines.append("Second round: " + "; ".join(parts) + ".")
+    pooled = _round2_claim(summary, "pooled_round2")
+    if pooled:
+        lines.append(f"Pooled over the second round's kept settings: {pooled}.")
+    return " ".join(lines)
+
+
 def _setting_status(setting: dict) -> str:
     """How a setting takes part, in words: development, or held-out and kept, dropped or
     undecided by PGD-AT's smoothed gap.
@@ -1656,6 +1765,7 @@ def main(argv=None) -> int:
     update_section(RESULTS_PAGE, section, heading=SECTION, first=True)
     replace_marked(README, readme_lines(summary), README_MARKERS)
     replace_marked(README, headline(summary) + "\n", HEADLINE_MARKERS)
+    replace_marked(README, coverage(summary) + "\n", COVERAGE_MARKERS)
     replace_marked(METHOD_PAGE, method_block(summary), METHOD_MARKERS)
     print(section)
     return 1 if any(code != 0 for code in status.values()) else 0

@@ -33,7 +33,7 @@ def test_the_data_source_is_said_before_the_quick_start_which_downloads_on_first
 def test_recipes_before_the_evidence_and_every_generated_block_marked():
     sections = _sections()
     assert sections.index("Which recipe to pick") < sections.index("Does it work?")
-    for name in ("heldout-headline", "heldout-evidence"):
+    for name in ("heldout-headline", "heldout-evidence", "evidence-coverage"):
         start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
         assert README.count(start) == README.count(end) == 1, name
         assert README.index(start) < README.index(end)
@@ -46,3 +46,12 @@ def test_recipes_before_the_evidence_and_every_generated_block_marked():
     assert recipes.count(start) == recipes.count(end) == 1
     written_by_hand = recipes.split(start)[0] + recipes.split(end)[1]
     assert not re.search(r"\d+\.\d+ ?(%|points)", written_by_hand)
+
+
+def test_the_opening_lines_say_what_the_evidence_covers():
+    """Before Install: the generated block naming every dataset and model measured."""
+    opening = README.split("## Install", 1)[0]
+    block = opening.split("<!-- evidence-coverage:start -->", 1)[1].split(
+        "<!-- evidence-coverage:end -->", 1)[0]
+    for name in ("Fashion-MNIST", "MNIST", "PreActResNet-18", "SGD"):
+        assert name in block, name
