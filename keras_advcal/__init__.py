@@ -1,10 +1,12 @@
-"""keras-advcal: adversarial training with calibrated soft targets, for Keras 3 / TensorFlow.
+"""keras-advcal: adversarial training that resists robust overfitting, for Keras 3 / TensorFlow.
 
 Adversarial examples keep the one-hot label of their clean input although the
 perturbation changes their true label distribution; fitting that noisy label is what
-makes robust test accuracy peak and fall (robust overfitting). ``AdvCalTrainer`` fits
-calibrated soft targets instead, with the temperature and mixing ratio fitted on
-held-out data every epoch by the ``CalibratedTeacher`` callback.
+makes robust test accuracy peak and fall (robust overfitting). ``AdvCalTrainer`` trains
+any Keras classifier against PGD: with TRADES and one-hot labels by default (the recipe
+the library's study of recipes picked), or with calibrated soft targets
+(``labels="calibrated"``), whose temperature and mixing ratio the ``CalibratedTeacher``
+callback fits on held-out data every epoch.
 
 ``import keras_advcal`` does not import TensorFlow (so that the ``advcal`` command
 starts at once). The names below, and every submodule (``keras_advcal.attacks``...),

@@ -61,6 +61,7 @@ import numpy as np
 from keras_advcal.apgd import APGD
 from keras_advcal.attacks import PGD, Attack, _validate_common
 from keras_advcal.checks import check_images
+from keras_advcal.choices import AUTOATTACK_VERSIONS
 from keras_advcal.evaluation import (RobustnessResult, _attack_pass, _batches,
                                      _clean_pass, _compile_attack, _compile_predict, _pct,
                                      _plain, _ProbabilitiesToLogits, _sanity_notes,
@@ -70,7 +71,7 @@ from keras_advcal.square import Square
 
 __all__ = ["VERSIONS", "autoattack", "standard_attacks"]
 
-VERSIONS = ("standard", "fast")
+VERSIONS = AUTOATTACK_VERSIONS
 
 
 def standard_attacks(epsilon: float, norm: str = "linf", version: str = "standard",

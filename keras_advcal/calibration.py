@@ -41,13 +41,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import tensorflow as tf
 
-RULES = ("published", "confidence", "fixed")
-SELECTIONS = ("one_standard_error", "minimum")
+from keras_advcal.choices import RULES, SELECTIONS
 DEFAULT_TEMPERATURES = np.geomspace(0.2, 16.0, 100)
 DEFAULT_RHOS = np.linspace(0.01, 1.0, 100)
 _LOG_FLOOR = 1e-12

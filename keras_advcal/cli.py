@@ -19,13 +19,10 @@ TensorFlow is imported only once a command needs it (``advcal --help`` and
 from __future__ import annotations
 
 import argparse
-import ast
 import contextlib
 import dataclasses
 import difflib
-import functools
 import importlib
-import importlib.util
 import json
 import math
 import os
@@ -37,6 +34,9 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
+
+from keras_advcal import choices
+from keras_advcal.config import RunConfig
 
 DEFAULT_ATTACKS = "pgd,cw,apgd-ce,apgd-t,square"
 #: Test images of `advcal evaluate` unless --n says otherwise (fewer if there are fewer).
@@ -322,67 +322,32 @@ _ARG_TYPES: dict[str, Any] = {
 }
 
 
-# ------------------------------------------------------- RunConfig, read from source
+# ------------------------------------------------------------- RunConfig's fields
 # `advcal train --help` lists RunConfig's fields, defaults and the library's choice
-# lists. Importing keras_advcal.experiment for them would import TensorFlow (seconds),
-# so they are read from the modules' source with `ast` (the literals only); the
-# commands that run import the modules themselves.
-@functools.lru_cache(maxsize=None)
-def _module_tree(module: str) -> ast.Module:
-    spec = importlib.util.find_spec(f"keras_advcal.{module}")
-    return ast.parse(Path(spec.origin).read_text(encoding="utf-8"))
-
-
-def source_constant(module: str, name: str) -> tuple:
-    """The module-level constant ``keras_advcal.<module>.<name>`` read from its source
-    without importing it: a tuple's items, or a dict's sorted keys.
-
-    Example:
-
-        >>> source_constant("targets", "LOSS_FORMS")
-        ('kd', 'soft')
-        >>> source_constant("models", "_REGISTRY")
-        ('cnn', 'preact_resnet18', 'small_cnn', 'wide_resnet', 'wrn')
-    """
-    for node in _module_tree(module).body:
-        targets = (node.targets if isinstance(node, ast.Assign) else
-                   [node.target] if isinstance(node, ast.AnnAssign) else [])
-        if any(isinstance(t, ast.Name) and t.id == name for t in targets):
-            if isinstance(node.value, ast.Dict):
-                return tuple(sorted(ast.literal_eval(key) for key in node.value.keys))
-            return tuple(ast.literal_eval(node.value))
-    raise LookupError(f"keras_advcal.{module} defines no literal {name}")
-
-
+# lists: keras_advcal.config and keras_advcal.choices import no TensorFlow, so the
+# help comes at once; the commands that run import the rest themselves.
 def run_fields() -> list[tuple[str, Any]]:
-    """RunConfig's fields and defaults, in order, read from ``experiment.py``'s source
-    (importing it would import TensorFlow).
+    """RunConfig's fields and defaults, in order.
 
     Example:
 
         >>> run_fields()[0]
         ('dataset', 'fashion_mnist')
     """
-    for node in _module_tree("experiment").body:
-        if isinstance(node, ast.ClassDef) and node.name == "RunConfig":
-            return [(item.target.id, ast.literal_eval(item.value)) for item in node.body
-                    if isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name)
-                    and item.value is not None]
-    raise LookupError("keras_advcal.experiment defines no RunConfig")
+    return [(field.name, field.default) for field in dataclasses.fields(RunConfig)]
 
 
-#: The choice lists of RunConfig's fields: (module, constant) of the library.
-_CHOICES = {"labels": ("experiment", "RUN_LABELS"), "teacher": ("teacher", "TEACHER_KINDS"),
-            "loss_form": ("targets", "LOSS_FORMS"), "rule": ("calibration", "RULES"),
-            "selection": ("calibration", "SELECTIONS"), "model": ("models", "_REGISTRY"),
-            "curve_split": ("experiment", "CURVE_SPLITS"),
-            "surrogate_examples": ("teacher", "SURROGATE_EXAMPLES"),
-            "floor_examples": ("teacher", "FLOOR_EXAMPLES"),
-            "calibration_examples": ("teacher", "CALIBRATION_EXAMPLES"),
-            "two_stage_examples": ("teacher", "TWO_STAGE_EXAMPLES"),
-            "objective": ("experiment", "RUN_OBJECTIVES"),
-            "optimizer": ("experiment", "RUN_OPTIMIZERS"),
-            "lr_schedule": ("experiment", "LR_SCHEDULES")}
+#: The choice lists of RunConfig's fields.
+_CHOICES = {"labels": choices.RUN_LABELS, "teacher": choices.TEACHER_KINDS,
+            "loss_form": choices.LOSS_FORMS, "rule": choices.RULES,
+            "selection": choices.SELECTIONS, "model": choices.MODEL_NAMES,
+            "curve_split": choices.CURVE_SPLITS,
+            "surrogate_examples": choices.SURROGATE_EXAMPLES,
+            "floor_examples": choices.FLOOR_EXAMPLES,
+            "calibration_examples": choices.CALIBRATION_EXAMPLES,
+            "two_stage_examples": choices.TWO_STAGE_EXAMPLES,
+            "objective": choices.RUN_OBJECTIVES, "optimizer": choices.RUN_OPTIMIZERS,
+            "lr_schedule": choices.LR_SCHEDULES}
 
 #: The groups of `advcal train --help`, in order: (title, description, fields). The
 #: last one, the calibration study's variants, shows with --help-all only.
@@ -393,8 +358,9 @@ TRAIN_GROUPS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("model", "The classifier.", ("model", "width", "dense", "batchnorm")),
     ("threat model", "The L-inf attacks of training and of the per-epoch evaluation.",
      ("epsilon", "train_steps", "train_step_size", "eval_steps", "eval_step_size")),
-    ("method", "Which targets and objective: PGD-AT (--labels hard), the calibrated "
-               "trainer (the default), ADR; TRADES, MART, AWP.",
+    ("method", "Which targets and objective: TRADES with one-hot labels (the default), "
+               "PGD-AT (--objective pgd_at), calibrated targets (--labels calibrated), "
+               "ADR (--labels adr); MART, AWP.",
      ("labels", "objective", "beta", "awp_gamma", "teacher", "loss_form", "rule",
       "acc_floor", "selection", "fixed_temperature", "fixed_rho", "swa_start_epoch",
       "ema_decay", "rectified_targets", "teacher_model", "surrogate_model",
@@ -496,7 +462,7 @@ def _add_field(group: Any, name: str, default: Any, hidden: bool) -> None:
     else:
         kwargs["type"] = _ARG_TYPES.get(name, str)
         if name in _CHOICES:
-            kwargs["choices"] = source_constant(*_CHOICES[name])
+            kwargs["choices"] = _CHOICES[name]
         elif isinstance(default, tuple):
             kwargs.update(nargs=2, metavar=("START", "END"))
         elif name in ("teacher_model", "surrogate_model"):
@@ -592,7 +558,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help="run AutoAttack instead of --attacks (keras_advcal.autoattack: "
                                "each attack on what the ones before it left; --steps, "
                                "--n-queries, --restarts and --cascade do not apply)")
-    evaluate.add_argument("--version", choices=source_constant("autoattack", "VERSIONS"),
+    evaluate.add_argument("--version", choices=choices.AUTOATTACK_VERSIONS,
                           default="standard",
                           help="the AutoAttack cascade: standard (APGD-CE, APGD-T, FAB-T, "
                                "Square-5000, the reference's settings) or fast (PGD-20, "
@@ -700,7 +666,7 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             parser.error(f"cannot read --config {config_file}: {error}")
     values.update(options)
     try:
-        config = experiment.RunConfig.from_dict(values).validate()
+        config = RunConfig.from_dict(values).validate()
     except (TypeError, ValueError) as error:
         parser.error(flag_names(str(error)))
     problem = settings_problem(config) or out_problem(config, overwrite=True)
@@ -837,15 +803,14 @@ def out_problem(config: Any, overwrite: bool = False) -> str | None:
         return f"--out {out} is a file, not a directory; choose another --out."
     if overwrite or not (out / "config.json").is_file():
         return None
-    experiment = _library("experiment")
     try:
-        before = experiment.RunConfig.from_dict(json.loads((out / "config.json").read_text()))
+        before = RunConfig.from_dict(json.loads((out / "config.json").read_text()))
     except (OSError, ValueError, TypeError):
         return (f"--out {out} holds a run whose config.json this version cannot read; add "
                 "--overwrite to replace it, or choose another --out.")
 
     def settings(run: Any) -> dict:
-        values = experiment._training_settings(run)  # noqa: SLF001 - what the model depends on
+        values = run.training_settings()
         values.pop("out", None)
         return json.loads(json.dumps(values))
 
@@ -1267,7 +1232,7 @@ def demo_config(name: str, labels: str, epochs: int, epsilon: float, seed: int, 
         >>> demo_config("x", "hard", 30, 0.15, 0, "runs/demo", 0).eval_every
         3
     """
-    return _library("experiment").RunConfig(dataset="digits", subset=None, validation_size=None, test_size=None,
+    return RunConfig(dataset="digits", subset=None, validation_size=None, test_size=None,
                      width=32, dense=128, epsilon=epsilon, train_steps=5,
                      train_step_size=2.5 * epsilon / 5, eval_steps=10,
                      eval_step_size=2.5 * epsilon / 10, eval_every=max(1, epochs // 10),

@@ -1,6 +1,7 @@
 """One configured training run, and the artifacts it leaves: the `advcal train` job.
 
-:func:`run` takes a :class:`RunConfig`, trains one model with the library's pieces
+:func:`run` takes a :class:`RunConfig` (defined in :mod:`keras_advcal.config`, which
+imports no TensorFlow), trains one model with the library's pieces
 (``data.load`` -> ``models.get`` -> ``AdvCalTrainer`` + ``CalibratedTeacher`` +
 ``RobustAccuracyTracker``) and writes into ``config.out``:
 
@@ -34,7 +35,6 @@ Example:
 from __future__ import annotations
 
 import csv
-import dataclasses
 import json
 import math
 import os
@@ -50,425 +50,21 @@ import tensorflow as tf
 from keras_advcal import data as data_lib
 from keras_advcal import models as models_lib
 from keras_advcal import objectives as objectives_lib
-from keras_advcal import targets as targets_lib
 from keras_advcal.adr import ADRSchedule, adr_trainer
 from keras_advcal.attacks import PGD
 from keras_advcal.awp import AWP
 from keras_advcal.averaging import WeightAverage
-from keras_advcal.calibration import RULES, SELECTIONS
+from keras_advcal.choices import RUN_LABELS, RUN_OBJECTIVES  # noqa: F401 - in __all__
+from keras_advcal.config import NOT_TRAINING, RunConfig
 from keras_advcal.evaluation import RobustAccuracyTracker, evaluate_robustness, summarize_history
-from keras_advcal.teacher import (CALIBRATION_EXAMPLES, FLOOR_EXAMPLES, SURROGATE_EXAMPLES,
-                                  TEACHER_KINDS, TWO_STAGE_EXAMPLES, CalibratedTeacher,
-                                  calibrate_teacher)
+from keras_advcal.teacher import CalibratedTeacher, calibrate_teacher
 from keras_advcal.trainer import AdvCalTrainer
 
-#: Label modes of a run: the trainer's two, plus the ADR-style baseline.
-RUN_LABELS = ("hard", "calibrated", "adr")
-#: Objectives of a run (the ADR baseline's own objective comes with labels="adr").
-RUN_OBJECTIVES = ("pgd_at", "trades", "mart")
 #: Keys of the per-epoch history that carry the calibration (plotted when present).
 CALIBRATION_KEYS = ("temperature", "rho", "teacher_adv_accuracy")
 SMOOTHING_WINDOW = 3
-#: Splits a run can evaluate per epoch and at the end.
-CURVE_SPLITS = ("test", "development")
-#: Optimizers and learning-rate schedules of ``RunConfig``.
-RUN_OPTIMIZERS = ("adam", "sgd")
-LR_SCHEDULES = ("constant", "piecewise")
 #: The short name of each split in logged keys (``test_adv_accuracy``, ``dev_adv_accuracy``).
 SPLIT_KEYS = {"test": "test", "development": "dev"}
-
-
-# ------------------------------------------------------------------------- the config
-@dataclasses.dataclass
-class RunConfig:
-    """Everything one training run needs. Defaults: the benchmark protocol's setting
-    (Fashion-MNIST, 500 images, small CNN, eps 0.1), trained with the library's default
-    recipe, TRADES (beta 6) with one-hot labels.
-
-    Attributes:
-        dataset: dataset name for :func:`keras_advcal.data.load`.
-        subset: training subset size (``None``: the whole training pool).
-        validation_size: held-out validation examples (``None``: the loader default).
-        test_size: fixed random subset of the test split (``None``: all of it).
-        data_seed: seed of the data splits (kept fixed across training seeds).
-        development_size: examples of the training pool held out as the
-            development split (0: none), where variants of the method are compared.
-        test_seed: seed of the test subset's draw (``None``: ``data_seed``).
-        test_offset: skip this many images of the seeded test permutation (test
-            images that an earlier selection looked at).
-        curve_split: the split of the per-epoch robust accuracy curve: ``"test"``
-            (logged as ``test_adv_accuracy``) or ``"development"``
-            (``dev_adv_accuracy``).
-        curve_size: evaluate the per-epoch curve on the first ``curve_size`` images
-            of its split only (``None``: all of them).
-        label_noise: fraction of training labels flipped.
-        model: model name for :func:`keras_advcal.models.get`.
-        width, dense, batchnorm: small CNN options (ignored by other models);
-            ``width`` is also PreActResNet-18's stem width (64 in the original).
-        epsilon: L-inf radius on [0, 1] pixels.
-        train_steps, train_step_size: training PGD (random start).
-        eval_steps, eval_step_size: PGD of the validation metric, the calibration
-            and the per-epoch test curve.
-        eval_every: evaluate robust test accuracy every this many epochs (and at
-            the last epoch).
-        labels: ``"hard"`` (one-hot labels), ``"calibrated"`` or ``"adr"`` (the
-            ADR-style baseline: EMA teacher on the clean input, annealed T and rho).
-        objective: the training objective: ``"pgd_at"``, ``"trades"`` or ``"mart"``
-            (:mod:`keras_advcal.objectives`); calibrated labels replace the one-hot
-            label in its supervised term.
-        beta: the ``beta`` of TRADES or MART (``None``: the objective's default, 6
-            and 5).
-        awp_gamma: adversarial weight perturbation of this relative size before
-            every descent step (:class:`keras_advcal.AWP`; 0: none).
-        rectified_targets: per-example ratios that keep every calibrated target on
-            its label (``AdvCalTrainer(rectified_targets=True)``; calibrate with
-            ``acc_floor=0``).
-        teacher: teacher kind of the calibrated trainer: best, swa, ema or fixed.
-        loss_form: ``"kd"`` or ``"soft"``.
-        rule: calibration rule: published, confidence or fixed.
-        acc_floor: accuracy floor of the published rule.
-        selection: how the published rule picks its grid point: minimum (default:
-            the literal rule) or one_standard_error.
-        fixed_temperature, fixed_rho: ``T`` and ``rho`` of ``rule="fixed"``.
-        swa_start_epoch: first epoch (from 0) averaged into an swa teacher.
-        calibration_size: calibrate T and rho on the first ``calibration_size``
-            validation images only (``None``: all of them); early stopping and the
-            ``best`` teacher still read the whole validation split.
-        surrogate_examples: where the surrogate's logits are taken: on the PGD
-            examples made against the teacher (``"teacher"``) or on its own
-            (``"surrogate"``).
-        separate_surrogate_temperature: scale the surrogate by its own fitted
-            temperature in the calibration's NLL.
-        average_fits: use the mean of the successful fits of T and rho so far.
-        floor_examples: where the accuracy floor is measured: ``"training"`` (the
-            teacher's logits from the training steps) or ``"attack"`` (PGD examples of
-            the training images made against the teacher).
-        reuse_validation_examples: keep the calibration's validation PGD examples
-            while they still fit the teacher (``calibration_examples="attack"``).
-        calibration_examples: ``"validation_pass"`` (the teacher's and the student's
-            logits on the PGD examples of the validation pass, made against the
-            student; no attack of the calibration's own; at most the first 1,024
-            validation images) or ``"attack"`` (PGD examples made against the teacher
-            by the calibration).
-        ema_decay: decay of the ema teacher (and of the ADR teacher).
-        teacher_model: ``.keras`` file of a trained teacher (``teacher="fixed"``).
-        surrogate_model: ``.keras`` file of the overfitted model of the two-stage
-            recipe; when given with a fixed teacher, T and rho are calibrated once
-            before training (``calibrate_teacher``) and kept fixed.
-        two_stage_examples: which model that one-off calibration makes its PGD
-            examples against: ``"surrogate"`` (the student's stand-in, as in
-            training) or ``"teacher"`` (earlier versions; drives rho to ~0).
-        adr_temperature: ``(start, end)`` of the ADR cosine temperature schedule.
-        adr_rho: ``(start, end)`` of the ADR cosine rho schedule.
-        epochs, batch_size: training epochs and batch size.
-        learning_rate: the (initial) learning rate.
-        optimizer: ``"adam"`` (the default) or ``"sgd"`` (with ``momentum``; the
-            standard adversarial-training recipe is SGD, momentum 0.9, weight decay
-            5e-4, learning rate 0.1 dropped tenfold twice).
-        momentum: momentum of ``optimizer="sgd"``.
-        weight_decay: weight decay of the optimizer (Keras' decoupled form: each step
-            subtracts ``learning_rate * weight_decay * w``; 0: none).
-        lr_schedule: ``"constant"`` or ``"piecewise"`` (the rate drops tenfold at each
-            fraction of the training in ``lr_drops``).
-        lr_drops: comma-separated fractions of the epochs at which ``"piecewise"``
-            divides the learning rate by 10 (default ``"0.5,0.75"``: epochs 100 and 150
-            of 200, as in Rice et al. 2020).
-        seed: seed of the initialisation, shuffling and attacks.
-        final_steps, final_step_size: the final PGD robust test accuracy (PGD-20).
-        final_attacks: extra attacks of :func:`evaluate_robustness` run on the final
-            model (comma separated, e.g. ``"apgd-ce,apgd-t"``; empty: none).
-        final_attack_steps: steps of those attacks.
-        final_square_queries: queries of the Square attack among them.
-        final_strong_attacks: comma-separated attacks that continue the cascade on
-            the first ``final_strong_size`` images of each final split only, on the
-            examples that survived the others (e.g. ``"apgd-t,square"``: expensive
-            attacks on a fixed subset). Reported as
-            ``final_strong_<split>_adv_accuracy``, the worst case of every attack on
-            that subset.
-        final_strong_size: images of each final split that the strong attacks see
-            (``None``: all).
-        final_cascade: run each final attack only on the examples the previous
-            ones left (cheaper; the worst case is the same, the per-attack accuracy
-            alone is not measured).
-        final_splits: comma-separated splits of the final evaluation (``test``,
-            ``development``); per-example correctness of every evaluated model is
-            written to ``correctness_<model>.npz``.
-        weight_average: also keep the uniform average of the student's weights
-            from ``swa_start_epoch`` on (:class:`keras_advcal.averaging.WeightAverage`)
-            and evaluate it at the end like the final model.
-        checkpoint_best: save ``best.keras`` (best validation robust accuracy).
-        threads: TensorFlow intra/inter-op threads (0: TensorFlow's default).
-        out: output directory.
-        verbose: 0 silent, 1 progress bars, 2 one line per epoch.
-    """
-
-    dataset: str = "fashion_mnist"
-    subset: int | None = 500
-    validation_size: int | None = 500
-    test_size: int | None = 2000
-    data_seed: int = 0
-    development_size: int = 0
-    test_seed: int | None = None
-    test_offset: int = 0
-    curve_split: str = "test"
-    curve_size: int | None = None
-    label_noise: float = 0.0
-    model: str = "cnn"
-    width: int = 32
-    dense: int = 256
-    batchnorm: bool = False
-    epsilon: float = 0.1
-    train_steps: int = 5
-    train_step_size: float = 0.05
-    eval_steps: int = 10
-    eval_step_size: float = 0.025
-    eval_every: int = 3
-    labels: str = "hard"
-    objective: str = "trades"
-    beta: float | None = None
-    awp_gamma: float = 0.0
-    rectified_targets: bool = False
-    teacher: str = "swa"
-    loss_form: str = "kd"
-    rule: str = "published"
-    acc_floor: float = 0.9
-    selection: str = "minimum"
-    fixed_temperature: float = 2.0
-    fixed_rho: float = 0.5
-    swa_start_epoch: int = 0
-    calibration_size: int | None = None
-    surrogate_examples: str = "teacher"
-    separate_surrogate_temperature: bool = False
-    average_fits: bool = False
-    floor_examples: str = "training"
-    reuse_validation_examples: bool = True
-    calibration_examples: str = "validation_pass"
-    ema_decay: float = 0.995
-    teacher_model: str | None = None
-    surrogate_model: str | None = None
-    two_stage_examples: str = "surrogate"
-    adr_temperature: tuple[float, float] = (2.5, 2.0)
-    adr_rho: tuple[float, float] = (0.7, 0.95)
-    epochs: int = 120
-    batch_size: int = 64
-    learning_rate: float = 1e-3
-    optimizer: str = "adam"
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    lr_schedule: str = "constant"
-    lr_drops: str = "0.5,0.75"
-    seed: int = 0
-    final_steps: int = 20
-    final_step_size: float | None = None
-    final_attacks: str = ""
-    final_attack_steps: int = 100
-    final_square_queries: int = 5000
-    final_strong_attacks: str = ""
-    final_strong_size: int | None = None
-    final_cascade: bool = False
-    final_splits: str = "test"
-    weight_average: bool = False
-    checkpoint_best: bool = False
-    threads: int = 0
-    out: str = "runs/advcal"
-    verbose: int = 1
-
-    def __post_init__(self):
-        self.adr_temperature = tuple(float(v) for v in self.adr_temperature)
-        self.adr_rho = tuple(float(v) for v in self.adr_rho)
-
-    def validate(self) -> "RunConfig":
-        """Raises ``ValueError`` with a clear message for an invalid setting.
-
-        Example:
-
-            >>> RunConfig(epsilon=-1).validate()
-            Traceback (most recent call last):
-            ...
-            ValueError: epsilon must be >= 0, got -1.
-        """
-        def check(ok: bool, message: str):
-            if not ok:
-                raise ValueError(message)
-
-        check(self.epsilon >= 0, f"epsilon must be >= 0, got {self.epsilon}.")
-        check(not self.rectified_targets or self.labels == "calibrated",
-              "rectified_targets needs labels='calibrated'.")
-        for name in ("train_step_size", "eval_step_size", "learning_rate", "acc_floor",
-                     "label_noise", "fixed_rho"):
-            value = getattr(self, name)
-            check(value >= 0, f"{name} must be >= 0, got {value}.")
-        for name in ("train_steps", "eval_steps", "eval_every", "epochs", "batch_size",
-                     "final_steps", "final_attack_steps"):
-            value = getattr(self, name)
-            check(int(value) == value and value >= 1,
-                  f"{name} must be a positive integer, got {value}.")
-        check(self.threads >= 0, f"threads must be >= 0, got {self.threads}.")
-        check(self.development_size >= 0 and self.test_offset >= 0,
-              "development_size and test_offset must be >= 0.")
-        check(self.curve_split in CURVE_SPLITS, f"curve_split must be one of {CURVE_SPLITS}, "
-              f"got {self.curve_split!r}.")
-        check(self.curve_size is None or self.curve_size >= 1,
-              f"curve_size must be a positive integer or None, got {self.curve_size}.")
-        check(self.final_square_queries >= 1, "final_square_queries must be >= 1.")
-        check(self.final_strong_size is None or self.final_strong_size >= 1,
-              "final_strong_size must be a positive integer or None.")
-        splits = self.final_split_names
-        check(bool(splits) and all(name in CURVE_SPLITS for name in splits),
-              f"final_splits must name splits among {CURVE_SPLITS}, got {self.final_splits!r}.")
-        if "development" in splits or self.curve_split == "development":
-            check(self.development_size > 0, "a development curve or final evaluation needs "
-                  "development_size > 0.")
-        check(self.labels in RUN_LABELS, f"labels must be one of {RUN_LABELS}, got "
-              f"{self.labels!r}.")
-        check(self.optimizer in RUN_OPTIMIZERS, f"optimizer must be one of {RUN_OPTIMIZERS}, "
-              f"got {self.optimizer!r}.")
-        check(self.lr_schedule in LR_SCHEDULES, f"lr_schedule must be one of {LR_SCHEDULES}, "
-              f"got {self.lr_schedule!r}.")
-        check(0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}.")
-        check(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}.")
-        try:
-            drops = self.lr_drop_fractions
-        except ValueError:
-            drops = None
-        check(drops is not None and all(0 < d < 1 for d in drops)
-              and list(drops) == sorted(set(drops)),
-              "lr_drops must be increasing comma-separated fractions in (0, 1), got "
-              f"{self.lr_drops!r}.")
-        check(self.objective in RUN_OBJECTIVES, f"objective must be one of {RUN_OBJECTIVES}, "
-              f"got {self.objective!r}.")
-        check(self.labels != "adr" or self.objective == "pgd_at", "labels='adr' is the ADR "
-              "baseline, with its own objective: leave objective='pgd_at'.")
-        if self.beta is not None:
-            check(self.objective in ("trades", "mart"),
-                  f"beta applies to objective trades or mart, not {self.objective!r}.")
-            check(math.isfinite(self.beta) and self.beta >= 0,
-                  f"beta must be >= 0, got {self.beta}.")
-        check(math.isfinite(self.awp_gamma) and self.awp_gamma >= 0,
-              f"awp_gamma must be >= 0, got {self.awp_gamma}.")
-        check(self.teacher in TEACHER_KINDS, f"teacher must be one of {TEACHER_KINDS}, got "
-              f"{self.teacher!r}.")
-        check(self.loss_form in targets_lib.LOSS_FORMS, f"loss_form must be one of "
-              f"{targets_lib.LOSS_FORMS}, got {self.loss_form!r}.")
-        check(self.rule in RULES, f"rule must be one of {RULES}, got {self.rule!r}.")
-        check(self.selection in SELECTIONS, f"selection must be one of {SELECTIONS}, got "
-              f"{self.selection!r}.")
-        check(self.acc_floor <= 1.0, f"acc_floor must be in [0, 1], got {self.acc_floor}.")
-        check(self.fixed_rho <= 1.0, f"fixed_rho must be in [0, 1], got {self.fixed_rho}.")
-        check(self.fixed_temperature > 0, "fixed_temperature must be > 0, got "
-              f"{self.fixed_temperature}.")
-        check(0.0 < self.ema_decay < 1.0, f"ema_decay must be in (0, 1), got {self.ema_decay}.")
-        check(self.label_noise < 1.0, f"label_noise must be < 1, got {self.label_noise}.")
-        check(self.swa_start_epoch >= 0, "swa_start_epoch must be >= 0.")
-        check(self.calibration_size is None or self.calibration_size >= 1,
-              f"calibration_size must be a positive integer or None, got "
-              f"{self.calibration_size}.")
-        check(self.floor_examples in FLOOR_EXAMPLES, f"floor_examples must be one of "
-              f"{FLOOR_EXAMPLES}, got {self.floor_examples!r}.")
-        check(self.surrogate_examples in SURROGATE_EXAMPLES, f"surrogate_examples must be one "
-              f"of {SURROGATE_EXAMPLES}, got {self.surrogate_examples!r}.")
-        check(self.calibration_examples in CALIBRATION_EXAMPLES, f"calibration_examples must "
-              f"be one of {CALIBRATION_EXAMPLES}, got {self.calibration_examples!r}.")
-        check(self.two_stage_examples in TWO_STAGE_EXAMPLES, f"two_stage_examples must be "
-              f"one of {TWO_STAGE_EXAMPLES}, got {self.two_stage_examples!r}.")
-        if self.teacher == "fixed" and self.labels == "calibrated":
-            check(self.teacher_model is not None,
-                  "teacher='fixed' needs teacher_model: the .keras file of a trained teacher.")
-        if self.surrogate_model is not None:
-            check(self.teacher == "fixed" and self.labels == "calibrated",
-                  "surrogate_model (the two-stage recipe) needs labels='calibrated' and "
-                  "teacher='fixed'.")
-        for path in (self.teacher_model, self.surrogate_model):
-            if path is not None:
-                check(Path(path).is_file(), f"model file not found: {path}")
-        check(len(self.adr_temperature) == 2 and min(self.adr_temperature) > 0,
-              "adr_temperature must be two positive numbers (start, end).")
-        check(len(self.adr_rho) == 2 and all(0 <= v <= 1 for v in self.adr_rho),
-              "adr_rho must be two numbers in [0, 1] (start, end).")
-        return self
-
-    @property
-    def lr_drop_fractions(self) -> tuple[float, ...]:
-        """``lr_drops`` as numbers.
-
-        Example:
-
-            >>> RunConfig().lr_drop_fractions
-            (0.5, 0.75)
-        """
-        return tuple(float(v) for v in self.lr_drops.split(",") if v.strip())
-
-    def to_dict(self) -> dict:
-        """A JSON-friendly dict."""
-        out = dataclasses.asdict(self)
-        out["adr_temperature"] = list(self.adr_temperature)
-        out["adr_rho"] = list(self.adr_rho)
-        return out
-
-    @classmethod
-    def from_dict(cls, values: dict) -> "RunConfig":
-        """Builds a config from a dict; unknown keys raise ``ValueError``.
-
-        Example:
-
-            >>> RunConfig.from_dict({"epochs": 3}).epochs
-            3
-        """
-        names = {field.name for field in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - names)
-        if unknown:
-            raise ValueError(f"Unknown RunConfig option(s): {', '.join(unknown)}.")
-        return cls(**values)
-
-    @property
-    def final_split_names(self) -> list[str]:
-        """The splits of the final evaluation, in order."""
-        return [name.strip() for name in self.final_splits.split(",") if name.strip()]
-
-    @property
-    def is_calibrated(self) -> bool:
-        return self.labels in ("calibrated", "adr")
-
-    def ignored_options(self) -> list[tuple[str, str]]:
-        """The options set away from their defaults that this run does not read, each
-        with the setting that would read it: ``(field, "labels='calibrated'")``.
-
-        A one-hot (``labels="hard"``) run ignores the calibrated targets' options, an
-        Adam run the momentum, a constant rate its drops, PGD-AT the ``beta`` of
-        TRADES and MART.
-
-        Example:
-
-            >>> RunConfig(labels="hard", teacher="fixed", momentum=0.5).ignored_options()
-            [('teacher', "labels='calibrated'"), ('momentum', "optimizer='sgd'")]
-            >>> RunConfig(labels="calibrated", teacher="fixed").ignored_options()
-            []
-        """
-        default = RunConfig()
-        calibrated = self.labels == "calibrated"
-        reads = {name: (calibrated, "labels='calibrated'") for name in CALIBRATED_OPTIONS}
-        reads.update(
-            adr_temperature=(self.labels == "adr", "labels='adr'"),
-            adr_rho=(self.labels == "adr", "labels='adr'"),
-            ema_decay=(self.labels == "adr" or (calibrated and self.teacher == "ema"),
-                       "labels='adr' or teacher='ema'"),
-            swa_start_epoch=(self.weight_average or (calibrated and self.teacher == "swa"),
-                             "weight_average=True or teacher='swa'"),
-            momentum=(self.optimizer == "sgd", "optimizer='sgd'"),
-            lr_drops=(self.lr_schedule == "piecewise", "lr_schedule='piecewise'"),
-            beta=(self.objective != "pgd_at", "objective='trades' or 'mart'"))
-        return [(field.name, reads[field.name][1]) for field in dataclasses.fields(self)
-                if field.name in reads and not reads[field.name][0]
-                and getattr(self, field.name) != getattr(default, field.name)]
-
-
-#: The RunConfig fields that only the calibrated targets read (``labels="calibrated"``).
-CALIBRATED_OPTIONS = (
-    "teacher", "loss_form", "rule", "acc_floor", "selection", "fixed_temperature",
-    "fixed_rho", "teacher_model", "surrogate_model", "calibration_size",
-    "surrogate_examples", "separate_surrogate_temperature", "average_fits",
-    "floor_examples", "reuse_validation_examples", "calibration_examples",
-    "two_stage_examples")
 
 
 # ------------------------------------------------------------------ the recorder
@@ -959,7 +555,7 @@ def run(config: RunConfig, splits: data_lib.DatasetSplits | None = None, *,
     history = recorder.history()
     write_history(history, out)
     (out / TRAINED_MARKER).write_text(json.dumps(_json_safe(
-        {"config": _training_settings(config), "train_seconds": train_seconds,
+        {"config": config.training_settings(), "train_seconds": train_seconds,
          "notes": notes}), indent=2))
     if train_only:
         return training_summary(out, config.curve_split)
@@ -1012,18 +608,6 @@ def training_summary(out: str | os.PathLike, split: str = "test") -> dict:
     return summary
 
 
-#: RunConfig fields that do not change the trained model: what it prints, its threads,
-#: and the final evaluation (a trained run evaluated with other attacks is not retrained).
-NOT_TRAINING = ("verbose", "threads", "final_steps", "final_step_size", "final_attacks",
-                "final_attack_steps", "final_square_queries", "final_cascade",
-                "final_splits", "final_strong_attacks", "final_strong_size")
-
-
-def _training_settings(config: RunConfig) -> dict:
-    """The settings that determine the trained model (not how it is reported)."""
-    return {key: value for key, value in config.to_dict().items() if key not in NOT_TRAINING}
-
-
 def _finished_training(out: Path, config: RunConfig) -> dict | None:
     """The marker of a finished training of this very configuration, if there is one."""
     marker = out / TRAINED_MARKER
@@ -1036,7 +620,7 @@ def _finished_training(out: Path, config: RunConfig) -> dict | None:
         return None
 
     def settings(values: RunConfig) -> dict:
-        return json.loads(json.dumps(_json_safe(_training_settings(values))))
+        return json.loads(json.dumps(_json_safe(values.training_settings())))
 
     # A setting the marker lacks did not exist when it was written: it had the default;
     # markers of earlier versions also recorded some of the evaluation's settings.

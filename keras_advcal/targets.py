@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-LOSS_FORMS = ("kd", "soft")
+from keras_advcal.choices import LOSS_FORMS
 
 
 def _float32(t) -> tf.Tensor:

@@ -46,15 +46,10 @@ import tensorflow as tf
 
 from keras_advcal import attacks as attacks_lib
 from keras_advcal import calibration
-from keras_advcal.averaging import average_into, batchnorm_layers, reestimate_batchnorm
+from keras_advcal.averaging import average_into, reestimate_batchnorm
+from keras_advcal.choices import (CALIBRATION_EXAMPLES, FLOOR_EXAMPLES, SURROGATE_EXAMPLES,
+                                  TEACHER_KINDS, TWO_STAGE_EXAMPLES)
 from keras_advcal.trainer import VALIDATION_SAMPLE_SIZE, AdvCalTrainer
-
-SURROGATE_EXAMPLES = ("teacher", "surrogate")
-#: Which model ``calibrate_teacher`` makes its PGD examples against.
-TWO_STAGE_EXAMPLES = ("surrogate", "teacher")
-FLOOR_EXAMPLES = ("training", "attack")
-CALIBRATION_EXAMPLES = ("validation_pass", "attack")
-TEACHER_KINDS = ("best", "swa", "ema", "fixed")
 
 
 # ----------------------------------------------------------------------- data helpers

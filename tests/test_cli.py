@@ -156,20 +156,24 @@ def test_every_run_option_has_a_flag_with_help():
     assert names == set(cli._TRAIN_HELP)
 
 
-def test_train_options_come_from_runconfig_without_importing_it():
-    """The help reads RunConfig and the choice lists from source: the same as imported."""
+def test_train_options_and_choices_are_the_librarys():
+    """The help lists RunConfig's fields and the implementing modules' own choices."""
     import dataclasses
 
-    from keras_advcal import calibration, experiment, models, targets, teacher
+    from keras_advcal import autoattack, calibration, experiment, models, targets, teacher
 
     assert cli.run_fields() == [(field.name, field.default)
                                 for field in dataclasses.fields(experiment.RunConfig)]
-    modules = {"experiment": experiment, "teacher": teacher, "targets": targets,
-               "calibration": calibration}
-    for field, (module, name) in cli._CHOICES.items():
-        expected = (tuple(models.available()) if module == "models"
-                    else getattr(modules[module], name))
-        assert cli.source_constant(module, name) == tuple(expected), field
+    implemented = {"labels": experiment.RUN_LABELS, "teacher": teacher.TEACHER_KINDS,
+                   "loss_form": targets.LOSS_FORMS, "rule": calibration.RULES,
+                   "selection": calibration.SELECTIONS, "model": tuple(models.available()),
+                   "objective": experiment.RUN_OBJECTIVES,
+                   "floor_examples": teacher.FLOOR_EXAMPLES}
+    for field, names in implemented.items():
+        assert tuple(cli._CHOICES[field]) == tuple(names), field
+    evaluate = cli.build_parser().parse_args(["evaluate", "m.keras", "--dataset", "digits",
+                                              "--epsilon", "0.1", "--version", "fast"])
+    assert evaluate.version in autoattack.VERSIONS
 
 
 def test_every_run_option_is_in_one_help_group():

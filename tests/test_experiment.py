@@ -1,5 +1,6 @@
 """keras_advcal.experiment: one configured run and its artifacts (tiny digits runs)."""
 
+import dataclasses
 import json
 import math
 
@@ -421,7 +422,7 @@ def test_a_trained_run_takes_another_final_attack_without_training_again(tmp_pat
         raise AssertionError("fit() must not run again")
 
     monkeypatch.setattr(experiment.AdvCalTrainer, "fit", no_training)
-    with_fab = experiment.dataclasses.replace(config, final_strong_attacks="apgd-t,square,fab-t")
+    with_fab = dataclasses.replace(config, final_strong_attacks="apgd-t,square,fab-t")
     summary = experiment.run(with_fab)
     assert summary["resumed_after_training"] is True
     with np.load(experiment.Path(config.out) / "correctness_final.npz") as arrays:

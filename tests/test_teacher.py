@@ -7,7 +7,7 @@ import pytest
 from keras_advcal import AdvCalTrainer, CalibratedTeacher, PGD, calibrate_teacher
 from keras_advcal import calibration
 from keras_advcal import teacher as teacher_lib
-from keras_advcal.averaging import reestimate_batchnorm
+from keras_advcal.averaging import batchnorm_layers, reestimate_batchnorm
 from tests.conftest import tiny_cnn
 
 
@@ -106,7 +106,7 @@ def test_swa_reestimates_batchnorm_on_the_training_attack(digits):
     of the clean images."""
     trainer, callback, _, _ = _fit(digits, "swa", epochs=2, batchnorm=True)
     teacher = trainer.teacher
-    bn = teacher_lib.batchnorm_layers(teacher)[0]
+    bn = batchnorm_layers(teacher)[0]
     features = keras.Model(teacher.inputs, teacher.layers[0].output)
     copy = keras.models.clone_model(teacher)
     copy.set_weights(teacher.get_weights())

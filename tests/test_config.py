@@ -1,0 +1,37 @@
+"""RunConfig on its own: round trips, refusals, what trains and what it ignores."""
+
+import dataclasses
+
+import pytest
+
+from keras_advcal.config import NOT_TRAINING, RunConfig
+
+
+def test_round_trip_through_a_dict():
+    config = RunConfig(dataset="mnist", epsilon=0.3, optimizer="sgd", momentum=0.9,
+                       adr_temperature=(2.0, 1.0))
+    assert RunConfig.from_dict(config.to_dict()) == config
+
+
+def test_unknown_and_invalid_options_are_refused_by_name():
+    with pytest.raises(ValueError, match="Unknown RunConfig option"):
+        RunConfig.from_dict({"epoch": 3})
+    with pytest.raises(ValueError, match="epsilon must be >= 0"):
+        RunConfig(epsilon=-0.1).validate()
+
+
+def test_training_settings_leave_out_only_what_does_not_change_the_model():
+    config = RunConfig()
+    settings = config.training_settings()
+    fields = {field.name for field in dataclasses.fields(RunConfig)}
+    assert set(settings) == fields - set(NOT_TRAINING)
+    evaluated_otherwise = dataclasses.replace(config, final_strong_attacks="fab-t",
+                                              final_cascade=False, verbose=0)
+    assert evaluated_otherwise.training_settings() == settings
+    assert dataclasses.replace(config, epochs=3).training_settings() != settings
+
+
+def test_ignored_options_name_what_would_read_them():
+    assert RunConfig(labels="hard", rule="fixed", lr_drops="0.5").ignored_options() == [
+        ("rule", "labels='calibrated'"), ("lr_drops", "lr_schedule='piecewise'")]
+    assert RunConfig(labels="adr", adr_rho=(0.1, 0.2), ema_decay=0.9).ignored_options() == []
