@@ -40,12 +40,22 @@ Fashion-MNIST is read from the gzip IDX files in ``--data-dir`` (Debian's
 Example:
 
     python benchmarks/art_crosscheck.py --n-test 200 --train-size 2000 --epochs 2
+
+The 1,000 images in chunks (each a few hours' fraction; the same ``--model`` file, so
+every chunk attacks the same weights, which each report records as ``model_sha256``),
+then one report::
+
+    python benchmarks/art_crosscheck.py --model /tmp/cc.keras --offset 0 --n-test 100 \
+        --output benchmarks/results/art_crosscheck_chunks/0000.json
+    ...                                   # --offset 100, 200, ..., 900
+    python benchmarks/art_crosscheck.py --merge benchmarks/results/art_crosscheck_chunks/*.json
 """
 
 from __future__ import annotations
 
 import argparse
 import gzip
+import hashlib
 import json
 import os
 import platform
@@ -307,12 +317,116 @@ def compare(ours: tuple[np.ndarray, float], theirs: tuple[np.ndarray, float],
                        "seconds_per_image": seconds / len(robust)}
     entry["difference_points"] = 100 * (entry["keras_advcal"]["accuracy"]
                                         - entry["other"]["accuracy"])
-    entry["agreement"] = {
-        "both_robust": int(np.sum(ours[0] & theirs[0])),
-        "only_ours_broke": int(np.sum(~ours[0] & theirs[0])),
-        "only_other_broke": int(np.sum(ours[0] & ~theirs[0])),
-    }
+    entry["agreement"] = agreement(ours[0], theirs[0])
+    entry["per_example"] = {"keras_advcal": _bits(ours[0]), "other": _bits(theirs[0])}
     return entry
+
+
+def agreement(ours: np.ndarray, theirs: np.ndarray) -> dict[str, int]:
+    """Per-example agreement of two robustness masks.
+
+    Example:
+
+        >>> agreement(np.array([1, 1, 0], bool), np.array([1, 0, 0], bool))
+        {'both_robust': 1, 'only_ours_broke': 0, 'only_other_broke': 1}
+    """
+    return {"both_robust": int(np.sum(ours & theirs)),
+            "only_ours_broke": int(np.sum(~ours & theirs)),
+            "only_other_broke": int(np.sum(ours & ~theirs))}
+
+
+def _bits(mask: np.ndarray) -> str:
+    """A boolean mask as a string of 0/1 (compact in JSON)."""
+    return "".join("1" if value else "0" for value in np.asarray(mask, bool))
+
+
+def _mask(bits: str) -> np.ndarray:
+    return np.array([c == "1" for c in bits], dtype=bool)
+
+
+def weights_digest(model: keras.Model) -> str:
+    """SHA-256 of the model's weights: the chunks of one cross-check must attack the
+    same model."""
+    digest = hashlib.sha256()
+    for weight in model.get_weights():
+        digest.update(np.ascontiguousarray(weight).tobytes())
+    return digest.hexdigest()
+
+
+#: Settings that chunks of one cross-check must share.
+CHUNK_KEYS = ("dataset", "epsilon", "norm", "steps", "train_size", "train_epochs",
+              "model_sha256")
+
+
+def merge(reports: list[dict]) -> dict:
+    """One report from the reports of consecutive chunks of the test images (``--offset``
+    and ``--n-test``), run on the same model: accuracies and agreements recomputed from
+    the per-example results, seconds added.
+
+    Example:
+
+        >>> part = lambda offset, ours, other: {
+        ...     "offset": offset, "n_examples": len(ours), "dataset": "d", "epsilon": 0.1,
+        ...     "norm": "linf", "steps": 100, "train_size": 5, "train_epochs": 1,
+        ...     "model_sha256": "m", "per_example": {"clean": "1" * len(ours),
+        ...     "keras_advcal_apgd_ce": ours, "art_apgd_ce": other},
+        ...     "keras_advcal_apgd_ce": {"seconds": 1.0}, "art_apgd_ce": {"seconds": 2.0,
+        ...     "version": "v"}, "comparisons": {}}
+        >>> merged = merge([part(2, "10", "00"), part(0, "11", "11")])
+        >>> merged["n_examples"], merged["keras_advcal_apgd_ce"], merged["agreement"]
+        (4, {'accuracy': 0.75, 'seconds': 2.0}, {'both_robust': 2, 'only_ours_broke': 0, 'only_other_broke': 1})
+        >>> merged["comparisons"]["apgd-ce"]["difference_points"]
+        25.0
+    """
+    reports = sorted(reports, key=lambda r: r.get("offset", 0))
+    first = reports[0]
+    for report in reports[1:]:
+        differing = [key for key in CHUNK_KEYS if report.get(key) != first.get(key)]
+        if differing:
+            raise ValueError(f"chunks differ in {differing}: not one cross-check")
+    expected = first.get("offset", 0)
+    for report in reports:
+        if report.get("offset", 0) != expected:
+            raise ValueError(f"chunks do not follow each other: expected offset {expected}, "
+                             f"got {report.get('offset', 0)}")
+        expected += report["n_examples"]
+
+    def joined(get) -> np.ndarray:
+        return np.concatenate([_mask(get(report)) for report in reports])
+
+    def seconds(get) -> float:
+        return float(sum(get(report) for report in reports))
+
+    merged = {key: first.get(key) for key in CHUNK_KEYS}
+    merged.update(offset=first.get("offset", 0), n_examples=expected - first.get("offset", 0),
+                  chunks=[[r.get("offset", 0), r["n_examples"]] for r in reports],
+                  machine=first.get("machine"),
+                  commands=[r.get("command") for r in reports])
+    clean = joined(lambda r: r["per_example"]["clean"])
+    ours = joined(lambda r: r["per_example"]["keras_advcal_apgd_ce"])
+    art = joined(lambda r: r["per_example"]["art_apgd_ce"])
+    merged["clean_accuracy"] = float(clean.mean())
+    merged["keras_advcal_apgd_ce"] = {
+        "accuracy": float(ours.mean()),
+        "seconds": seconds(lambda r: r["keras_advcal_apgd_ce"]["seconds"])}
+    merged["art_apgd_ce"] = {"accuracy": float(art.mean()),
+                             "seconds": seconds(lambda r: r["art_apgd_ce"]["seconds"]),
+                             "version": first["art_apgd_ce"]["version"]}
+    merged["agreement"] = agreement(ours, art)
+    # The APGD-CE check joins the table of the others in the merged report.
+    merged["comparisons"] = {"apgd-ce": compare(
+        (ours, merged["keras_advcal_apgd_ce"]["seconds"]),
+        (art, merged["art_apgd_ce"]["seconds"]),
+        f"ART {first['art_apgd_ce']['version']} AutoProjectedGradientDescent (CE)")}
+    for name, entry in first.get("comparisons", {}).items():
+        if not all(name in r.get("comparisons", {}) for r in reports):
+            continue
+        sides = {side: (joined(lambda r, side=side: r["comparisons"][name]["per_example"][side]),
+                        seconds(lambda r, side=side: r["comparisons"][name][side]["seconds"]))
+                 for side in ("keras_advcal", "other")}
+        merged["comparisons"][name] = compare(sides["keras_advcal"], sides["other"],
+                                              entry["library"])
+    return merged
 
 
 def check_torch_copy(model: keras.Model, torch_model, x: np.ndarray) -> float:
@@ -345,7 +459,7 @@ def markdown(report: dict) -> str:
         "",
         f"Per example: {report['agreement']['both_robust']} robust to both, "
         f"{report['agreement']['only_ours_broke']} broken only by keras_advcal, "
-        f"{report['agreement']['only_art_broke']} broken only by ART.",
+        f"{report['agreement']['only_other_broke']} broken only by ART.",
         f"evaluate_robustness settings: steps={evaluation['steps']}, "
         f"n_queries={evaluation['n_queries']}, individual={evaluation['individual']}; "
         "per attack (cumulative accuracy, seconds): "
@@ -391,6 +505,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--data-dir", default=DEFAULT_DATA_DIR)
     parser.add_argument("--epsilon", type=float, default=0.1)
     parser.add_argument("--n-test", type=int, default=1000)
+    parser.add_argument("--offset", type=int, default=0,
+                        help="first test image (run 1,000 images as chunks: --offset 0 "
+                             "--n-test 100, --offset 100 ..., with one --model file)")
+    parser.add_argument("--merge", nargs="+", metavar="CHUNK_JSON",
+                        help="merge the reports of consecutive chunks into --output "
+                             "(nothing is attacked)")
     parser.add_argument("--train-size", type=int, default=5000)
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--steps", type=int, default=100, help="APGD iterations.")
@@ -430,8 +550,16 @@ def get_model(args: argparse.Namespace, x_train: np.ndarray, y_train: np.ndarray
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     (x_train, y_train), (x_test, y_test) = load_fashion_mnist(args.data_dir)
+    if args.merge:
+        report = merge([json.loads(Path(path).read_text()) for path in args.merge])
+        report["command"] = "python benchmarks/art_crosscheck.py " + " ".join(
+            argv or sys.argv[1:])
+        Path(args.output).write_text(json.dumps(report, indent=2) + "\n")
+        print("\n".join(comparison_markdown(report)))
+        return report
     model, train_seconds = get_model(args, x_train, y_train)
-    x, y = x_test[:args.n_test], y_test[:args.n_test]
+    x = x_test[args.offset:args.offset + args.n_test]
+    y = y_test[args.offset:args.offset + args.n_test]
     clean = predict_labels(model, x) == y
 
     ours_x, ours_seconds = ours_apgd(model, x, y, args.epsilon, args.steps, args.batch_size,
@@ -450,7 +578,8 @@ def main(argv: list[str] | None = None) -> dict:
                                  seed=args.seed, individual=args.individual, verbose=True)
     evaluation_seconds = time.perf_counter() - start
     report = {
-        "dataset": "fashion_mnist", "n_examples": int(len(y)), "epsilon": args.epsilon,
+        "dataset": "fashion_mnist", "offset": args.offset, "n_examples": int(len(y)),
+        "model_sha256": weights_digest(model), "epsilon": args.epsilon,
         "norm": "linf", "steps": args.steps, "train_size": args.train_size,
         "train_epochs": args.epochs, "train_seconds": train_seconds,
         "clean_accuracy": float(clean.mean()),
@@ -458,11 +587,9 @@ def main(argv: list[str] | None = None) -> dict:
                                  "seconds": ours_seconds},
         "art_apgd_ce": {"accuracy": float(art_robust.mean()), "seconds": art_seconds,
                         "version": art_version},
-        "agreement": {
-            "both_robust": int(np.sum(ours_robust & art_robust)),
-            "only_ours_broke": int(np.sum(~ours_robust & art_robust)),
-            "only_art_broke": int(np.sum(ours_robust & ~art_robust)),
-        },
+        "agreement": agreement(ours_robust, art_robust),
+        "per_example": {"clean": _bits(clean), "keras_advcal_apgd_ce": _bits(ours_robust),
+                        "art_apgd_ce": _bits(art_robust)},
         "evaluate_robustness": {**result.to_dict(), "steps": args.eval_steps,
                                 "n_queries": args.n_queries, "individual": args.individual,
                                 "total_seconds": evaluation_seconds},

@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-SCRIPTS = ["development", "heldout", "label_noise", "recipes", "step_costs", "throughput"]
+SCRIPTS = ["art_crosscheck", "development", "heldout", "label_noise", "recipes", "step_costs",
+           "throughput"]
 
 
 def _load(name: str):
