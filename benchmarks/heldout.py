@@ -1572,7 +1572,8 @@ def coverage(summary: dict) -> str:
                          "nothing about robust overfitting")
         else:
             parts.append(f"{named}: " + (_round2_claim(summary, s["name"]) or (
-                f"PGD-AT overfits there ({gap}); the other rows are running, no claim yet")))
+                f"PGD-AT overfits there ({gap}); its other rows are still to run, no claim "
+                "yet")))
     if running:
         parts.append("not decided yet, no claim: " + ", ".join(running))
     if parts:
