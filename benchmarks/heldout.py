@@ -538,9 +538,10 @@ def plan(results: Path, methods: list[str], settings: list[str],
                 jobs.append(HeldoutJob(method, seed, directory, config, after, train_only))
     order = [m.name for m in METHODS]
     # Seed-major; within a seed PGD-AT first, then the two-stage runs that need its
-    # model files (kept only on the machine that trained it), then the rest.
-    first = {"pgd_at": 0, "two_stage": 1}
-    jobs.sort(key=lambda job: (job.seed, first.get(job.method.name, 2),
+    # model files (kept only on the machine that trained it), then TRADES (the
+    # default's rows), then the rest.
+    first = {"pgd_at": 0, "two_stage": 1, "trades": 2}
+    jobs.sort(key=lambda job: (job.seed, first.get(job.method.name, 3),
                                order.index(job.method.name),
                                [s.name for s in SETTINGS].index(job.run_dir.parent.name)))
     return jobs, notes
