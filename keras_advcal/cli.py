@@ -36,7 +36,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 
 from keras_advcal import choices
-from keras_advcal.config import RunConfig
+from keras_advcal.config import FIELD_CHOICES, RunConfig
 
 DEFAULT_ATTACKS = "pgd,cw,apgd-ce,apgd-t,square"
 #: Test images of `advcal evaluate` unless --n says otherwise (fewer if there are fewer).
@@ -337,17 +337,8 @@ def run_fields() -> list[tuple[str, Any]]:
     return [(field.name, field.default) for field in dataclasses.fields(RunConfig)]
 
 
-#: The choice lists of RunConfig's fields.
-_CHOICES = {"labels": choices.RUN_LABELS, "teacher": choices.TEACHER_KINDS,
-            "loss_form": choices.LOSS_FORMS, "rule": choices.RULES,
-            "selection": choices.SELECTIONS, "model": choices.MODEL_NAMES,
-            "curve_split": choices.CURVE_SPLITS,
-            "surrogate_examples": choices.SURROGATE_EXAMPLES,
-            "floor_examples": choices.FLOOR_EXAMPLES,
-            "calibration_examples": choices.CALIBRATION_EXAMPLES,
-            "two_stage_examples": choices.TWO_STAGE_EXAMPLES,
-            "objective": choices.RUN_OBJECTIVES, "optimizer": choices.RUN_OPTIMIZERS,
-            "lr_schedule": choices.LR_SCHEDULES}
+#: The choice lists of RunConfig's fields (the model's too, which models.get checks).
+_CHOICES = {**FIELD_CHOICES, "model": choices.MODEL_NAMES}
 
 #: The groups of `advcal train --help`, in order: (title, description, fields). The
 #: last one, the calibration study's variants, shows with --help-all only.

@@ -253,8 +253,9 @@ class RunConfig:
         check(self.threads >= 0, f"threads must be >= 0, got {self.threads}.")
         check(self.development_size >= 0 and self.test_offset >= 0,
               "development_size and test_offset must be >= 0.")
-        check(self.curve_split in CURVE_SPLITS, f"curve_split must be one of {CURVE_SPLITS}, "
-              f"got {self.curve_split!r}.")
+        for name, allowed in FIELD_CHOICES.items():
+            value = getattr(self, name)
+            check(value in allowed, f"{name} must be one of {allowed}, got {value!r}.")
         check(self.curve_size is None or self.curve_size >= 1,
               f"curve_size must be a positive integer or None, got {self.curve_size}.")
         check(self.final_square_queries >= 1, "final_square_queries must be >= 1.")
@@ -266,12 +267,6 @@ class RunConfig:
         if "development" in splits or self.curve_split == "development":
             check(self.development_size > 0, "a development curve or final evaluation needs "
                   "development_size > 0.")
-        check(self.labels in RUN_LABELS, f"labels must be one of {RUN_LABELS}, got "
-              f"{self.labels!r}.")
-        check(self.optimizer in RUN_OPTIMIZERS, f"optimizer must be one of {RUN_OPTIMIZERS}, "
-              f"got {self.optimizer!r}.")
-        check(self.lr_schedule in LR_SCHEDULES, f"lr_schedule must be one of {LR_SCHEDULES}, "
-              f"got {self.lr_schedule!r}.")
         check(0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}.")
         check(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}.")
         try:
@@ -282,8 +277,6 @@ class RunConfig:
               and list(drops) == sorted(set(drops)),
               "lr_drops must be increasing comma-separated fractions in (0, 1), got "
               f"{self.lr_drops!r}.")
-        check(self.objective in RUN_OBJECTIVES, f"objective must be one of {RUN_OBJECTIVES}, "
-              f"got {self.objective!r}.")
         check(self.labels != "adr" or self.objective == "pgd_at", "labels='adr' is the ADR "
               "baseline, with its own objective: leave objective='pgd_at'.")
         if self.beta is not None:
@@ -293,13 +286,6 @@ class RunConfig:
                   f"beta must be >= 0, got {self.beta}.")
         check(math.isfinite(self.awp_gamma) and self.awp_gamma >= 0,
               f"awp_gamma must be >= 0, got {self.awp_gamma}.")
-        check(self.teacher in TEACHER_KINDS, f"teacher must be one of {TEACHER_KINDS}, got "
-              f"{self.teacher!r}.")
-        check(self.loss_form in LOSS_FORMS, f"loss_form must be one of "
-              f"{LOSS_FORMS}, got {self.loss_form!r}.")
-        check(self.rule in RULES, f"rule must be one of {RULES}, got {self.rule!r}.")
-        check(self.selection in SELECTIONS, f"selection must be one of {SELECTIONS}, got "
-              f"{self.selection!r}.")
         check(self.acc_floor <= 1.0, f"acc_floor must be in [0, 1], got {self.acc_floor}.")
         check(self.fixed_rho <= 1.0, f"fixed_rho must be in [0, 1], got {self.fixed_rho}.")
         check(self.fixed_temperature > 0, "fixed_temperature must be > 0, got "
@@ -310,14 +296,6 @@ class RunConfig:
         check(self.calibration_size is None or self.calibration_size >= 1,
               f"calibration_size must be a positive integer or None, got "
               f"{self.calibration_size}.")
-        check(self.floor_examples in FLOOR_EXAMPLES, f"floor_examples must be one of "
-              f"{FLOOR_EXAMPLES}, got {self.floor_examples!r}.")
-        check(self.surrogate_examples in SURROGATE_EXAMPLES, f"surrogate_examples must be one "
-              f"of {SURROGATE_EXAMPLES}, got {self.surrogate_examples!r}.")
-        check(self.calibration_examples in CALIBRATION_EXAMPLES, f"calibration_examples must "
-              f"be one of {CALIBRATION_EXAMPLES}, got {self.calibration_examples!r}.")
-        check(self.two_stage_examples in TWO_STAGE_EXAMPLES, f"two_stage_examples must be "
-              f"one of {TWO_STAGE_EXAMPLES}, got {self.two_stage_examples!r}.")
         if self.teacher == "fixed" and self.labels == "calibrated":
             check(self.teacher_model is not None,
                   "teacher='fixed' needs teacher_model: the .keras file of a trained teacher.")
@@ -421,6 +399,14 @@ class RunConfig:
                 and getattr(self, field.name) != getattr(default, field.name)]
 
 
+#: The fields that take one of a list of names, and the names each accepts.
+FIELD_CHOICES = {"curve_split": CURVE_SPLITS, "labels": RUN_LABELS,
+                 "objective": RUN_OBJECTIVES, "optimizer": RUN_OPTIMIZERS,
+                 "lr_schedule": LR_SCHEDULES, "teacher": TEACHER_KINDS,
+                 "loss_form": LOSS_FORMS, "rule": RULES, "selection": SELECTIONS,
+                 "floor_examples": FLOOR_EXAMPLES, "surrogate_examples": SURROGATE_EXAMPLES,
+                 "calibration_examples": CALIBRATION_EXAMPLES,
+                 "two_stage_examples": TWO_STAGE_EXAMPLES}
 #: RunConfig fields that do not change the trained model: what it prints, its threads,
 #: and the final evaluation (a trained run evaluated with other attacks is not retrained).
 NOT_TRAINING = ("verbose", "threads", "final_steps", "final_step_size", "final_attacks",
