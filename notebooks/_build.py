@@ -136,8 +136,9 @@ print(splits.input_shape, splits.num_classes, len(y_train), len(y_val), len(y_te
     ("md", """## Wrap a model
 
 Any Keras classifier that outputs **logits** works. `AdvCalTrainer` attacks each batch
-with the training attack and fits calibrated soft targets on the adversarial
-examples; `trainer.model` is your classifier, untouched."""),
+with the training attack; with `labels="calibrated"` it trains on calibrated soft
+targets instead of the one-hot labels (on the default objective, TRADES, they replace
+the label of the clean-input term). `trainer.model` is your classifier, untouched."""),
     ("code", '''model = models.small_cnn(splits.input_shape, splits.num_classes,
                          width=16 if SMALL else 32, dense=64 if SMALL else 256)
 attack = PGD(epsilon=EPSILON, step_size=2.5 * EPSILON / PGD_STEPS, steps=PGD_STEPS)
@@ -203,8 +204,9 @@ Fitting that noise makes **robust test accuracy peak and then fall** (robust
 overfitting). This notebook trains the same small CNN on a 500-image subset of
 Fashion-MNIST twice:
 
-* **PGD-AT** (Madry et al.): `AdvCalTrainer(labels="hard")`,
-* **calibrated**: `AdvCalTrainer()` with the `CalibratedTeacher` callback,
+* **PGD-AT** (Madry et al.): `AdvCalTrainer(labels="hard", objective="pgd_at")`,
+* **calibrated**: `AdvCalTrainer(labels="calibrated", objective="pgd_at")` with the
+  `CalibratedTeacher` callback,
 
 and records robust test accuracy after every epoch, and the fitted `T` and `rho`.
 
@@ -411,9 +413,9 @@ SEED = 0''', comment='# "small": a smoke run of a few seconds (what CI executes)
                       '"full": the real thing.'),
     ("md", """## The studied run
 
-A PGD-AT model: `AdvCalTrainer(labels="hard")`, one-hot labels, on a subset of the
-training digits. Its training images, validation images and test images are the
-studied run's; the reference below uses none of them."""),
+A PGD-AT model: `AdvCalTrainer(labels="hard", objective="pgd_at")`, one-hot labels, on
+a subset of the training digits. Its training images, validation images and test
+images are the studied run's; the reference below uses none of them."""),
     ("code", '''import keras
 import matplotlib.pyplot as plt
 import numpy as np
@@ -431,7 +433,7 @@ print(splits.input_shape, splits.num_classes, [len(y) for _, y in
 model = models.small_cnn(splits.input_shape, splits.num_classes,
                          width=16 if SMALL else 32, dense=64 if SMALL else 128)
 attack = PGD(epsilon=EPSILON, step_size=2.5 * EPSILON / PGD_STEPS, steps=PGD_STEPS)
-trainer = AdvCalTrainer(model, attack, labels="hard", seed=SEED)
+trainer = AdvCalTrainer(model, attack, labels="hard", objective="pgd_at", seed=SEED)
 trainer.compile(optimizer=keras.optimizers.Adam(3e-3))
 trainer.fit(x_train, y_train, validation_data=splits.validation, epochs=EPOCHS,
             batch_size=32, verbose=0)
