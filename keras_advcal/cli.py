@@ -76,9 +76,10 @@ _TRAIN_HELP: dict[str, str] = {
                   "the per-epoch robust test accuracy).",
     "eval_step_size": "Step size of the evaluation attack.",
     "eval_every": "Measure robust test accuracy every N epochs (and at the last one).",
-    "labels": "Targets: 'hard' (PGD-AT, one-hot labels), 'calibrated' (soft targets from a "
-              "teacher with fitted T and rho) or 'adr' (ADR-style baseline: EMA teacher on "
-              "the clean input, cosine-annealed T and rho, per-example rho).",
+    "labels": "Targets: 'hard' (one-hot labels; PGD-AT with --objective pgd_at), "
+              "'calibrated' (soft targets from a teacher with fitted T and rho) or 'adr' "
+              "(ADR-style baseline, with --objective pgd_at: EMA teacher on the clean "
+              "input, cosine-annealed T and rho, per-example rho).",
     "objective": "Training objective: pgd_at (CE on the adversarial example), trades "
                  "(CE on the clean input + beta KL(f(x) || f(x')), KL attack) or mart "
                  "(boosted CE + misclassification-weighted KL). Calibrated labels replace "
@@ -351,7 +352,7 @@ TRAIN_GROUPS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
      ("epsilon", "train_steps", "train_step_size", "eval_steps", "eval_step_size")),
     ("method", "Which targets and objective: TRADES with one-hot labels (the default), "
                "PGD-AT (--objective pgd_at), calibrated targets (--labels calibrated), "
-               "ADR (--labels adr); MART, AWP.",
+               "ADR (--labels adr --objective pgd_at); MART, AWP.",
      ("labels", "objective", "beta", "awp_gamma", "teacher", "loss_form", "rule",
       "acc_floor", "selection", "fixed_temperature", "fixed_rho", "swa_start_epoch",
       "ema_decay", "rectified_targets", "teacher_model", "surrogate_model",
@@ -497,8 +498,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser(
         "train", help="train one run and write its artifacts",
         usage="%(prog)s [OPTIONS]", populate=_add_run_options,
-        description="Trains one model (PGD-AT, the calibrated trainer or the ADR-style "
-                    "baseline) and writes model.keras, history.csv/json (with T, rho and "
+        description="Trains one model (by default TRADES with one-hot labels; PGD-AT, "
+                    "calibrated targets or the ADR-style baseline with --objective and "
+                    "--labels) and writes model.keras, history.csv/json (with T, rho and "
                     "the per-epoch robust accuracy on the test or development split), "
                     "curves.png, config.json, training_done.json, summary.json and "
                     "correctness_final.npz into --out (see --out). The options are checked, "
@@ -596,17 +598,19 @@ def build_parser() -> argparse.ArgumentParser:
                          help="output directory (default: runs/label_noise)")
 
     demo = commands.add_parser(
-        "demo", help="PGD-AT vs the calibrated trainer on digits (a few minutes)",
-        description="Trains PGD-AT and the calibrated trainer (default CalibratedTeacher) "
-                    "on scikit-learn digits with a small CNN and prints clean and PGD-20 "
-                    "accuracy on the test split, with the final T and rho.")
+        "demo", help="PGD-AT, the default (TRADES) and calibrated PGD-AT on digits "
+                     "(a few minutes)",
+        description="Trains PGD-AT, the default recipe (TRADES, one-hot labels) and "
+                    "calibrated PGD-AT (default CalibratedTeacher) on scikit-learn digits "
+                    "with a small CNN and prints clean and PGD-20 accuracy on the test "
+                    "split, with the final T and rho of the calibrated run.")
     demo.add_argument("--epochs", type=_number(int, 1), default=30,
                       help="training epochs of each model (default: 30)")
     demo.add_argument("--epsilon", type=_number(float, 0), default=0.15,
                       help="L-inf radius (default: 0.15; digits pixels have 17 levels)")
     demo.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
     demo.add_argument("--out", default="runs/demo",
-                      help="where the two runs are written (default: runs/demo)")
+                      help="where the three runs are written (default: runs/demo)")
     demo.add_argument("--verbose", type=_number(int, 0, high=2), default=0,
                       help="Keras progress output of each run (default: 0)")
     return parser
@@ -681,7 +685,7 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         _clear_run(Path(config.out))
     print(f"advcal train: {config.dataset} ({len(splits.train[1])} training, "
           f"{len(splits.validation[1])} validation, {len(splits.test[1])} test images), "
-          f"labels={config.labels}"
+          f"objective={config.objective}, labels={config.labels}"
           + (f", teacher={config.teacher}, loss={config.loss_form}, rule={config.rule}"
              if config.labels == "calibrated" else "")
           + f", epsilon={config.epsilon:g} -> {config.out}", flush=True)

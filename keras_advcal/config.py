@@ -278,7 +278,9 @@ class RunConfig:
               "lr_drops must be increasing comma-separated fractions in (0, 1), got "
               f"{self.lr_drops!r}.")
         check(self.labels != "adr" or self.objective == "pgd_at", "labels='adr' is the ADR "
-              "baseline, with its own objective: leave objective='pgd_at'.")
+              "baseline, which trains with the pgd_at objective, not "
+              f"{self.objective!r}: set objective='pgd_at' (on the command line: --labels adr "
+              "--objective pgd_at).")
         if self.beta is not None:
             check(self.objective in ("trades", "mart"),
                   f"beta applies to objective trades or mart, not {self.objective!r}.")

@@ -258,6 +258,9 @@ def test_demo_config_is_a_digits_run():
     (["--subset", "0.5"], "argument --subset: expected a whole number or 'all', got '0.5'"),
     (["--test-size", "5000"], "--test-size must be a count in [0, 359], got 5000."),
     (["--awp-gamma", "x"], "argument --awp/--awp-gamma: expected a number, got 'x'"),
+    (["--labels", "adr"], "labels='adr' is the ADR baseline, which trains with the pgd_at "
+                          "objective, not 'trades': set objective='pgd_at' (on the command "
+                          "line: --labels adr --objective pgd_at)."),
 ])
 def test_bad_train_options_stop_before_anything_is_written(argv, message, tmp_path, capsys):
     """Exit 2, the train command's one-line usage and a one-line error; no run directory."""
@@ -558,3 +561,17 @@ def test_download_reads_a_local_copy_first():
                        download=True)
     assert splits.source in ("tfds", "keras_cache", "debian")
     assert [len(y) for _, y in (splits.train, splits.validation, splits.test)] == [20, 10, 10]
+
+
+def test_help_names_the_default_recipe_and_the_demo_s_three_runs(capsys):
+    """The default objective is TRADES: the help no longer calls hard labels PGD-AT."""
+    assert cli.main(["--help"]) == 0
+    top = " ".join(capsys.readouterr().out.split())
+    assert "demo PGD-AT, the default (TRADES) and calibrated PGD-AT on digits" in top
+    assert cli.main(["train", "--help"]) == 0
+    train = " ".join(capsys.readouterr().out.split())
+    assert "by default TRADES with one-hot labels" in train
+    assert "'hard' (one-hot labels; PGD-AT with --objective pgd_at)" in train
+    assert "(PGD-AT, one-hot labels)" not in train
+    assert cli.main(["demo", "--help"]) == 0
+    assert "three runs" in capsys.readouterr().out

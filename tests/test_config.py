@@ -35,3 +35,11 @@ def test_ignored_options_name_what_would_read_them():
     assert RunConfig(labels="hard", rule="fixed", lr_drops="0.5").ignored_options() == [
         ("rule", "labels='calibrated'"), ("lr_drops", "lr_schedule='piecewise'")]
     assert RunConfig(labels="adr", adr_rho=(0.1, 0.2), ema_decay=0.9).ignored_options() == []
+
+
+def test_adr_labels_with_the_default_objective_say_which_objective_to_set():
+    """The default objective is TRADES; the ADR baseline needs PGD-AT's, and says so."""
+    with pytest.raises(ValueError, match=r"not 'trades': set objective='pgd_at' \(on the "
+                                         r"command line: --labels adr --objective pgd_at\)"):
+        RunConfig(labels="adr").validate()
+    assert RunConfig(labels="adr", objective="pgd_at").validate().labels == "adr"
