@@ -414,9 +414,17 @@ class CalibratedTeacher(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         trainer = self.model
-        if not isinstance(trainer, AdvCalTrainer) or trainer.labels != "calibrated":
-            raise ValueError("CalibratedTeacher needs an AdvCalTrainer with "
-                             "labels='calibrated'.")
+        if not isinstance(trainer, AdvCalTrainer):
+            raise ValueError(
+                "CalibratedTeacher needs an AdvCalTrainer with labels='calibrated', got a "
+                f"{type(trainer).__name__}: wrap the classifier, AdvCalTrainer(model, "
+                "attack, labels='calibrated'), and fit that.")
+        if trainer.labels != "calibrated":
+            raise ValueError(
+                "CalibratedTeacher needs an AdvCalTrainer with labels='calibrated', got "
+                f"labels={trainer.labels!r} (one-hot targets, which need no teacher): "
+                "build the trainer with AdvCalTrainer(model, attack, labels='calibrated'), "
+                "or leave CalibratedTeacher out of the callbacks.")
         if self.kind == "fixed" and not trainer.has_fixed_teacher:
             raise ValueError("kind='fixed' needs a trained teacher: AdvCalTrainer(model, "
                              "attack, teacher=trained_model).")

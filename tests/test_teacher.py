@@ -523,3 +523,17 @@ def test_a_known_temperature_is_recovered_on_clean_inputs():
                 batch_size=250, verbose=0, callbacks=[callback])
     result = callback.results[-1]
     assert result.temperature == pytest.approx(true_temperature, rel=0.1)
+
+
+def test_a_one_hot_trainer_is_told_to_ask_for_calibrated_labels(digits):
+    """AdvCalTrainer(net, attack) has one-hot labels (TRADES): the callback says which
+    argument to add, or to leave it out."""
+    x, y, _, _ = digits
+    trainer = AdvCalTrainer(tiny_cnn(0), PGD(0.1, steps=1))
+    trainer.compile("adam")
+    callback = CalibratedTeacher((x[:200], y[:200]), (x[200:400], y[200:400]))
+    with pytest.raises(ValueError, match=r"got labels='hard' \(one-hot targets, which need "
+                                         r"no teacher\): build the trainer with "
+                                         r"AdvCalTrainer\(model, attack, labels='calibrated'\), "
+                                         r"or leave CalibratedTeacher out of the callbacks"):
+        trainer.fit(x[:64], y[:64], epochs=1, verbose=0, callbacks=[callback])
