@@ -60,7 +60,8 @@ import numpy as np
 
 from keras_advcal.apgd import APGD
 from keras_advcal.attacks import PGD, Attack, _validate_common
-from keras_advcal.checks import check_images
+from keras_advcal.checks import (check_image_shape, check_images, labels_to_indices,
+                                  model_input_shape)
 from keras_advcal.choices import AUTOATTACK_VERSIONS
 from keras_advcal.evaluation import (RobustnessResult, _attack_pass, _batches,
                                      _clean_pass, _compile_attack, _compile_predict, _pct,
@@ -175,10 +176,12 @@ def autoattack(model: Callable, x: Any, y: Any, epsilon: float, norm: str = "lin
     if int(batch_size) != batch_size or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
     x, y = _to_arrays((x, y))
+    check_image_shape(x.shape, model_input_shape(model), name="x")
     check_images(x, bounds, name="x")
     attacked = model if from_logits else _ProbabilitiesToLogits(model)
     predict = _compile_predict(attacked, x)
     clean_pred, probability_like, num_classes = _clean_pass(predict, x, y, batch_size)
+    labels_to_indices(y, num_classes, name="y")  # a label out of range counts as an error
     repeat_pred = _clean_pass(predict, x, y, batch_size)[0]
     named = standard_attacks(epsilon, norm, version, num_classes, bounds, seed)
     notes = _clean_notes(probability_like and from_logits,

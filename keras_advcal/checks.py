@@ -25,7 +25,18 @@ import tensorflow as tf
 
 
 class InputError(ValueError):
-    """Bad input to the library, with a message that says what to change."""
+    """Bad input to the library, with a message that says what to change.
+
+    A ``ValueError``, so ``except ValueError`` catches it too.
+
+    Example:
+
+        >>> try:
+        ...     check_images(np.full((1, 2, 2, 1), 255.0), (0.0, 1.0))
+        ... except InputError as error:
+        ...     print(isinstance(error, ValueError), "divide by 255" in str(error))
+        True True
+    """
 
 
 def non_negative_number(value: Any, name: str) -> float:
@@ -84,6 +95,74 @@ def check_images(x: Any, bounds: tuple[float, float], name: str = "x",
         raise InputError(
             f"`{name}` has {array.shape[-1]} channels (shape {array.shape}) but the model "
             f"expects {channels}. Images must be NHWC (channels last).")
+
+
+def model_input_shape(model: Any) -> tuple[int | None, ...] | None:
+    """The shape of one input example the model takes (``None`` for a free axis), or
+    ``None`` when the model does not say (a plain callable, an unbuilt model, several
+    inputs).
+
+    Example:
+
+        >>> model_input_shape(keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten()]))
+        (8, 8, 1)
+        >>> model_input_shape(lambda x: x) is None
+        True
+    """
+    try:
+        shape = model.input_shape
+    except (AttributeError, ValueError, RuntimeError):
+        return None
+    if not isinstance(shape, tuple) or not shape or not all(
+            dim is None or isinstance(dim, int) for dim in shape):
+        return None
+    return shape[1:]
+
+
+def check_image_shape(shape: Any, expected: Any, name: str = "x") -> None:
+    """Refuses images whose shape (batch first) cannot go into a model that takes
+    examples of shape ``expected`` (``None`` for a free axis), with what to change: a
+    missing channel axis, channels first, flattened images or another image size. A
+    count of channels alone that differs is left to :func:`check_images`, which names
+    both counts. Nothing is checked when ``expected`` is ``None``.
+
+    Example:
+
+        >>> check_image_shape((2, 8, 8, 1), (8, 8, 1))
+        >>> check_image_shape((2, 8, 8), (8, 8, 1))
+        Traceback (most recent call last):
+        ...
+        keras_advcal.checks.InputError: `x` has shape (2, 8, 8): examples of shape (8, 8), but the model takes examples of shape (8, 8, 1). Add the channel axis: x[..., None] (images are NHWC, channels last).
+    """
+    if expected is None:
+        return
+    shape, expected = tuple(int(d) for d in shape), tuple(expected)
+    got = shape[1:]
+
+    def fits(dims, wanted):
+        return len(dims) == len(wanted) and all(w is None or d == w
+                                                for d, w in zip(dims, wanted))
+
+    if fits(got, expected) or (len(got) == len(expected) > 1
+                               and fits(got[:-1], expected[:-1])):
+        return
+    shown = tuple("None" if w is None else w for w in expected)
+    wanted = "(" + ", ".join(str(w) for w in shown) + ("," if len(shown) == 1 else "") + ")"
+    message = (f"`{name}` has shape {shape}: examples of shape {got}, but the model takes "
+               f"examples of shape {wanted}.")
+    var = name if name.isidentifier() and name != "validation_data" else "images"
+    if len(got) == len(expected) - 1 and expected[-1] == 1 and fits(got, expected[:-1]):
+        hint = f" Add the channel axis: {var}[..., None] (images are NHWC, channels last)."
+    elif len(got) == len(expected) == 3 and fits((got[1], got[2], got[0]), expected):
+        hint = (f" They look channels first (NCHW): images must be NHWC, channels last: "
+                f"np.transpose({var}, (0, 2, 3, 1)).")
+    elif None not in expected and int(np.prod(got)) == int(np.prod(expected)):
+        hint = (f" Reshape them: {var}.reshape(-1, "
+                + ", ".join(str(w) for w in expected) + ").")
+    else:
+        hint = (" Resize the images, or build the model for this input shape (e.g. "
+                "models.small_cnn(input_shape, num_classes)).")
+    raise InputError(message + hint)
 
 
 def rescale_hint(x: Any, bounds: tuple[float, float]) -> str:

@@ -39,7 +39,9 @@ from keras_advcal.apgd import (APGD, PGDRestarts, apgd_checkpoints, dlr_loss,
                                targeted_dlr_loss)
 from keras_advcal.attacks import (FGSM, PGD, Attack, _per_example_norm, cross_entropy_loss,
                                   get as get_attack, margin_loss)
-from keras_advcal.checks import InputError, check_images, outputs_look_like_probabilities
+from keras_advcal.checks import (InputError, check_image_shape, check_images,
+                                  labels_to_indices, model_input_shape,
+                                  outputs_look_like_probabilities)
 from keras_advcal.fab import FAB
 from keras_advcal.square import Square, square_p_schedule
 
@@ -519,6 +521,7 @@ def evaluate_robustness(
         True
     """
     x, y = _to_arrays(data)
+    check_image_shape(x.shape, model_input_shape(model), name="x")
     check_images(x, bounds, name="x")
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size!r}.")
@@ -527,6 +530,7 @@ def evaluate_robustness(
 
     predict = _compile_predict(attacked_model, x)
     clean_pred, probability_like, num_classes = _clean_pass(predict, x, y, batch_size)
+    labels_to_indices(y, num_classes, name="y")  # a label out of range counts as an error
     second_pred, _, _ = _clean_pass(predict, x, y, batch_size)
     clean_correct = clean_pred == y
     if probability_like and from_logits:

@@ -721,6 +721,8 @@ class AdvCalTrainer(keras.Model):
             raise checks.InputError(
                 f"`{name}` must be a single image tensor; AdvCalTrainer wraps a classifier "
                 "with one image input.")
+        checks.check_image_shape(np.shape(images), checks.model_input_shape(self.student),
+                                 name=name)
         input_shape = getattr(self.student, "input_shape", None)
         channels = input_shape[-1] if isinstance(input_shape, tuple) and len(
             input_shape) == 4 else None

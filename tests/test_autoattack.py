@@ -174,3 +174,16 @@ def test_rejects_bad_data_and_too_few_classes(digits_200, undefended_digits_mode
                               keras.layers.Dense(3)])
     with pytest.raises(ValueError, match="at least 4 classes"):
         autoattack(three, x[:4], y[:4] % 3, 0.1, progress=False)
+
+
+def test_flattened_images_and_labels_out_of_range_are_named(digits_200,
+                                                            undefended_digits_model):
+    """Keras' layer error and a silently wrong accuracy become messages with the fix."""
+    _, (x, y) = digits_200
+    with pytest.raises(InputError, match=r"examples of shape \(64,\), but the model takes "
+                                         r"examples of shape \(8, 8, 1\)\. Reshape them"):
+        autoattack(undefended_digits_model, x[:4].reshape(4, -1), y[:4], 0.1, progress=False)
+    with pytest.raises(InputError, match=r"`y` has labels in \[1, 10\] but the model has 10 "
+                                         r"outputs, so labels must be in \[0, 9\]"):
+        autoattack(undefended_digits_model, x[:4], np.array([1, 10, 3, 4]), 0.1,
+                   progress=False)

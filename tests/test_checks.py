@@ -71,3 +71,25 @@ def test_pixel_range_message_says_what_was_seen_and_fits_its_hint():
     with pytest.raises(InputError) as error:
         checks.check_images(np.array([[-2.0, 3.0]]), (0.0, 1.0))
     assert "[-2, 3]" in str(error.value) and "divide" not in str(error.value)
+
+
+@pytest.mark.parametrize("shape, message", [
+    ((2, 8, 8), r"examples of shape \(8, 8\), but the model takes examples of shape "
+                r"\(8, 8, 1\)\. Add the channel axis: x\[\.\.\., None\]"),
+    ((2, 1, 8, 8), r"channels first \(NCHW\).*np\.transpose\(x, \(0, 2, 3, 1\)\)"),
+    ((2, 64), r"examples of shape \(64,\).*Reshape them: x\.reshape\(-1, 8, 8, 1\)"),
+    ((2, 28, 28, 1), r"examples of shape \(28, 28, 1\).*Resize the images, or build the "
+                     r"model for this input shape"),
+])
+def test_image_shape_says_what_to_change(shape, message):
+    with pytest.raises(InputError, match=message):
+        checks.check_image_shape(shape, (8, 8, 1))
+
+
+def test_image_shape_leaves_free_axes_and_channel_counts_alone():
+    checks.check_image_shape((2, 8, 8, 1), (None, None, 1))
+    checks.check_image_shape((2, 8, 8, 3), (8, 8, 1))  # check_images names the counts
+    checks.check_image_shape((2, 5), None)
+    model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten()])
+    assert checks.model_input_shape(model) == (8, 8, 1)
+    assert checks.model_input_shape(lambda x: x) is None

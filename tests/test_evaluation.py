@@ -15,6 +15,7 @@ import tensorflow as tf
 from keras_advcal.evaluation import (APGD, FGSM, PGD, PGDRestarts, RobustAccuracyTracker,
                                      RobustnessResult, Square, build_attack,
                                      evaluate_robustness, summarize_history)
+from keras_advcal.checks import InputError
 from tests.conftest import conv_dense_model, fit_clean
 
 N_TEST = 200
@@ -294,3 +295,18 @@ def test_summarize_history_inputs_and_edge_cases():
         summarize_history({"acc": [0.1]}, key="missing")
     with pytest.raises(ValueError, match="No evaluations"):
         summarize_history({"acc": [math.nan]}, key="acc")
+
+
+def test_flattened_images_and_labels_out_of_range_are_named(digits_200,
+                                                            undefended_digits_model):
+    """Labels up to 10 used to count as misclassified (a robust accuracy of 0, no error);
+    flattened images stopped in a Keras layer. Both now say what to change."""
+    _, (x, y) = digits_200
+    with pytest.raises(InputError, match=r"`y` has labels in \[3, 10\] but the model has 10 "
+                                         r"outputs, so labels must be in \[0, 9\]"):
+        evaluate_robustness(undefended_digits_model, (x[:8], np.arange(8) + 3), EPSILON,
+                            attacks=("pgd",), verbose=False)
+    with pytest.raises(InputError, match=r"`x` has shape \(8, 64\): examples of shape "
+                                         r"\(64,\), .* Reshape them: x\.reshape\(-1, 8, 8, 1\)"):
+        evaluate_robustness(undefended_digits_model, (x[:8].reshape(8, -1), y[:8]), EPSILON,
+                            attacks=("pgd",), verbose=False)

@@ -260,6 +260,22 @@ def test_labels_of_wrong_shape(digits):
         trainer.fit(x, np.full((len(y), 10), 0.1), epochs=1, verbose=0)
 
 
+def test_images_of_the_wrong_shape_say_how_to_fix_them(digits):
+    """Flattened images or a missing channel axis: the fix, not Keras' layer error."""
+    x, y = _batch(digits)
+    trainer = AdvCalTrainer(tiny_cnn(0), PGD(0.1, steps=1))
+    trainer.compile("adam")
+    with pytest.raises(InputError, match=r"`x` has shape \(64, 64\): examples of shape "
+                                         r"\(64,\), but the model takes examples of shape "
+                                         r"\(8, 8, 1\)\. Reshape them: x\.reshape\(-1, 8, 8, 1\)"):
+        trainer.fit(x.reshape(len(x), -1), y, epochs=1, verbose=0)
+    with pytest.raises(InputError, match=r"Add the channel axis: x\[\.\.\., None\]"):
+        trainer.fit(x[..., 0], y, epochs=1, verbose=0)
+    with pytest.raises(InputError, match=r"`validation_data` has shape \(64, 8, 8\).*"
+                                         r"images\[\.\.\., None\]"):
+        trainer.fit(x, y, validation_data=(x[..., 0], y), epochs=1, verbose=0)
+
+
 def test_model_output_does_not_match_classes():
     with pytest.raises(InputError, match="outputs 10 logits but num_classes=7"):
         AdvCalTrainer(tiny_cnn(0), PGD(0.1, steps=1), num_classes=7,
