@@ -135,6 +135,13 @@ class LabelNoiseReport:
         adversarial_tv: per-example total variation on the PGD examples.
         clean_tv: per-example total variation on the clean inputs.
         epsilon: the attack's radius (``None`` when the attack has none).
+
+    Example:
+
+        >>> s = NoiseStatistics(0.1, 0.2, 0.05, 1.0, 10)
+        >>> report = LabelNoiseReport(s, s, np.zeros(10), np.zeros(10), epsilon=0.1)
+        >>> report.adversarial.total_variation, report.epsilon
+        (0.1, 0.1)
     """
 
     adversarial: NoiseStatistics

@@ -181,6 +181,20 @@ class Attack:
         bounds: ``(low, high)`` valid pixel range; adversarial inputs never leave it.
         seed: integer seed of the attack's own random stream (used when the caller
             does not pass a ``seed`` generator).
+
+    Example:
+
+        A random-noise attack, written as a subclass:
+
+        >>> class UniformNoise(Attack):
+        ...     def perturb(self, model, x, y, seed):
+        ...         noise = keras.random.uniform(tf.shape(x), -self.epsilon, self.epsilon,
+        ...                                      seed=seed)
+        ...         return tf.clip_by_value(x + noise, *self.bounds)
+        >>> x = tf.fill((2, 4, 4, 1), 0.5)
+        >>> x_adv = UniformNoise(epsilon=0.1, seed=0)(lambda v: v, x, [0, 1])
+        >>> bool(tf.reduce_max(tf.abs(x_adv - x)) <= 0.1)
+        True
     """
 
     def __init__(self, epsilon: float, norm: str = "linf",
@@ -380,10 +394,24 @@ class FGSM(PGD):
     ``epsilon``; with ``random_start=True`` it is the FGSM-RS of Wong et al. 2020
     (a step of ``step_size``, default ``1.25 * epsilon``, from a random start).
 
+    Args:
+        epsilon: radius of the ball.
+        norm: ``"linf"`` or ``"l2"``.
+        bounds: valid pixel range ``(low, high)``.
+        random_start: step from a uniform point in the ball (FGSM-RS).
+        step_size: size of the step (default: ``epsilon``, or ``1.25 * epsilon`` with
+            ``random_start``).
+        loss: ``"ce"``, ``"cw"`` or ``"kl"``, as for :class:`PGD`.
+        seed: seed of the attack's own random stream.
+        start_std: with ``random_start``, a Gaussian start of this standard deviation
+            per pixel instead of a uniform one, as for :class:`PGD`.
+
     Example:
 
         >>> FGSM(epsilon=0.1).steps
         1
+        >>> FGSM(epsilon=0.1, random_start=True).step_size
+        0.125
     """
 
     def __init__(self, epsilon: float, norm: str = "linf",

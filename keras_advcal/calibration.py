@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Any, Sequence
+from typing import Any, Sequence, Union
 
 import numpy as np
 import tensorflow as tf
@@ -54,6 +54,8 @@ _LOG_FLOOR = 1e-12
 # on its position in the block (vectorised vs scalar exp/log), which was enough to change
 # the chosen rho with the order of the examples where the NLL is flat.
 _GRID_DTYPE = "float64"
+#: What the logits and labels arguments take: NumPy arrays, tensors or nested lists.
+Array = Union[np.ndarray, tf.Tensor, Sequence[Any]]
 
 
 @dataclasses.dataclass
@@ -72,6 +74,13 @@ class CalibrationResult:
         temperatures, rhos: the grid axes (``None`` for rules without a grid).
         nll_grid: ``(len(temperatures), len(rhos))`` validation NLL (for plotting).
         agreement_grid: same shape, training agreement of the targets.
+
+    Example:
+
+        >>> result = calibrate(np.zeros((4, 3)), np.zeros((4, 3)), [0, 1, 2, 0],
+        ...                    np.zeros((4, 3)), [0, 1, 2, 0], rule="fixed", fixed=(2.0, 0.3))
+        >>> result.temperature, result.rho, result.feasible, result.rule
+        (2.0, 0.3, True, 'fixed')
     """
 
     temperature: float
@@ -254,8 +263,10 @@ class _MixtureNLL:
             self.surrogate_temperature, reference).numpy()
 
 
-def nll_grid(teacher_logits, surrogate_logits, labels, temperatures=DEFAULT_TEMPERATURES,
-             rhos=DEFAULT_RHOS, surrogate_temperature: float | None = None) -> np.ndarray:
+def nll_grid(teacher_logits: Array, surrogate_logits: Array, labels: Array,
+             temperatures: Sequence[float] = DEFAULT_TEMPERATURES,
+             rhos: Sequence[float] = DEFAULT_RHOS,
+             surrogate_temperature: float | None = None) -> np.ndarray:
     """Validation NLL of ``rho * softmax(g/T) + (1 - rho) * softmax(s/T)`` on the grid.
 
     Args:
@@ -282,8 +293,9 @@ def nll_grid(teacher_logits, surrogate_logits, labels, temperatures=DEFAULT_TEMP
     return mixture.grid(np.asarray(temperatures, dtype=_GRID_DTYPE))
 
 
-def agreement_grid(train_teacher_logits, train_labels, temperatures=DEFAULT_TEMPERATURES,
-                   rhos=DEFAULT_RHOS) -> np.ndarray:
+def agreement_grid(train_teacher_logits: Array, train_labels: Array,
+                   temperatures: Sequence[float] = DEFAULT_TEMPERATURES,
+                   rhos: Sequence[float] = DEFAULT_RHOS) -> np.ndarray:
     """Fraction of training targets ``rho softmax(g/T) + (1-rho) onehot(y)`` whose
     argmax is ``y``, on the grid: ``(len(temperatures), len(rhos))``.
 
@@ -328,8 +340,8 @@ def _select_within_one_standard_error(nll: np.ndarray, feasible: np.ndarray,
     return int(np.argmin(column)), r_index
 
 
-def calibrate(teacher_logits, surrogate_logits, labels, train_teacher_logits, train_labels,
-              acc_floor: float = 0.9, rule: str = "published",
+def calibrate(teacher_logits: Array, surrogate_logits: Array, labels: Array,
+              train_teacher_logits: Array, train_labels: Array, acc_floor: float = 0.9, rule: str = "published",
               temperatures: Sequence[float] = DEFAULT_TEMPERATURES,
               rhos: Sequence[float] = DEFAULT_RHOS,
               teacher_accuracy: float | None = None,
@@ -430,7 +442,8 @@ def calibrate(teacher_logits, surrogate_logits, labels, train_teacher_logits, tr
         train_agreement=float(agreement[t_index, r_index]), **common)
 
 
-def fit_temperature(logits, labels, temperatures: Sequence[float] | None = None) -> float:
+def fit_temperature(logits: Array, labels: Array,
+                    temperatures: Sequence[float] | None = None) -> float:
     """Plain temperature scaling: the ``T`` minimising the NLL of ``softmax(logits / T)``.
 
     A dense log-spaced search (0.05 to 50) refined once around the best value; no

@@ -90,6 +90,18 @@ class Objective:
         uses_clean_logits: whether the loss needs the student's logits on the clean
             input (one more forward pass in training mode).
         requires_teacher: whether the objective only exists with calibrated targets.
+
+    Example:
+
+        A clean-input cross-entropy, written as an objective:
+
+        >>> class CleanOnly(Objective):
+        ...     name = "clean_only"
+        ...     uses_clean_logits = True
+        ...     def per_example_loss(self, target, clean_logits, adv_logits):
+        ...         return targets_lib.as_target(target).cross_entropy(_float32(clean_logits))
+        >>> round(float(CleanOnly().per_example_loss([1], [[0.0, 0.0]], None)[0]), 4)
+        0.6931
     """
 
     name = "objective"

@@ -56,7 +56,14 @@ MODEL_FILE, DESCRIPTION_FILE = "reference.keras", "reference.json"
 
 
 class SharedImagesError(ValueError):
-    """The reference and a studied run share images."""
+    """The reference and a studied run share images (raised by :func:`check_disjoint`,
+    whose example shows one).
+
+    Example:
+
+        >>> issubclass(SharedImagesError, ValueError)
+        True
+    """
 
 
 def image_keys(x: Any) -> list[bytes]:
@@ -106,6 +113,14 @@ class ReferenceData:
         train_indices: positions of ``train`` in the dataset's training array.
         calibration_indices: positions of ``calibration`` in it.
         left_out: pool images left out because a studied run uses them.
+
+    Example:
+
+        >>> from keras_advcal import data
+        >>> run = data.load("digits", subset=300, seed=0)
+        >>> pool = reference_data("digits", [run], size=200, calibration_size=100)
+        >>> len(pool.train[1]), len(pool.calibration[1]), pool.num_classes
+        (200, 100, 10)
     """
 
     train: tuple[np.ndarray, np.ndarray]
@@ -266,6 +281,19 @@ class Reference:
         data: its images.
         settings: how it was trained.
         metrics: its clean and robust accuracy on the calibration images.
+
+    Example:
+
+        :func:`train_reference` makes one; any classifier and temperature make one too:
+
+        >>> from keras_advcal import data
+        >>> run = data.load("digits", subset=300, seed=0)
+        >>> pool = reference_data("digits", [run], size=200, calibration_size=100)
+        >>> net = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(),
+        ...                         keras.layers.Dense(10)])
+        >>> reference = Reference(net, 1.5, pool, settings={}, metrics={})
+        >>> reference.describe()["calibration_images"], len(reference.identity)
+        (100, 64)
     """
 
     model: keras.Model
