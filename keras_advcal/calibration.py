@@ -341,7 +341,8 @@ def _select_within_one_standard_error(nll: np.ndarray, feasible: np.ndarray,
 
 
 def calibrate(teacher_logits: Array, surrogate_logits: Array, labels: Array,
-              train_teacher_logits: Array, train_labels: Array, acc_floor: float = 0.9, rule: str = "published",
+              train_teacher_logits: Array, train_labels: Array, acc_floor: float = 0.9,
+              rule: str = "published",
               temperatures: Sequence[float] = DEFAULT_TEMPERATURES,
               rhos: Sequence[float] = DEFAULT_RHOS,
               teacher_accuracy: float | None = None,

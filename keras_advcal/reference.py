@@ -411,7 +411,7 @@ def train_reference(data: ReferenceData, epsilon: float = 0.1, epochs: int = 20,
     keras.utils.set_random_seed(seed)
     model = models_lib.small_cnn(x.shape[1:], data.num_classes, width=width, dense=dense)
     attack = PGD(epsilon, step_size=epsilon / 2, steps=steps, random_start=True)
-    trainer = AdvCalTrainer(model, attack, labels="hard", seed=seed)
+    trainer = AdvCalTrainer(model, attack, labels="hard", objective="pgd_at", seed=seed)
     trainer.compile(optimizer=keras.optimizers.Adam(learning_rate))
     trainer.fit(x, y, batch_size=batch_size, epochs=epochs, shuffle=True, verbose=verbose)
     if temperature_attack is None:
@@ -423,7 +423,7 @@ def train_reference(data: ReferenceData, epsilon: float = 0.1, epochs: int = 20,
     clean = BatchedLogits(model)(x_cal)
     metrics = {"calibration_accuracy": float(np.mean(clean.argmax(axis=1) == y_cal)),
                "calibration_adv_accuracy": float(np.mean(adversarial.argmax(axis=1) == y_cal))}
-    settings = {"model": "small_cnn", "width": width, "dense": dense, "epsilon": epsilon,
+    settings = {"model": "small_cnn", "objective": trainer.objective.name, "width": width, "dense": dense, "epsilon": epsilon,
                 "steps": steps, "step_size": epsilon / 2, "epochs": epochs,
                 "batch_size": batch_size, "learning_rate": learning_rate, "seed": seed,
                 "temperature_inputs": "clean" if temperature_attack is None else

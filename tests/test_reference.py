@@ -95,6 +95,8 @@ def test_trained_reference_is_robust_and_calibrated(trained):
         "calibration_accuracy"]
     assert trained.temperature > 0
     assert trained.settings["epsilon"] == 0.1 and trained.settings["temperature_inputs"] == "clean"
+    # PGD-AT, as documented, whatever the library's default objective is.
+    assert trained.settings["objective"] == "pgd_at"
 
 
 def test_reference_round_trips(trained, tmp_path):
