@@ -526,6 +526,24 @@ def _tfds_builder(name: Any, data_dir: str | os.PathLike | None) -> Any:
             f"TFDS has no dataset {name!r} registered or stored in "
             f"{data_dir or 'the default TFDS data dir'}: {str(err).splitlines()[0]}"
         ) from err
+    except ValueError as err:  # a name TFDS cannot parse, such as "cifar-10"
+        raise ValueError(_bad_name_message(name, tfds.list_builders())) from err
+
+
+def _bad_name_message(name: str, registered: list[str]) -> str:
+    """What to say of a dataset name that TFDS cannot parse.
+
+    Example:
+
+        >>> _bad_name_message("cifar-10", ["cifar10", "mnist"])
+        "'cifar-10' is not a dataset name: ... Did you mean 'cifar10'?"
+    """
+    spellings = (name.replace("-", ""), name.replace("-", "_"), name.replace(" ", "_"))
+    close = [candidate for candidate in dict.fromkeys(spellings) if candidate in registered]
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    return (f"{name!r} is not a dataset name: the built-in ones are 'digits', "
+            "'fashion_mnist' and 'mnist', and TensorFlow Datasets' names are lower case "
+            f"with underscores (e.g. 'cifar10', 'svhn_cropped').{hint}")
 
 
 def _load_tfds(

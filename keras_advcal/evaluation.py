@@ -315,6 +315,12 @@ def _to_arrays(data: Any) -> tuple[np.ndarray, np.ndarray]:
     if y.ndim == 2 and y.shape[1] > 1:
         y = np.argmax(y, axis=1)
     y = y.reshape(-1)
+    if y.dtype.kind == "f" and not np.all(np.isfinite(y) & (y == np.round(y))):
+        raise InputError("`y` must hold integer class indices (or one-hot rows), got "
+                         "non-integer values such as "
+                         f"{float(y[~(np.isfinite(y) & (y == np.round(y)))][0])}.")
+    elif y.dtype.kind not in "iufb":
+        raise InputError(f"`y` must hold integer class indices, got dtype {y.dtype}.")
     if len(x) != len(y):
         raise InputError(f"x has {len(x)} examples but y has {len(y)}.")
     if len(x) == 0:

