@@ -742,6 +742,9 @@ def _final_numbers(model, splits, eval_attack, final_attack, config, out: Path |
                     arrays[f"{split}_strong_after_{name}"] = after
                 if more.warnings:
                     numbers.setdefault("evaluation_warnings", []).extend(more.warnings)
+            else:  # nothing left to attack: every stage leaves nothing
+                for name in strong:
+                    arrays[f"{split}_strong_after_{name}"] = np.zeros(count, bool)
             numbers[f"final_strong_{short}_adv_accuracy"] = float(np.mean(survived))
             numbers[f"final_strong_{short}_size"] = count
             numbers[f"final_strong_{short}_before_accuracy"] = float(

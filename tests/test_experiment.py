@@ -459,3 +459,19 @@ def test_sgd_with_momentum_weight_decay_and_a_piecewise_rate(tmp_path):
     trainer = experiment.keras.models.load_model(experiment.Path(config.out) / "model.keras")
     assert isinstance(trainer.optimizer, experiment.keras.optimizers.SGD)
     assert float(trainer.optimizer.learning_rate) == pytest.approx(0.0005)
+
+
+def test_strong_stages_are_saved_when_nothing_survives_the_first_attacks(tmp_path):
+    """A model that the first attacks break everywhere still gets one array per strong
+    stage (all False): the per-stage reading of a run (e.g. after Square) needs it."""
+    config = tiny_config(tmp_path, "broken", labels="hard", epsilon=0.9,
+                         train_step_size=0.5, eval_step_size=0.5, epochs=1,
+                         final_steps=20, final_attacks="apgd-ce", final_attack_steps=20,
+                         final_strong_attacks="apgd-t,square", final_strong_size=20,
+                         final_square_queries=10, final_cascade=True)
+    summary = experiment.run(config)
+    assert summary["final_worst_case_test_adv_accuracy"] == 0.0
+    with np.load(experiment.Path(config.out) / "correctness_final.npz") as arrays:
+        for stage in ("apgd-t", "square"):
+            after = arrays[f"test_strong_after_{stage}"]
+            assert after.shape == (20,) and not after.any()
