@@ -135,7 +135,8 @@ def pgd_train(model: keras.Model, x: np.ndarray, y: np.ndarray, epsilon: float,
     """Madry-style PGD adversarial training: ``AdvCalTrainer(labels="hard")`` fitted
     with ``fit``. Returns the trained classifier and the seconds training took."""
     trainer = AdvCalTrainer(model, PGD(epsilon, steps=steps, seed=seed), labels="hard",
-                            track_clean_accuracy=False, seed=seed, objective="pgd_at")
+                            track_clean_accuracy=False, seed=seed, objective="pgd_at",
+                            weight_perturbation=None)
     trainer.compile(optimizer=keras.optimizers.Adam(1e-3))
     start = time.perf_counter()
     trainer.fit(x, y, epochs=epochs, batch_size=batch_size, shuffle=True, verbose=2)

@@ -355,7 +355,8 @@ class CellJob(ro.Job):
 
 def run_config(protocol: Protocol, cell: Cell, method: str, seed: int, run_dir: Path) -> dict:
     """The ``advcal train`` settings of one run."""
-    config = dict(protocol.common, **cell.config(), **METHODS[method])
+    # No weight perturbation: the study's recipes, whatever the library's default.
+    config = dict(protocol.common, awp_gamma=0.0, **cell.config(), **METHODS[method])
     eps = config["epsilon"]
     config.update(train_step_size=eps / 2, eval_step_size=eps / 2, epochs=cell.epochs,
                   eval_every=cell.eval_every, seed=seed, out=str(run_dir))

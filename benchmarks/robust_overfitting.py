@@ -149,9 +149,10 @@ def plan(methods: list[str], seeds: list[int] | None, epochs: int, results: Path
             continue
         for seed in (seeds if seeds is not None else method.seeds):
             run_dir = results / run_name(name, seed)
-            # The objective is named: the library's default recipe may change, this
-            # benchmark's rows do not.
-            config = dict(dict(objective="pgd_at"), **method.overrides, epochs=epochs,
+            # The objective and the weight perturbation are named: the library's default
+            # recipe may change, this benchmark's rows do not.
+            config = dict(dict(objective="pgd_at", awp_gamma=0.0), **method.overrides,
+                          epochs=epochs,
                           seed=seed, out=str(run_dir), verbose=2, threads=1,
                           final_attacks=FINAL_ATTACKS)
             if quick:

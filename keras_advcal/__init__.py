@@ -3,10 +3,13 @@
 Adversarial examples keep the one-hot label of their clean input although the
 perturbation changes their true label distribution; fitting that noisy label is what
 makes robust test accuracy peak and fall (robust overfitting). ``AdvCalTrainer`` trains
-any Keras classifier against PGD: with TRADES and one-hot labels by default (the recipe
-the library's study of recipes picked), or with calibrated soft targets
+any Keras classifier against PGD: by default with TRADES, one-hot labels and
+adversarial weight perturbation (``AWP(gamma=0.01)``; the recipe the library's study of
+recipes picked on its development split), or with calibrated soft targets
 (``labels="calibrated"``), whose temperature and mixing ratio the ``CalibratedTeacher``
-callback fits on held-out data every epoch.
+callback fits on held-out data every epoch. ``weight_perturbation=None`` turns the
+weight perturbation off (plain TRADES; with ``objective="pgd_at"``, Madry et al.'s
+PGD-AT).
 
 ``import keras_advcal`` does not import TensorFlow (so that the ``advcal`` command
 starts at once). The names below, and every submodule (``keras_advcal.attacks``...),

@@ -54,6 +54,7 @@ def adr_trainer(model: keras.Model, attack: Any, **kwargs: Any) -> AdvCalTrainer
         >>> trainer.objective.name, trainer.loss_form
         ('adr', 'soft')
     """
+    kwargs.setdefault("weight_perturbation", None)  # the published baseline has none
     return AdvCalTrainer(model, attack, labels="calibrated", loss_form="soft",
                          objective="adr", **kwargs)
 

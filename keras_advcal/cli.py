@@ -89,7 +89,8 @@ _TRAIN_HELP: dict[str, str] = {
                          "- p_y), 0, 1) that keep every target on its label (use with "
                          "--acc-floor 0).",
     "awp_gamma": "Adversarial weight perturbation (AWP): relative size gamma of the ascent "
-                 "step on the weights before each descent step, e.g. 0.005 (0: no AWP).",
+                 "step on the weights before each descent step (default 0.01, part of the "
+                 "default recipe; the published value is 0.005; 0: no AWP).",
     "teacher": "Teacher of the calibrated trainer: swa (weight average per epoch; the "
                "default), best (snapshot at the best validation robust accuracy), ema "
                "(moving average per step), fixed (a trained model: --teacher-model).",
@@ -350,9 +351,10 @@ TRAIN_GROUPS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("model", "The classifier.", ("model", "width", "dense", "batchnorm")),
     ("threat model", "The L-inf attacks of training and of the per-epoch evaluation.",
      ("epsilon", "train_steps", "train_step_size", "eval_steps", "eval_step_size")),
-    ("method", "Which targets and objective: TRADES with one-hot labels (the default), "
-               "PGD-AT (--objective pgd_at), calibrated targets (--labels calibrated), "
-               "ADR (--labels adr --objective pgd_at); MART, AWP.",
+    ("method", "Which targets and objective: TRADES with one-hot labels and AWP 0.01 "
+               "(the default), plain TRADES (--awp 0), PGD-AT (--objective pgd_at --awp 0), "
+               "calibrated targets (--labels calibrated), ADR (--labels adr --objective "
+               "pgd_at --awp 0); MART.",
      ("labels", "objective", "beta", "awp_gamma", "teacher", "loss_form", "rule",
       "acc_floor", "selection", "fixed_temperature", "fixed_rho", "swa_start_epoch",
       "ema_decay", "rectified_targets", "teacher_model", "surrogate_model",
@@ -498,9 +500,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser(
         "train", help="train one run and write its artifacts",
         usage="%(prog)s [OPTIONS]", populate=_add_run_options,
-        description="Trains one model (by default TRADES with one-hot labels; PGD-AT, "
-                    "calibrated targets or the ADR-style baseline with --objective and "
-                    "--labels) and writes model.keras, history.csv/json (with T, rho and "
+        description="Trains one model (by default TRADES with one-hot labels and AWP; "
+                    "PGD-AT, calibrated targets or the ADR-style baseline with --objective, "
+                    "--labels and --awp 0) and writes model.keras, history.csv/json (with T, rho and "
                     "the per-epoch robust accuracy on the test or development split), "
                     "curves.png, config.json, training_done.json, summary.json and "
                     "correctness_final.npz into --out (see --out). The options are checked, "
@@ -598,9 +600,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="output directory (default: runs/label_noise)")
 
     demo = commands.add_parser(
-        "demo", help="PGD-AT, the default (TRADES) and calibrated PGD-AT on digits "
+        "demo", help="PGD-AT, the default (TRADES + AWP) and calibrated PGD-AT on digits "
                      "(a few minutes)",
-        description="Trains PGD-AT, the default recipe (TRADES, one-hot labels) and "
+        description="Trains PGD-AT, the default recipe (TRADES, one-hot labels, AWP) and "
                     "calibrated PGD-AT (default CalibratedTeacher) on scikit-learn digits "
                     "with a small CNN and prints clean and PGD-20 accuracy on the test "
                     "split, with the final T and rho of the calibrated run.")
@@ -1219,8 +1221,8 @@ def _analyze(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
 
 def demo_config(name: str, labels: str, epochs: int, epsilon: float, seed: int, out: str,
-                verbose: int, objective: str = "pgd_at"):
-    """The RunConfig of one demo run on digits.
+                verbose: int, objective: str = "pgd_at", awp_gamma: float = 0.0):
+    """The RunConfig of one demo run on digits (by default PGD-AT without AWP).
 
     Example:
 
@@ -1231,23 +1233,24 @@ def demo_config(name: str, labels: str, epochs: int, epsilon: float, seed: int, 
                      width=32, dense=128, epsilon=epsilon, train_steps=5,
                      train_step_size=2.5 * epsilon / 5, eval_steps=10,
                      eval_step_size=2.5 * epsilon / 10, eval_every=max(1, epochs // 10),
-                     labels=labels, objective=objective, epochs=epochs,
+                     labels=labels, objective=objective, awp_gamma=awp_gamma, epochs=epochs,
                      batch_size=64, seed=seed,
                      final_steps=20, out=str(Path(out) / name), verbose=verbose)
 
 
 def _demo(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     experiment = _library("experiment")
-    print(f"advcal demo: PGD-AT, the default recipe (TRADES) and calibrated PGD-AT on "
+    print(f"advcal demo: PGD-AT, the default recipe (TRADES + AWP) and calibrated PGD-AT on "
           f"scikit-learn digits (8x8), "
           f"epsilon={args.epsilon:g}, {args.epochs} epochs each, seed {args.seed}", flush=True)
     rows = []
-    for name, labels, objective, title in (
-            ("pgd_at", "hard", "pgd_at", "PGD-AT (hard labels)"),
-            ("default", "hard", "trades", "the default: TRADES (hard labels)"),
-            ("calibrated", "calibrated", "pgd_at", "calibrated PGD-AT (swa teacher)")):
+    default_gamma = RunConfig().awp_gamma
+    for name, labels, objective, awp_gamma, title in (
+            ("pgd_at", "hard", "pgd_at", 0.0, "PGD-AT (hard labels)"),
+            ("default", "hard", "trades", default_gamma, "the default: TRADES + AWP"),
+            ("calibrated", "calibrated", "pgd_at", 0.0, "calibrated PGD-AT (swa teacher)")):
         config = demo_config(name, labels, args.epochs, args.epsilon, args.seed, args.out,
-                             args.verbose, objective)
+                             args.verbose, objective, awp_gamma)
         print(f"training {title} ...", flush=True)
         summary = experiment.run(config)
         rows.append([title, _pct(summary.get("final_test_clean_accuracy")),

@@ -30,7 +30,8 @@ from keras_advcal.choices import (CALIBRATION_EXAMPLES, CURVE_SPLITS, FLOOR_EXAM
 class RunConfig:
     """Everything one training run needs. Defaults: the benchmark protocol's setting
     (Fashion-MNIST, 500 images, small CNN, eps 0.1), trained with the library's default
-    recipe, TRADES (beta 6) with one-hot labels.
+    recipe, TRADES (beta 6) with one-hot labels and adversarial weight perturbation
+    (gamma 0.01).
 
     Attributes:
         dataset: dataset name for :func:`keras_advcal.data.load`.
@@ -66,7 +67,8 @@ class RunConfig:
         beta: the ``beta`` of TRADES or MART (``None``: the objective's default, 6
             and 5).
         awp_gamma: adversarial weight perturbation of this relative size before
-            every descent step (:class:`keras_advcal.AWP`; 0: none).
+            every descent step (:class:`keras_advcal.AWP`; default 0.01, part of the
+            default recipe; 0: none).
         rectified_targets: per-example ratios that keep every calibrated target on
             its label (``AdvCalTrainer(rectified_targets=True)``; calibrate with
             ``acc_floor=0``).
@@ -173,7 +175,7 @@ class RunConfig:
     labels: str = "hard"
     objective: str = "trades"
     beta: float | None = None
-    awp_gamma: float = 0.0
+    awp_gamma: float = 0.01
     rectified_targets: bool = False
     teacher: str = "swa"
     loss_form: str = "kd"

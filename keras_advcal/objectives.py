@@ -6,10 +6,13 @@ An objective turns one batch into one loss per example. Given the trainer's atta
 adversarial inputs and the batch's :class:`~keras_advcal.targets.Target` it gives
 the per-example loss (:meth:`Objective.per_example_loss`):
 
-* ``"pgd_at"`` (:class:`PGDAT`, the default): Madry et al. 2018. The attack
-  maximises the cross-entropy (the trainer's attack as given); the loss is
-  ``CE(f(x'), target)``.
-* ``"trades"`` (:class:`TRADES`): Zhang et al. 2019. The attack maximises
+* ``"pgd_at"`` (:class:`PGDAT`, what :func:`get` returns for ``None``): Madry et al.
+  2018. The attack maximises the cross-entropy (the trainer's attack as given); the
+  loss is ``CE(f(x'), target)``. The published PGD-AT is
+  ``AdvCalTrainer(net, attack, objective="pgd_at", weight_perturbation=None)``.
+* ``"trades"`` (:class:`TRADES`, the trainer's default objective, beta 6; the default
+  recipe, ``AdvCalTrainer(net, attack)``, adds adversarial weight perturbation,
+  :mod:`keras_advcal.awp`): Zhang et al. 2019. The attack maximises
   ``KL(f(x) || f(x'))`` from a small Gaussian start (standard deviation 0.001, as
   in the published code); the loss is
   ``CE(f(x), target) + beta * KL(f(x) || f(x'))``.

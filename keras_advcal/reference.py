@@ -411,7 +411,8 @@ def train_reference(data: ReferenceData, epsilon: float = 0.1, epochs: int = 20,
     keras.utils.set_random_seed(seed)
     model = models_lib.small_cnn(x.shape[1:], data.num_classes, width=width, dense=dense)
     attack = PGD(epsilon, step_size=epsilon / 2, steps=steps, random_start=True)
-    trainer = AdvCalTrainer(model, attack, labels="hard", objective="pgd_at", seed=seed)
+    trainer = AdvCalTrainer(model, attack, labels="hard", objective="pgd_at",
+                            weight_perturbation=None, seed=seed)
     trainer.compile(optimizer=keras.optimizers.Adam(learning_rate))
     trainer.fit(x, y, batch_size=batch_size, epochs=epochs, shuffle=True, verbose=verbose)
     if temperature_attack is None:

@@ -812,8 +812,10 @@ def calibrate_teacher(teacher: keras.Model, surrogate: keras.Model, validation_d
 
     Train PGD-AT, keep the best (early-stopped) model as ``teacher`` and the last one
     as ``surrogate``, call this, then retrain with
-    ``AdvCalTrainer(model, attack, teacher=teacher, temperature=result.temperature,
-    rho=result.rho)``.
+    ``AdvCalTrainer(model, attack, labels="calibrated", objective="pgd_at",
+    weight_perturbation=None, teacher=teacher, temperature=result.temperature,
+    rho=result.rho)`` (the published two-stage recipe; without ``objective`` and
+    ``weight_perturbation`` it trains the library's default objective, with AWP).
 
     The adversarial examples are made against the surrogate, the stand-in for the
     student: in training the teacher labels the student's own PGD examples, and both

@@ -12,8 +12,9 @@ One training step::
 The objective (:mod:`keras_advcal.objectives`: ``"trades"``, the default,
 ``"pgd_at"``, ``"mart"``) says what the attack maximises and what the student
 minimises. With ``labels="hard"`` (the default) the target is the one-hot label
-(``"pgd_at"``: Madry et al. PGD adversarial training). The default,
-``AdvCalTrainer(model, attack)``, is TRADES (beta 6) with one-hot labels: the recipe
+(``"pgd_at"`` with ``weight_perturbation=None``: Madry et al. PGD adversarial
+training). The default, ``AdvCalTrainer(model, attack)``, is TRADES (beta 6) with
+one-hot labels and adversarial weight perturbation (``AWP(gamma=0.01)``): the recipe
 the library's development study of recipes chose (``benchmarks/recipes.py``), where
 calibrated targets did not add to it. With ``labels="calibrated"`` it is
 ``rho * softmax(teacher / T) + (1 - rho) * onehot(y)`` and replaces the label in the
@@ -21,8 +22,9 @@ objective's supervised term, where the teacher's weights, ``T`` and ``rho`` are
 Keras variables of the trainer (saved with it, restored by ``BackupAndRestore``).
 ``rho`` is 0 until a teacher exists, so a calibrated trainer starts as its plain
 objective; the :class:`keras_advcal.CalibratedTeacher` callback maintains the
-teacher and fits ``T`` and ``rho`` every epoch. ``weight_perturbation=AWP(gamma)``
-adds adversarial weight perturbation (:mod:`keras_advcal.awp`) to any of them.
+teacher and fits ``T`` and ``rho`` every epoch. Adversarial weight perturbation
+(:mod:`keras_advcal.awp`, on by default) composes with any of them;
+``weight_perturbation=None`` turns it off.
 
 Example:
 
@@ -108,6 +110,10 @@ def _scalar_weight(owner: keras.Model, name: str, value: float, dtype: str = "fl
                             trainable=False, dtype=dtype, name=name)
 
 
+#: The default recipe's weight perturbation (stateless: one instance serves every trainer).
+DEFAULT_WEIGHT_PERTURBATION = awp_lib.AWP(awp_lib.DEFAULT_GAMMA)
+
+
 @keras.saving.register_keras_serializable(package="keras_advcal")
 class AdvCalTrainer(keras.Model):
     """Wraps a classifier for adversarial training with calibrated soft targets.
@@ -145,8 +151,10 @@ class AdvCalTrainer(keras.Model):
             ``keras_advcal.TRADES(beta=6.0)``
             (see :mod:`keras_advcal.objectives`, which also says where the
             calibrated target enters each one).
-        weight_perturbation: ``keras_advcal.AWP(gamma=5e-3)`` for adversarial weight
-            perturbation before every descent step; ``None`` (default): none.
+        weight_perturbation: adversarial weight perturbation before every descent
+            step: the default ``AWP(gamma=0.01)`` (:data:`keras_advcal.awp.DEFAULT_GAMMA`,
+            part of the default recipe), another ``keras_advcal.AWP(gamma)``, or
+            ``None`` for none (plain TRADES, plain PGD-AT).
         rectified_targets: give each calibrated target its own ratio
             ``rho_i = clip(rho - (max_j p_j - p_y), 0, 1)``, ``p = softmax(g / T)``
             (:func:`keras_advcal.targets.rectified_ratio`, the ADR baseline's
@@ -176,7 +184,8 @@ class AdvCalTrainer(keras.Model):
                  track_clean_accuracy: bool = True, from_logits: bool = True,
                  num_classes: int | None = None, seed: int | None = None,
                  average_weights: bool = False, objective: Any = "trades",
-                 weight_perturbation: Any = None, rectified_targets: bool = False,
+                 weight_perturbation: Any = DEFAULT_WEIGHT_PERTURBATION,
+                 rectified_targets: bool = False,
                  **kwargs):
         super().__init__(**kwargs)
         self._validate_arguments(model, labels, loss_form, teacher, temperature, rho,
@@ -810,6 +819,8 @@ class AdvCalTrainer(keras.Model):
         # A config written before objectives existed names none: it trained
         # ``SAVED_WITHOUT_OBJECTIVE`` (PGD-AT; not the current default, TRADES).
         config.setdefault("objective", cls.SAVED_WITHOUT_OBJECTIVE)
+        # One written before weight perturbation existed had none (not the default's).
+        config.setdefault("weight_perturbation", None)
         for key in ("objective", "weight_perturbation"):
             if isinstance(config.get(key), dict):
                 config[key] = _DESERIALIZE(config[key], custom_objects=custom_objects)

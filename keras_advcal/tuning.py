@@ -59,6 +59,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_advcal import attacks as attacks_lib
+from keras_advcal import awp as awp_lib
 from keras_advcal import models as models_lib
 from keras_advcal import objectives as objectives_lib
 from keras_advcal import targets as targets_lib
@@ -159,6 +160,10 @@ class AdvCalHyperModel(keras_tuner.HyperModel):
             log scale (active only when the objective is one of them); ``None``:
             each objective's default.
         seed: seed of the trainers' attack streams and of the default train sample.
+        weight_perturbation: every trial's weight perturbation, e.g.
+            ``keras_advcal.AWP(0.01)`` (the trainer's default recipe has it); ``None``
+            (default): none, so that the objectives and baselines are searched as
+            published.
         name: name of the hypermodel.
         tunable: whether its hyperparameters join the search space (KerasTuner).
 
@@ -180,8 +185,10 @@ class AdvCalHyperModel(keras_tuner.HyperModel):
                  batch_sizes: Sequence[int] | None = DEFAULT_BATCH_SIZES,
                  seed: int | None = None, name: str | None = None, tunable: bool = True,
                  objectives: str | Sequence[str] = "pgd_at",
-                 beta_range: tuple[float, float] | None = None):
+                 beta_range: tuple[float, float] | None = None,
+                 weight_perturbation: Any = None):
         super().__init__(name=name, tunable=tunable)
+        self.weight_perturbation = awp_lib.get(weight_perturbation)
         self.objectives, self.beta_range = self._check_objectives(objectives, beta_range)
         if labels not in LABEL_MODES:
             raise ValueError(f"`labels` must be one of {LABEL_MODES}, got {labels!r}.")
@@ -318,7 +325,8 @@ class AdvCalHyperModel(keras_tuner.HyperModel):
             classifier, self.attack, eval_attack=self.eval_attack, labels=self.labels,
             loss_form=self.loss_form, label_smoothing=baseline.get("label_smoothing", 0.0),
             num_classes=self.num_classes, seed=self.seed,
-            objective=self._objective_hyperparameters(hp))
+            objective=self._objective_hyperparameters(hp),
+            weight_perturbation=self.weight_perturbation)
         trainer.compile(optimizer=keras.optimizers.AdamW(learning_rate=learning_rate,
                                                          weight_decay=weight_decay))
         # Create the optimizer's slots now (training would at its first step): a trainer

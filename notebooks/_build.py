@@ -137,8 +137,10 @@ print(splits.input_shape, splits.num_classes, len(y_train), len(y_val), len(y_te
 
 Any Keras classifier that outputs **logits** works. `AdvCalTrainer` attacks each batch
 with the training attack; with `labels="calibrated"` it trains on calibrated soft
-targets instead of the one-hot labels (on the default objective, TRADES, they replace
-the label of the clean-input term). `trainer.model` is your classifier, untouched."""),
+targets instead of the one-hot labels (on the default recipe, TRADES with adversarial
+weight perturbation, they replace the label of TRADES's clean-input term; AWP stays on,
+`weight_perturbation=None` would turn it off). `trainer.model` is your classifier,
+untouched."""),
     ("code", '''model = models.small_cnn(splits.input_shape, splits.num_classes,
                          width=16 if SMALL else 32, dense=64 if SMALL else 256)
 attack = PGD(epsilon=EPSILON, step_size=2.5 * EPSILON / PGD_STEPS, steps=PGD_STEPS)
@@ -204,9 +206,10 @@ Fitting that noise makes **robust test accuracy peak and then fall** (robust
 overfitting). This notebook trains the same small CNN on a 500-image subset of
 Fashion-MNIST twice:
 
-* **PGD-AT** (Madry et al.): `AdvCalTrainer(labels="hard", objective="pgd_at")`,
-* **calibrated**: `AdvCalTrainer(labels="calibrated", objective="pgd_at")` with the
-  `CalibratedTeacher` callback,
+* **PGD-AT** (Madry et al.): `AdvCalTrainer(labels="hard", objective="pgd_at",
+  weight_perturbation=None)`,
+* **calibrated**: `AdvCalTrainer(labels="calibrated", objective="pgd_at",
+  weight_perturbation=None)` with the `CalibratedTeacher` callback,
 
 and records robust test accuracy after every epoch, and the fitted `T` and `rho`.
 
@@ -239,14 +242,17 @@ print(splits.name, "from", splits.source, [len(y) for _, y in
     ("md", """## One function, two trainers
 
 Both runs share the architecture, the initial weights, the attack, the optimizer and
-the data order. A `RobustAccuracyTracker` attacks the test subset with PGD after
-every epoch (it writes `test_adv_accuracy` into the logs)."""),
+the data order; neither uses the adversarial weight perturbation of the library's
+default recipe, so the targets are the one difference. A `RobustAccuracyTracker`
+attacks the test subset with PGD after every epoch (it writes `test_adv_accuracy` into
+the logs)."""),
     ("code", '''def run(labels):
     keras.utils.set_random_seed(SEED)
     model = models.small_cnn(splits.input_shape, splits.num_classes,
                              width=8 if SMALL else 32, dense=32 if SMALL else 256)
     attack = PGD(epsilon=EPSILON, step_size=2.5 * EPSILON / PGD_STEPS, steps=PGD_STEPS)
-    trainer = AdvCalTrainer(model, attack, labels=labels, objective="pgd_at", seed=SEED)
+    trainer = AdvCalTrainer(model, attack, labels=labels, objective="pgd_at",
+                            weight_perturbation=None, seed=SEED)
     trainer.compile(optimizer=keras.optimizers.Adam(1e-3))
     test_attack = PGD(epsilon=EPSILON, step_size=2.5 * EPSILON / TEST_PGD_STEPS,
                       steps=TEST_PGD_STEPS)
@@ -413,8 +419,9 @@ SEED = 0''', comment='# "small": a smoke run of a few seconds (what CI executes)
                       '"full": the real thing.'),
     ("md", """## The studied run
 
-A PGD-AT model: `AdvCalTrainer(labels="hard", objective="pgd_at")`, one-hot labels, on
-a subset of the training digits. Its training images, validation images and test
+A PGD-AT model: `AdvCalTrainer(labels="hard", objective="pgd_at",
+weight_perturbation=None)`, one-hot labels (no weight perturbation), on a subset of the
+training digits. Its training images, validation images and test
 images are the studied run's; the reference below uses none of them."""),
     ("code", '''import keras
 import matplotlib.pyplot as plt
@@ -433,7 +440,8 @@ print(splits.input_shape, splits.num_classes, [len(y) for _, y in
 model = models.small_cnn(splits.input_shape, splits.num_classes,
                          width=16 if SMALL else 32, dense=64 if SMALL else 128)
 attack = PGD(epsilon=EPSILON, step_size=2.5 * EPSILON / PGD_STEPS, steps=PGD_STEPS)
-trainer = AdvCalTrainer(model, attack, labels="hard", objective="pgd_at", seed=SEED)
+trainer = AdvCalTrainer(model, attack, labels="hard", objective="pgd_at",
+                        weight_perturbation=None, seed=SEED)
 trainer.compile(optimizer=keras.optimizers.Adam(3e-3))
 trainer.fit(x_train, y_train, validation_data=splits.validation, epochs=EPOCHS,
             batch_size=32, verbose=0)

@@ -375,6 +375,29 @@ def test_heldout_second_round_pgd_at_trains_first_and_the_keep_rule_reads_its_cu
     assert [job.seed for job in jobs if job.method.name == "trades"] == [0, 1, 2]
 
 
+def test_heldout_default_v3_runs_trades_with_awp_in_kept_second_round_settings(tmp_path):
+    """The reopened freeze's default (TRADES + AWP 0.01) gets runs of its own, three
+    seeds, in kept second-round settings only, after TRADES within a seed; every other
+    row of the protocol names gamma 0 (the library's default has AWP now)."""
+    heldout = _load("heldout")
+    for seed in (0, 1, 2):
+        _finished_pgd_at_run(heldout.run_dir(tmp_path, "mnist_eps03", "pgd_at", seed), 0.05)
+    jobs, _ = heldout.plan(tmp_path, ["pgd_at", "trades", "default_v3"],
+                           ["mnist_eps03", "seed1"], None)
+    v3 = [job for job in jobs if job.method.name == "default_v3"]
+    assert [(job.run_dir.parent.name, job.seed) for job in v3] == [
+        ("mnist_eps03", 0), ("mnist_eps03", 1), ("mnist_eps03", 2)]
+    assert (v3[0].config["objective"], v3[0].config["labels"], v3[0].config["awp_gamma"]) == (
+        "trades", "hard", 0.01)
+    assert not v3[0].config.get("checkpoint_best") and not v3[0].config.get("weight_average")
+    names = [job.name for job in jobs if job.seed == 0 and job.run_dir.parent.name ==
+             "mnist_eps03"]
+    assert names.index("mnist_eps03/trades_s0") < names.index("mnist_eps03/default_v3_s0")
+    assert all(job.config["awp_gamma"] == 0.0 for job in jobs
+               if job.method.name != "default_v3")
+    assert "default_v3" in heldout.ROUND2_METHODS
+
+
 def test_heldout_reads_the_protocols_attack_before_a_fab_t_stage(tmp_path):
     """A run evaluated with FAB-T after the four attacks keeps the protocol's number
     (after Square) as its worst case; the row reports FAB-T's change beside it."""

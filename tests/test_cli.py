@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from keras_advcal import cli
+from keras_advcal.config import RunConfig
 
 TINY = ["--dataset", "digits", "--subset", "150", "--validation-size", "120",
         "--test-size", "60", "--width", "8", "--dense", "32", "--epsilon", "0.15",
@@ -243,6 +244,12 @@ def test_demo_config_is_a_digits_run():
     assert (config.dataset, config.width, config.dense, config.labels) == (
         "digits", 32, 128, "hard")
     assert config.out.endswith(os.path.join("d", "x"))
+    # The demo's PGD-AT baseline has no weight perturbation; its default run has the
+    # default recipe's.
+    assert (config.objective, config.awp_gamma) == ("pgd_at", 0.0)
+    default = cli.demo_config("y", "hard", 20, 0.15, 0, "runs/d", 0, "trades",
+                              RunConfig().awp_gamma)
+    assert (default.objective, default.awp_gamma) == ("trades", 0.01)
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -567,10 +574,11 @@ def test_help_names_the_default_recipe_and_the_demo_s_three_runs(capsys):
     """The default objective is TRADES: the help no longer calls hard labels PGD-AT."""
     assert cli.main(["--help"]) == 0
     top = " ".join(capsys.readouterr().out.split())
-    assert "demo PGD-AT, the default (TRADES) and calibrated PGD-AT on digits" in top
+    assert "demo PGD-AT, the default (TRADES + AWP) and calibrated PGD-AT on digits" in top
     assert cli.main(["train", "--help"]) == 0
     train = " ".join(capsys.readouterr().out.split())
-    assert "by default TRADES with one-hot labels" in train
+    assert "by default TRADES with one-hot labels and AWP" in train
+    assert "PGD-AT (--objective pgd_at --awp 0)" in train
     assert "'hard' (one-hot labels; PGD-AT with --objective pgd_at)" in train
     assert "(PGD-AT, one-hot labels)" not in train
     assert cli.main(["demo", "--help"]) == 0

@@ -9,6 +9,7 @@ import tensorflow as tf
 from keras_advcal import AdvCalTrainer, PGD, objectives
 from keras_advcal.apgd import APGD
 from keras_advcal.attacks import kl_divergence
+from keras_advcal.config import RunConfig
 from keras_advcal.objectives import ADR, MART, PGDAT, TRADES
 from keras_advcal.targets import Target
 from tests.conftest import tiny_cnn
@@ -207,8 +208,9 @@ def test_train_step_computes_the_objective_with_the_teacher_on_its_input(digits,
     x, y = digits[0][:48], digits[1][:48]
     teacher = tiny_cnn(9) if labels == "calibrated" else None
     kwargs = dict(teacher=teacher, temperature=2.0, rho=0.5) if teacher is not None else {}
+    # No weight perturbation (on by default): the loss is of these weights, unmoved.
     trainer = AdvCalTrainer(tiny_cnn(0), PGD(0.1, 0.03, 3), labels=labels,
-                            objective=objective, seed=4, **kwargs)
+                            objective=objective, seed=4, weight_perturbation=None, **kwargs)
     trainer.compile(keras.optimizers.SGD(0.0))  # no update: the loss is of these weights
     state = trainer.seed_generator.state.numpy()
     logs = trainer.train_on_batch(x, y, return_dict=True)
@@ -220,14 +222,20 @@ def test_train_step_computes_the_objective_with_the_teacher_on_its_input(digits,
         assert abs(_expected_step_loss(trainer, x, y, state, other) - expected) > 1e-4
 
 
-def test_trainer_default_recipe_is_trades_with_one_hot_labels():
+def test_trainer_default_recipe_is_trades_with_one_hot_labels_and_awp():
     """The frozen default recipe: AdvCalTrainer(net, attack) is TRADES (beta 6) with
-    one-hot labels, no weight perturbation; PGD-AT is one argument away."""
+    one-hot labels and AWP (gamma 0.01); plain TRADES and PGD-AT are arguments away."""
     trainer = AdvCalTrainer(tiny_cnn(0), PGD(0.1, steps=2))
     assert trainer.labels == "hard" and trainer.objective == TRADES(beta=6.0)
-    assert trainer.weight_perturbation is None and trainer.training_attack.loss == "kl"
-    pgd_at = AdvCalTrainer(tiny_cnn(0), PGD(0.1, steps=2), objective="pgd_at")
+    assert trainer.weight_perturbation.gamma == 0.01 and trainer.training_attack.loss == "kl"
+    plain = AdvCalTrainer(tiny_cnn(0), PGD(0.1, steps=2), weight_perturbation=None)
+    assert plain.weight_perturbation is None
+    pgd_at = AdvCalTrainer(tiny_cnn(0), PGD(0.1, steps=2), objective="pgd_at",
+                           weight_perturbation=None)
     assert pgd_at.objective == PGDAT() and pgd_at.training_attack is pgd_at.attack
+    # The command line's default is the same recipe.
+    config = RunConfig()
+    assert (config.objective, config.labels, config.awp_gamma) == ("trades", "hard", 0.01)
     trades = AdvCalTrainer(tiny_cnn(0), PGD(0.1, steps=2), objective=TRADES(beta=3.0),
                            labels="calibrated")
     assert trades.objective.beta == 3.0 and trades.training_attack.loss == "kl"

@@ -28,7 +28,8 @@ def test_hard_labels_equal_hand_written_pgd_at_step(digits):
     attack = PGD(0.1, 0.03, 5, random_start=False)
     student = tiny_cnn(0)
     reference = clone_architecture(student)
-    trainer = AdvCalTrainer(student, attack, labels="hard", objective="pgd_at")
+    trainer = AdvCalTrainer(student, attack, labels="hard", objective="pgd_at",
+                            weight_perturbation=None)
     trainer.compile(keras.optimizers.SGD(0.1))
     logs = trainer.train_on_batch(x, y, return_dict=True)
 
@@ -193,7 +194,8 @@ def test_save_load_round_trip_with_objective_and_awp(digits, tmp_path, objective
 
 def test_config_round_trip():
     trainer = AdvCalTrainer(tiny_cnn(0), PGD(0.1, 0.05, 2), eval_attack=PGD(0.1, 0.01, 20),
-                            labels="hard", label_smoothing=0.1, seed=3, name="at", objective="pgd_at")
+                            labels="hard", label_smoothing=0.1, seed=3, name="at",
+                            objective="pgd_at", weight_perturbation=None)
     config = trainer.get_config()
     again = AdvCalTrainer.from_config(json.loads(json.dumps(config)))
     assert json.dumps(again.get_config(), sort_keys=True) == json.dumps(config, sort_keys=True)
@@ -202,6 +204,11 @@ def test_config_round_trip():
     old = {k: v for k, v in json.loads(json.dumps(config)).items()
            if k not in ("objective", "weight_perturbation")}
     assert AdvCalTrainer.from_config(old).objective.name == "pgd_at"
+    assert AdvCalTrainer.from_config(old).weight_perturbation is None
+    # The default recipe's AWP round-trips too.
+    default = AdvCalTrainer(tiny_cnn(0), PGD(0.1, 0.05, 2)).get_config()
+    assert AdvCalTrainer.from_config(json.loads(json.dumps(default))
+                                     ).weight_perturbation.gamma == 0.01
 
 
 def test_rectified_targets_keep_every_label_on_top():

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_advcal import PGD, AdvCalTrainer, CalibratedTeacher
+from keras_advcal import AWP, PGD, AdvCalTrainer, CalibratedTeacher
 from keras_advcal.tuning import AdvCalHyperModel, objective
 
 
@@ -171,6 +171,11 @@ def test_search_of_the_objective_and_beta():
     (beta,) = [p for p in hp.space if p.name == "beta"]
     assert (beta.min_value, beta.max_value, beta.sampling) == (1.0, 10.0, "log")
     assert hypermodel.build(hp).objective.name == "pgd_at"  # the first choice
+    # Searched as published: no weight perturbation unless asked for.
+    assert hypermodel.build(hp).weight_perturbation is None
+    with_awp = AdvCalHyperModel((8, 8, 1), 10, PGD(0.1, steps=2), labels="hard",
+                                weight_perturbation=AWP(0.01))
+    assert with_awp.build(keras_tuner.HyperParameters()).weight_perturbation.gamma == 0.01
     for name in ("trades", "mart"):
         hp.values.update(objective=name, beta=2.5)
         objective = hypermodel.build(hp).objective
