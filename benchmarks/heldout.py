@@ -1554,7 +1554,7 @@ def _round2_claim(summary: dict, setting: str) -> str | None:
 def coverage(summary: dict) -> str:
     """The README's opening lines: every dataset, model and optimizer the held-out
     evidence covers, and what it supports on each (per second-round setting: the
-    library's default, TRADES, against the best of PGD-AT's final, early-stopped and
+    library's default, ``CURRENT_DEFAULT``, against the best of PGD-AT's final, early-stopped and
     averaged models; a setting where PGD-AT does not overfit is said to test nothing
     about overfitting).
 

@@ -240,6 +240,18 @@ def snapshot_code(results: Path) -> Path:
     return target
 
 
+def open_run_log(run_dir: Path):
+    """``run_dir/train.log`` opened for a new ``advcal train`` process of the run: appended
+    to, so that a run resumed for its final attacks (or after an interruption) keeps the
+    output of its training; a line marks where each process starts."""
+    log = open(run_dir / "train.log", "a")
+    if log.tell():
+        log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')}: the run resumes; the output "
+                  "of its earlier processes is above ===\n")
+        log.flush()
+    return log
+
+
 def execute(jobs: list[Job], parallel: int, code_dir: Path | None = None) -> dict[str, int]:
     """Runs ``jobs`` as ``advcal train`` processes, ``parallel`` at a time, in order;
     a job waits for the run it depends on. Returns the exit status of each job run.
@@ -281,7 +293,7 @@ def execute(jobs: list[Job], parallel: int, code_dir: Path | None = None) -> dic
             job.run_dir.mkdir(parents=True, exist_ok=True)
             config_file = job.run_dir / "config.json"
             config_file.write_text(json.dumps(job.config, indent=2))
-            log = open(job.run_dir / "train.log", "w")
+            log = open_run_log(job.run_dir)
             command = [sys.executable, "-m", "keras_advcal", "train", "--config",
                        str(config_file)] + (["--train-only"] if job.train_only else [])
             process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,

@@ -517,3 +517,18 @@ def test_throughput_torch_row_is_a_paired_ratio_to_hard_in_words():
     assert "keras-advcal is 2.40x as fast as PyTorch" in line
     assert "PyTorch: PyTorch / keras-advcal 0.42 (rounds 0.33-0.50);" in line
     assert "per 4,096-image epoch" in line
+
+
+def test_a_resumed_run_keeps_the_log_of_its_training(tmp_path):
+    """A run resumed for its final attacks used to truncate train.log, losing the
+    output of its training; the log is now appended to, with a line where each process
+    starts."""
+    robust_overfitting = _load("robust_overfitting")
+    with robust_overfitting.open_run_log(tmp_path) as log:
+        log.write("Epoch 120/120\n")
+    assert (tmp_path / "train.log").read_text() == "Epoch 120/120\n"  # no marker first
+    with robust_overfitting.open_run_log(tmp_path) as log:
+        log.write("final attack\n")
+    text = (tmp_path / "train.log").read_text()
+    assert text.startswith("Epoch 120/120\n") and text.endswith("final attack\n")
+    assert "the run resumes" in text
