@@ -502,8 +502,8 @@ def build_parser() -> argparse.ArgumentParser:
         usage="%(prog)s [OPTIONS]", populate=_add_run_options,
         description="Trains one model (by default TRADES with one-hot labels and AWP; "
                     "PGD-AT, calibrated targets or the ADR-style baseline with --objective, "
-                    "--labels and --awp 0) and writes model.keras, history.csv/json (with T, rho and "
-                    "the per-epoch robust accuracy on the test or development split), "
+                    "--labels and --awp 0) and writes model.keras, history.csv/json (with T, "
+                    "rho and the per-epoch robust accuracy on the test or development split), "
                     "curves.png, config.json, training_done.json, summary.json and "
                     "correctness_final.npz into --out (see --out). The options are checked, "
                     "and the data loaded, before anything is written. Defaults: the "

@@ -424,8 +424,9 @@ def train_reference(data: ReferenceData, epsilon: float = 0.1, epochs: int = 20,
     clean = BatchedLogits(model)(x_cal)
     metrics = {"calibration_accuracy": float(np.mean(clean.argmax(axis=1) == y_cal)),
                "calibration_adv_accuracy": float(np.mean(adversarial.argmax(axis=1) == y_cal))}
-    settings = {"model": "small_cnn", "objective": trainer.objective.name, "width": width, "dense": dense, "epsilon": epsilon,
-                "steps": steps, "step_size": epsilon / 2, "epochs": epochs,
+    settings = {"model": "small_cnn", "objective": trainer.objective.name, "width": width,
+                "dense": dense, "epsilon": epsilon, "steps": steps,
+                "step_size": epsilon / 2, "epochs": epochs,
                 "batch_size": batch_size, "learning_rate": learning_rate, "seed": seed,
                 "temperature_inputs": "clean" if temperature_attack is None else
                 temperature_attack.get_config()}
