@@ -31,8 +31,9 @@ def _calibration_data(digits):
 
 def _fit(digits, kind, epochs=4, batchnorm=False, **kwargs):
     x_train, y_train, x_test, y_test = digits
+    # The calibrated trainer these tests were written for: PGD-AT, no weight perturbation.
     trainer = AdvCalTrainer(tiny_cnn(0, batchnorm=batchnorm), PGD(0.15, 0.05, 3), seed=0,
-                            labels="calibrated", objective="pgd_at")
+                            labels="calibrated", objective="pgd_at", weight_perturbation=None)
     trainer.compile(keras.optimizers.Adam(2e-3))
     callback = CalibratedTeacher(*_calibration_data(digits), kind=kind, **kwargs)
     recorder = WeightRecorder()
@@ -83,7 +84,7 @@ def test_best_teacher_keeps_T_and_rho_in_snapshot_epochs(digits):
         else:
             assert np.isfinite(logs["calibration_nll"][epoch])
             if logs["calibration_status"][epoch] == teacher_lib.STATUS_FITTED:
-                assert logs["rho"][epoch] >= 0.01
+                assert logs["rho"][epoch] >= 0.01 - 1e-7  # the grid's lowest, in float32
             else:  # a failed fit keeps the previous values
                 assert logs["rho"][epoch] == pytest.approx(previous_rho)
         previous_rho = logs["rho"][epoch]
