@@ -474,7 +474,8 @@ def measure_run(run_dir: Path, reference, protocol: Protocol) -> dict | None:
     from keras_advcal import experiment
     from keras_advcal.attacks import PGD
 
-    config = experiment.RunConfig.from_dict(json.loads((run_dir / "config.json").read_text()))
+    config = experiment.RunConfig.from_stored(
+        json.loads((run_dir / "config.json").read_text()))
     splits = experiment.load_data(config)
     attack = PGD(config.epsilon, step_size=config.train_step_size, steps=config.train_steps,
                  random_start=True)

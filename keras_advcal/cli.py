@@ -801,7 +801,7 @@ def out_problem(config: Any, overwrite: bool = False) -> str | None:
     if overwrite or not (out / "config.json").is_file():
         return None
     try:
-        before = RunConfig.from_dict(json.loads((out / "config.json").read_text()))
+        before = RunConfig.from_stored(json.loads((out / "config.json").read_text()))
     except (OSError, ValueError, TypeError):
         return (f"--out {out} holds a run whose config.json this version cannot read; add "
                 "--overwrite to replace it, or choose another --out.")

@@ -349,6 +349,29 @@ class RunConfig:
             raise ValueError(f"Unknown RunConfig option(s): {', '.join(unknown)}.")
         return cls(**values)
 
+    @classmethod
+    def from_stored(cls, values: dict) -> "RunConfig":
+        """Builds the config of a run from what its directory recorded (``config.json``,
+        ``training_done.json``), written by this or an earlier version.
+
+        A stored config holds every option that existed when it was written; an option
+        it lacks was added later. For most options that is harmless (their default
+        reproduces what the library did before), but the default of a few has changed
+        since they were added (:data:`ADDED_WITH`): a run written before
+        ``objective`` existed trained PGD-AT, not today's default TRADES, and one
+        written before ``awp_gamma`` existed had no weight perturbation. Those take the
+        value they were added with; :meth:`from_dict` (a user's partial config) takes
+        today's defaults.
+
+        Example:
+
+            >>> RunConfig.from_stored({"epochs": 3}).objective
+            'pgd_at'
+            >>> RunConfig.from_dict({"epochs": 3}).objective
+            'trades'
+        """
+        return cls.from_dict({**ADDED_WITH, **values})
+
     @property
     def final_split_names(self) -> list[str]:
         """The splits of the final evaluation, in order."""
@@ -413,6 +436,12 @@ FIELD_CHOICES = {"curve_split": CURVE_SPLITS, "labels": RUN_LABELS,
                  "two_stage_examples": TWO_STAGE_EXAMPLES}
 #: RunConfig fields that do not change the trained model: what it prints, its threads,
 #: and the final evaluation (a trained run evaluated with other attacks is not retrained).
+#: Options whose default has changed since they were added, with the value they were
+#: added with: what a stored run config that lacks them (written before they existed)
+#: means (:meth:`RunConfig.from_stored`). Options added with today's default need no
+#: entry.
+ADDED_WITH = {"objective": "pgd_at", "awp_gamma": 0.0}
+
 NOT_TRAINING = ("verbose", "threads", "final_steps", "final_step_size", "final_attacks",
                 "final_attack_steps", "final_square_queries", "final_cascade",
                 "final_splits", "final_strong_attacks", "final_strong_size")

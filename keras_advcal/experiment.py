@@ -622,11 +622,12 @@ def _finished_training(out: Path, config: RunConfig) -> dict | None:
     def settings(values: RunConfig) -> dict:
         return json.loads(json.dumps(_json_safe(values.training_settings())))
 
-    # A setting the marker lacks did not exist when it was written: it had the default;
-    # markers of earlier versions also recorded some of the evaluation's settings.
+    # A setting the marker lacks did not exist when it was written: it had the value
+    # it was added with (RunConfig.from_stored); markers of earlier versions also
+    # recorded some of the evaluation's settings.
     recorded = {key: value for key, value in (done.get("config") or {}).items()
                 if key not in NOT_TRAINING}
-    written = {**settings(RunConfig()), **recorded}
+    written = {**settings(RunConfig.from_stored({})), **recorded}
     return done if written == settings(config) else None
 
 

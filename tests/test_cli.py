@@ -583,3 +583,17 @@ def test_help_names_the_default_recipe_and_the_demo_s_three_runs(capsys):
     assert "(PGD-AT, one-hot labels)" not in train
     assert cli.main(["demo", "--help"]) == 0
     assert "three runs" in capsys.readouterr().out
+
+
+def test_a_run_written_before_the_objective_existed_is_not_taken_for_the_default(tmp_path):
+    # Its config.json lacks `objective` and `awp_gamma`: it trained PGD-AT without weight
+    # perturbation, so a run with today's defaults (TRADES + AWP) at the same --out is
+    # another run, refused as such, not resumed as if it were the same.
+    out = tmp_path / "old"
+    out.mkdir()
+    stored = RunConfig(objective="pgd_at", awp_gamma=0.0, out=str(out)).to_dict()
+    del stored["objective"], stored["awp_gamma"]
+    (out / "config.json").write_text(json.dumps(stored))
+    problem = cli.out_problem(RunConfig(out=str(out)))
+    assert "--objective pgd_at -> trades" in problem and "--awp-gamma 0.0 -> 0.01" in problem
+    assert cli.out_problem(RunConfig(objective="pgd_at", awp_gamma=0.0, out=str(out))) is None

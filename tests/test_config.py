@@ -43,3 +43,20 @@ def test_adr_labels_with_the_default_objective_say_which_objective_to_set():
                                          r"command line: --labels adr --objective pgd_at\)"):
         RunConfig(labels="adr").validate()
     assert RunConfig(labels="adr", objective="pgd_at").validate().labels == "adr"
+
+
+def test_a_stored_config_lacking_a_later_option_means_what_the_library_did_then():
+    # A config.json written before `objective` and `awp_gamma` existed describes a
+    # PGD-AT run without weight perturbation, not today's default recipe.
+    stored = {key: value for key, value in RunConfig(objective="pgd_at", awp_gamma=0.0)
+              .to_dict().items() if key not in ("objective", "awp_gamma")}
+    old = RunConfig.from_stored(stored)
+    assert (old.objective, old.awp_gamma) == ("pgd_at", 0.0)
+    # A user's partial config takes today's defaults.
+    assert (RunConfig.from_dict({}).objective, RunConfig.from_dict({}).awp_gamma) == \
+        (RunConfig().objective, RunConfig().awp_gamma) == ("trades", 0.01)
+    # A complete stored config round-trips, whatever its values.
+    config = RunConfig(objective="trades", awp_gamma=0.03, epochs=7)
+    assert RunConfig.from_stored(config.to_dict()) == config
+    with pytest.raises(ValueError, match="Unknown RunConfig option"):
+        RunConfig.from_stored({"epoch": 3})

@@ -476,3 +476,18 @@ def test_strong_stages_are_saved_when_nothing_survives_the_first_attacks(tmp_pat
         for stage in ("apgd-t", "square"):
             after = arrays[f"test_strong_after_{stage}"]
             assert after.shape == (20,) and not after.any()
+
+
+def test_a_training_marker_lacking_a_later_option_is_read_as_the_recipe_of_its_time(tmp_path):
+    # A training_done.json written before `objective`/`awp_gamma` existed marks a
+    # finished PGD-AT training: it is reused for a PGD-AT config, never for the default.
+    out = tmp_path / "marked"
+    out.mkdir()
+    old = RunConfig(objective="pgd_at", awp_gamma=0.0, out=str(out))
+    recorded = {key: value for key, value in json.loads(json.dumps(
+        old.training_settings())).items() if key not in ("objective", "awp_gamma")}
+    (out / experiment.TRAINED_MARKER).write_text(json.dumps({"config": recorded}))
+    (out / "model.keras").write_bytes(b"")
+    experiment.write_history({"epoch": [0], "test_adv_accuracy": [0.5]}, out)
+    assert experiment._finished_training(out, old) is not None
+    assert experiment._finished_training(out, RunConfig(out=str(out))) is None
