@@ -201,6 +201,13 @@ with its final attacks (the trained models are kept on the machine); in a droppe
 its final attacks are not run, and the setting is reported by PGD-AT's curves (best,
 final and smoothed gap). What is measured, and the rule, do not change.
 
+Model files do not survive a change of machine (weights are never committed). A kept
+setting's PGD-AT run whose trained models were lost is trained again from its config
+before its final attacks: that reproduces the committed training exactly (checked on
+``seed7``'s seed 0 on 2026-12-07: every per-epoch accuracy and loss of the 120 epochs
+identical, one thread; only the timing columns differ), so neither its curve nor the
+keep decision changes.
+
 Amended on 2026-12-07 (the same day, before any second-round run's final attack but the
 seed-0 runs of ``mnist_eps03`` and ``sgd_piecewise``): every second-round run evaluated
 from then on also runs FAB-T (targeted, 9 targets, 100 steps, AutoAttack's settings)

@@ -31,6 +31,8 @@ from typing import Any, Callable
 import keras
 import tensorflow as tf
 
+from keras_advcal import checks
+
 _NORMS = ("linf", "l2")
 _LOSSES = ("ce", "cw", "kl")
 _TINY = 1e-12
@@ -224,7 +226,15 @@ class Attack:
             y: integer labels ``(batch,)`` (or one-hot ``(batch, classes)``).
             seed: optional seed generator to draw the random start from (the trainer
                 passes its own so that its random state is saved with it).
+
+        Raises:
+            InputError: called eagerly with images outside ``bounds`` (0-255 pixels
+                for an attack on [0, 1], say) or with NaN/Inf values, which the
+                attack would otherwise clip into the bounds without a word.
         """
+        if tf.executing_eagerly():  # a direct call: check the pixels (traced calls
+            # inside a train step see data that fit() has already checked)
+            checks.check_images(x, self.bounds, name="x")
         x = tf.convert_to_tensor(x)
         if not x.dtype.is_floating:
             x = tf.cast(x, "float32")

@@ -215,3 +215,23 @@ def test_margin_loss_sign():
 def test_get_rejects_non_attacks():
     with pytest.raises(TypeError, match="Expected an Attack"):
         attacks.get("pgd")
+
+
+@pytest.mark.parametrize("make_attack", [lambda: PGD(0.1, 0.03, 3), lambda: FGSM(0.1)])
+def test_direct_call_refuses_pixels_outside_the_bounds(random_model, make_attack):
+    # 0-255 pixels given to an attack on [0, 1] were clipped into [0, 1] without a word.
+    x = np.full((2, 6, 6, 3), 200.0, "float32")
+    with pytest.raises(ValueError, match=r"outside the attack's bounds.*divide by 200"):
+        make_attack()(random_model, x, [0, 1])
+    x[0, 0, 0, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        make_attack()(random_model, x, [0, 1])
+
+
+def test_traced_call_skips_the_eager_pixel_check(random_model):
+    # Inside a tf.function (a train step) the attack runs on symbolic tensors.
+    attack = PGD(0.1, 0.03, 3)
+    run = tf.function(lambda x, y: attack(random_model, x, y))
+    x = np.full((2, 6, 6, 3), 0.5, "float32")
+    x_adv = run(tf.constant(x), tf.constant([0, 1]))
+    assert float(tf.reduce_max(tf.abs(x_adv - x))) <= 0.1 + 1e-6
