@@ -220,6 +220,34 @@ def test_readme_quick_start_is_what_the_timing_script_times():
     assert "tutorials/scripts/time_quickstart.py --full-epochs 2" in readme
 
 
+def test_the_timing_script_times_autoattack_on_the_trained_classifier():
+    """``--autoattack`` runs the standard cascade on the ``trainer.model`` and
+    ``ds.test`` the quick start leaves: here a small untrained classifier."""
+    import importlib.util
+    import types
+
+    import keras
+    import numpy as np
+
+    path = ROOT / "tutorials" / "scripts" / "time_quickstart.py"
+    spec = importlib.util.spec_from_file_location("time_quickstart", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((6, 6, 1)), keras.layers.Flatten(),
+                              keras.layers.Dense(5)])
+    x = np.random.default_rng(0).uniform(0, 1, (12, 6, 6, 1)).astype("float32")
+    y = np.argmax(model.predict(x, verbose=0), axis=1)  # every image correct at first
+    namespace = {"trainer": types.SimpleNamespace(model=model),
+                 "ds": types.SimpleNamespace(test=(x, y))}
+    line = script.time_autoattack(namespace, epsilon=0.3)
+    assert line.startswith("autoattack (standard, eps 0.3) on the quick start's "
+                           "classifier, 12 test images: ")
+    for stage in ("apgd-ce", "apgd-t", "fab-t", "square"):
+        assert f"{stage} " in line
+    assert "clean 100.0%, robust " in line
+
+
 def test_math_in_the_sources_opens_on_its_own_line():
     """A LaTeX command written through a Python string can lose its backslash (``\\rho``
     becomes a carriage return and ``ho``): no inline math may open at a line's end, and

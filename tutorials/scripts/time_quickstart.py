@@ -12,6 +12,11 @@ Run from the repository root::
 
     python tutorials/scripts/time_quickstart.py --full-epochs 2
 
+With ``--autoattack`` it then runs the standard AutoAttack
+(:func:`keras_advcal.autoattack.autoattack`: APGD-CE, APGD-T, FAB-T, Square-5000) on the
+classifier the quick start trained, on its 1,000 test images, and prints the time of
+each attack and the robust accuracy.
+
 The README's statement of the time is written from this output by hand; the machine
 and its load are part of the number.
 
@@ -143,8 +148,9 @@ def _seconds(values: list[float]) -> str:
 
 def run(code: str):
     """Runs ``code`` (with the epoch timer) in a temporary folder; returns the wall
-    seconds and the timer (``seconds`` of each epoch; ``calibration``, the part of
-    each that the calibration took, when the teacher logs it)."""
+    seconds, the timer (``seconds`` of each epoch; ``calibration``, the part of
+    each that the calibration took, when the teacher logs it) and the namespace the
+    code left (its ``trainer`` and ``ds``)."""
     timer = _epoch_timer()
     namespace = {"__name__": "__quickstart__", "_EPOCH_TIMER": timer}
     previous = Path.cwd()
@@ -156,7 +162,24 @@ def run(code: str):
             seconds = time.perf_counter() - start
         finally:
             os.chdir(previous)
-    return seconds, timer
+    return seconds, timer, namespace
+
+
+def time_autoattack(namespace: dict, epsilon: float = 0.1) -> str:
+    """Runs the standard AutoAttack on the classifier the quick start trained, on its
+    test images; returns the line to print (seconds per attack and in all, robust
+    accuracy)."""
+    from keras_advcal.autoattack import autoattack
+
+    model, (x, y) = namespace["trainer"].model, namespace["ds"].test
+    start = time.perf_counter()
+    result = autoattack(model, x, y, epsilon, progress=False)
+    seconds = time.perf_counter() - start
+    stages = ", ".join(f"{name} {value:.0f} s" for name, value in result.seconds.items())
+    return (f"autoattack (standard, eps {epsilon}) on the quick start's classifier, "
+            f"{result.n_examples} test images: {seconds:.0f} s ({seconds / 60:.1f} min, "
+            f"{seconds / result.n_examples:.2f} s per image; {stages}); clean "
+            f"{result.clean_accuracy:.1%}, robust {result.robust_accuracy:.1%}")
 
 
 def machine() -> str:
@@ -180,19 +203,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--full-epochs", type=int, default=0,
                         help="also run the full-size variant for this many epochs (>= 2) "
                              "and estimate its full time (default: 0, skip)")
+    parser.add_argument("--autoattack", action="store_true",
+                        help="then run the standard AutoAttack on the quick start's "
+                             "classifier and its test images, timed")
     args = parser.parse_args(argv)
     if args.full_epochs == 1:
         parser.error("--full-epochs needs at least 2 epochs (the first includes tracing)")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     code = quick_start_code(README.read_text())
     print(f"before: {machine()}", flush=True)
-    seconds, timer = run(code)
+    seconds, timer, namespace = run(code)
     print(f"quick start: {seconds:.0f} s wall ({seconds / 60:.1f} min); epochs "
           f"{_seconds(timer.seconds)}", flush=True)
     if timer.calibration:
         print(f"  of which the calibration: {_seconds(timer.calibration)}", flush=True)
+    if args.autoattack:
+        print(time_autoattack(namespace), flush=True)
+        print(f"after: {machine()}", flush=True)
     if args.full_epochs:
-        _, timer = run(full_size(code, args.full_epochs))
+        _, timer, _ = run(full_size(code, args.full_epochs))
         steady = sum(timer.seconds[1:]) / len(timer.seconds[1:])
         estimate = timer.seconds[0] + (FULL_EPOCHS - 1) * steady
         print(f"full size, {args.full_epochs} epochs measured: {_seconds(timer.seconds)}; "
