@@ -434,14 +434,15 @@ FIELD_CHOICES = {"curve_split": CURVE_SPLITS, "labels": RUN_LABELS,
                  "floor_examples": FLOOR_EXAMPLES, "surrogate_examples": SURROGATE_EXAMPLES,
                  "calibration_examples": CALIBRATION_EXAMPLES,
                  "two_stage_examples": TWO_STAGE_EXAMPLES}
-#: RunConfig fields that do not change the trained model: what it prints, its threads,
-#: and the final evaluation (a trained run evaluated with other attacks is not retrained).
+
 #: Options whose default has changed since they were added, with the value they were
 #: added with: what a stored run config that lacks them (written before they existed)
 #: means (:meth:`RunConfig.from_stored`). Options added with today's default need no
 #: entry.
 ADDED_WITH = {"objective": "pgd_at", "awp_gamma": 0.0}
 
+#: RunConfig fields that do not change the trained model: what it prints, its threads,
+#: and the final evaluation (a trained run evaluated with other attacks is not retrained).
 NOT_TRAINING = ("verbose", "threads", "final_steps", "final_step_size", "final_attacks",
                 "final_attack_steps", "final_square_queries", "final_cascade",
                 "final_splits", "final_strong_attacks", "final_strong_size")
