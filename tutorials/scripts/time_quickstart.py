@@ -219,7 +219,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  of which the calibration: {_seconds(timer.calibration)}", flush=True)
     if args.autoattack:
         print(time_autoattack(namespace), flush=True)
-        print(f"after: {machine()}", flush=True)
     if args.full_epochs:
         _, timer, _ = run(full_size(code, args.full_epochs))
         steady = sum(timer.seconds[1:]) / len(timer.seconds[1:])
