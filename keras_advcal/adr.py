@@ -74,7 +74,7 @@ class ADRTrainer(AdvCalTrainer):
         'adr'
     """
 
-    SAVED_WITHOUT_OBJECTIVE = "adr"
+    SAVED_WITHOUT = {**AdvCalTrainer.SAVED_WITHOUT, "objective": "adr"}
 
     def __init__(self, *args: Any, objective: Any = "adr", **kwargs: Any):
         super().__init__(*args, objective=objective, **kwargs)

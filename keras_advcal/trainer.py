@@ -174,8 +174,11 @@ class AdvCalTrainer(keras.Model):
         True
     """
 
-    #: The objective of a saved config that names none (written before objectives).
-    SAVED_WITHOUT_OBJECTIVE = "pgd_at"
+    #: Arguments whose default has changed since they were added, with the value they
+    #: were added with: what a saved config that lacks them (written before they
+    #: existed) trained. Before objectives it was PGD-AT, before weight perturbation
+    #: there was none; today's default is TRADES with AWP.
+    SAVED_WITHOUT = {"objective": "pgd_at", "weight_perturbation": None}
 
     def __init__(self, model: keras.Model, attack: Any, eval_attack: Any = None,
                  labels: str = "hard", loss_form: str = "kd",
@@ -816,11 +819,7 @@ class AdvCalTrainer(keras.Model):
                                                  custom_objects=custom_objects)
         if config.get("teacher") is not None:
             config["teacher"] = _DESERIALIZE(config["teacher"], custom_objects=custom_objects)
-        # A config written before objectives existed names none: it trained
-        # ``SAVED_WITHOUT_OBJECTIVE`` (PGD-AT; not the current default, TRADES).
-        config.setdefault("objective", cls.SAVED_WITHOUT_OBJECTIVE)
-        # One written before weight perturbation existed had none (not the default's).
-        config.setdefault("weight_perturbation", None)
+        config = {**cls.SAVED_WITHOUT, **config}  # written before some arguments existed
         for key in ("objective", "weight_perturbation"):
             if isinstance(config.get(key), dict):
                 config[key] = _DESERIALIZE(config[key], custom_objects=custom_objects)
